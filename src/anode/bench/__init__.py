@@ -1,0 +1,1 @@
+"""Memory and speed measurement of gradient methods, models and schedules."""

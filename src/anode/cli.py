@@ -1,0 +1,32 @@
+"""The ``anode`` command. Each subcommand lives in its own module under ``anode.commands``
+and registers itself through ``register(subparsers)``; this module only assembles them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand found in ``anode.commands``."""
+    parser = argparse.ArgumentParser(
+        prog="anode", description="Train, evaluate, diagnose and benchmark neural ODEs (ANODE)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``anode`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
