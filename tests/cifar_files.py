@@ -45,9 +45,7 @@ _LAYOUT = {
 }
 
 
-def fake_cifar_arrays(
-    name: str, split: str, n: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def fake_cifar_arrays(name: str, split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The ``(data uint8 [n, 3072], labels int64 [n])`` that :func:`write_fake_cifar` writes."""
     num_classes = _LAYOUT[name]["num_classes"]
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
@@ -59,8 +57,7 @@ def fake_cifar_arrays(
 def _dump(path: Path, obj: dict, bytes_keys: bool) -> None:
     if bytes_keys:
         obj = {
-            k.encode(): ([v.encode() for v in val] if k.endswith("names") else val)
-            for k, val in obj.items()
+            k.encode(): ([v.encode() for v in val] if k.endswith("names") else val) for k, val in obj.items()
         }
     path.write_bytes(pickle.dumps(obj, protocol=2))
 
@@ -123,9 +120,7 @@ def make_cifar_archive(root: str | Path, name: str, **kwargs) -> Path:
     root = Path(root)
     staging = root / "staging"
     folder = write_fake_cifar(staging, name, **kwargs)
-    archive = root / (
-        "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
-    )
+    archive = root / ("cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz")
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     return archive

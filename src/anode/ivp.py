@@ -16,6 +16,13 @@ from .grid import TimeGrid
 from .solvers import ButcherTableau, State
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 @dataclass
 class SolveStats:
     """Counts of the work done by solves, accumulated over calls.
@@ -74,7 +81,9 @@ class CheckedFunc:
                 raise ValueError(
                     f"{where}func's output has shape {tuple(o.shape)}; the state has {tuple(s.shape)}"
                 )
-            if o.dtype != s.dtype:
+            # Under autocast func computes in lower precision; the step's update promotes its
+            # output back to the state's dtype, which keeps the state in full precision.
+            if o.dtype != s.dtype and not (o.is_floating_point() and _autocast_on(s.device.type)):
                 raise TypeError(f"{where}func's output has dtype {o.dtype}; the state has {s.dtype}")
         return tuple(out)
 

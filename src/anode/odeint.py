@@ -52,10 +52,9 @@ def _check_times(t) -> list[float]:
 
 
 def _default_params(func, params) -> tuple[torch.Tensor, ...]:
-    if params is None:
-        params = func.parameters() if isinstance(func, nn.Module) else ()
+    own = list(func.parameters()) if isinstance(func, nn.Module) else []
     out, seen = [], set()
-    for p in params:
+    for p in [*own, *(params or ())]:
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params must hold tensors, got {type(p).__name__}")
         if id(p) not in seen:
@@ -102,9 +101,9 @@ def odeint(
         schedule: for ``gradient="anode"``: ``"recompute"`` (keep the input only; the
             paper's scheme), ``"store"`` (keep all states), or another registered schedule
             name or :class:`~anode.schedules.Schedule` object.
-        params: tensors func depends on whose gradients are wanted, when they are not the
-            parameters of func as an ``nn.Module`` (closures; like torchdiffeq's
-            ``adjoint_params``). Default: ``func.parameters()`` for a module, else none.
+        params: tensors func depends on whose gradients are wanted besides the parameters
+            of func when it is an ``nn.Module`` (closure tensors; like torchdiffeq's
+            ``adjoint_params``, but added to ``func.parameters()`` rather than replacing them).
             With ``anode`` and ``backsolve``, a tensor that requires grad and reaches func
             some other way makes the backward raise ValueError rather than lose its gradient.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
@@ -142,11 +141,11 @@ def integrate(
     tableau = get_tableau(method)
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {sorted(GRADIENTS)}")
-    sched = get_schedule(schedule, **schedule_options) if gradient == "anode" else None
     if gradient != "anode" and schedule_options:
         raise ValueError(
             f"schedule options {sorted(schedule_options)} apply to gradient='anode' only"
         )
+    sched = get_schedule(schedule, **schedule_options)
     grid = make_grid(times, n_steps, step_size)
     ivp = IVP(
         func=CheckedFunc(func, is_tuple),

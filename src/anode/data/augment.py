@@ -46,9 +46,7 @@ def _gen_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.dev
     return generator.device if generator is not None else x.device
 
 
-def random_crop(
-    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_crop(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random ``H x W`` crop of each image after zero padding by ``padding`` on every side.
 
     Equivalent to translating each image by an independent random offset ``(dy, dx)``,
@@ -88,9 +86,7 @@ def random_crop(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_hflip(
-    x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5
-) -> torch.Tensor:
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
     """Flip each image left-right independently with probability ``p``.
 
     Image ``b`` is flipped iff ``u[b] < p`` where ``u = torch.rand(B)`` is drawn from
@@ -148,7 +144,5 @@ def normalize(
     s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1)
     c = x.shape[-3]
     if m.numel() != c or s.numel() != c:
-        raise ValueError(
-            f"mean and std need {c} entries (one per channel), got {m.numel()} and {s.numel()}"
-        )
+        raise ValueError(f"mean and std need {c} entries (one per channel), got {m.numel()} and {s.numel()}")
     return (x - m[:, None, None]) / s[:, None, None]

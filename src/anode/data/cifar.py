@@ -182,6 +182,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("copy_reg", "_reconstructor"),
     ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
     ("__builtin__", "object"),
     ("builtins", "object"),
 }
@@ -215,9 +216,7 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read file ({exc})") from exc
     except Exception as exc:  # a damaged pickle can fail in many ways
-        raise DatasetError(
-            f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise DatasetError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     return {str(_decode(k)): v for k, v in obj.items()}
@@ -238,8 +237,7 @@ def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: 'data' must be a uint8 array, found {kind}")
     if data.ndim != 2 or data.shape[1] != _ROW:
         raise DatasetError(
-            f"{path}: 'data' has shape {tuple(data.shape)}, expected (n, {_ROW}) = n images of "
-            "3x32x32"
+            f"{path}: 'data' has shape {tuple(data.shape)}, expected (n, {_ROW}) = n images of 3x32x32"
         )
     try:
         labels = np.asarray(labels)
@@ -302,7 +300,8 @@ def find_cifar_folder(name: str, root: str | os.PathLike[str], download: bool = 
     if folder is not None:
         return folder
     if download:
-        return _download.download_and_extract(spec.url, spec.archive_md5, root, spec.folder)
+        parent = root.parent if root.name == spec.folder else root
+        return _download.download_and_extract(spec.url, spec.archive_md5, parent, spec.folder)
     raise DatasetError(
         f"{spec.title} not found: looked for {root / spec.folder} (and for {spec.meta_file} "
         f"directly in {root}). Pass download=True (CLI: --download) to fetch it from "
@@ -310,9 +309,7 @@ def find_cifar_folder(name: str, root: str | os.PathLike[str], download: bool = 
     )
 
 
-def load_cifar(
-    name: str, root: str | os.PathLike[str], train: bool, download: bool = False
-) -> CifarArrays:
+def load_cifar(name: str, root: str | os.PathLike[str], train: bool, download: bool = False) -> CifarArrays:
     """Load one split of CIFAR-10 or CIFAR-100 (Krizhevsky, 2009) into memory.
 
     Args:
@@ -344,15 +341,11 @@ def load_cifar(
     spec = _spec(name)
     folder = find_cifar_folder(name, root, download=download)
     classes = _read_classes(folder / spec.meta_file, spec)
-    parts = [
-        _read_batch(folder / f, spec) for f in (spec.train_files if train else spec.test_files)
-    ]
+    parts = [_read_batch(folder / f, spec) for f in (spec.train_files if train else spec.test_files)]
     data = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
     labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
     images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE))
-    return CifarArrays(
-        images=images, labels=torch.from_numpy(labels.copy()), classes=classes, name=spec.name
-    )
+    return CifarArrays(images=images, labels=torch.from_numpy(labels.copy()), classes=classes, name=spec.name)
 
 
 def official_md5_matches(name: str, root: str | os.PathLike[str]) -> dict[str, bool]:

@@ -46,20 +46,14 @@ def _safe_extract(archive: Path, dest: Path) -> None:
             base = dest.resolve()
             for member in tar.getmembers():
                 target = (dest / member.name).resolve()
-                if not (member.isfile() or member.isdir()) or (
-                    target != base and base not in target.parents
-                ):
-                    raise DatasetError(
-                        f"{archive}: refusing to extract unsafe member {member.name!r}"
-                    )
+                if not (member.isfile() or member.isdir()) or (target != base and base not in target.parents):
+                    raise DatasetError(f"{archive}: refusing to extract unsafe member {member.name!r}")
             tar.extractall(dest)  # members checked above
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{archive}: corrupt or truncated archive ({exc})") from exc
 
 
-def download_and_extract(
-    url: str, md5: str, root: str | os.PathLike[str], folder_name: str
-) -> Path:
+def download_and_extract(url: str, md5: str, root: str | os.PathLike[str], folder_name: str) -> Path:
     """Download the tar archive at ``url`` and unpack its ``folder_name/`` into ``root``.
 
     Nothing is fetched when ``root/folder_name`` already exists. Otherwise the archive is

@@ -139,21 +139,15 @@ class CifarLoader:
     ) -> None:
         images, labels = arrays.images, arrays.labels
         if images.dim() != 4 or images.dtype != torch.uint8:
-            raise ValueError(
-                f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"labels must be [N] with N = {images.shape[0]}, got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must be [N] with N = {images.shape[0]}, got {tuple(labels.shape)}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         if images.shape[0] == 0:
@@ -185,9 +179,7 @@ class CifarLoader:
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise ValueError(f"mean/std need {channels} entries with std > 0, got {mean}, {std}")
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device)[:, None, None]
-        self._inv_std = (
-            1.0 / torch.tensor(std, dtype=torch.float32, device=self.device)[:, None, None]
-        )
+        self._inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=self.device)[:, None, None]
         self._images = images.to(self.device)
         self._labels = labels.to(self.device, torch.int64)
 
@@ -229,9 +221,7 @@ class CifarLoader:
         epoch = self.epoch if epoch is None else int(epoch)
         order = self._base
         if self.train:
-            perm = torch.randperm(
-                self.dataset_size, generator=_generator("cpu", self.seed, epoch, _SHUFFLE)
-            )
+            perm = torch.randperm(self.dataset_size, generator=_generator("cpu", self.seed, epoch, _SHUFFLE))
             order = order[perm]
         total = self.num_samples * self.world_size
         if total > self.dataset_size:

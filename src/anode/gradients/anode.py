@@ -78,26 +78,47 @@ class _DiscreteAdjoint(torch.autograd.Function):
             if schedule.keeps(j, n_steps):
                 kept[j] = y
             record.before_step(j)
-            y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+            if j == 0:
+                # One step with a graph shows whether func reaches tensors that require grad
+                # but are not inputs here: fail now rather than lose their gradient. Only the
+                # graph's structure is needed, so nothing it would save is kept.
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
+                    y = tuple(v.detach() for v in y)
+                    y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+                check_closed(y, list(tensors[n_y + 1 :]))
+                y = tuple(v.detach() for v in y)
+            else:
+                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
             if j + 1 in outputs:
                 result.extend(y)
         ivp.stats.forward_steps += n_steps
         ivp.stats.stages = ivp.tableau.stages
         ivp.stats.schedule = schedule.name
-        # Saving inputs and outputs makes in-place changes to them raise autograd's usual
-        # error; outputs are held by the caller anyway, inputs are the recompute seed.
-        ctx.save_for_backward(*tensors, *result)
-        ctx.ivp, ctx.schedule, ctx.kept, ctx.record = ivp, schedule, kept, record
+        # Everything the backward needs goes through save_for_backward: in-place changes to
+        # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
+        # torch.autograd.graph.save_on_cpu) see the kept states. The state at step 0 is the
+        # input itself.
+        kept_steps = [j for j in kept if j != 0]
+        ctx.save_for_backward(*tensors, *result, *(y for j in kept_steps for y in kept[j]))
+        ctx.kept_steps = kept_steps
+        ctx.ivp, ctx.schedule, ctx.record = ivp, schedule, record
         return tuple(result)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         ivp, schedule, record = ctx.ivp, ctx.schedule, ctx.record
-        kept, ctx.kept = ctx.kept, None
         n_y = len(ivp.y0)
         saved = ctx.saved_tensors
         t = saved[n_y]
-        params = saved[n_y + 1 : n_y + 1 + len(ivp.params)]
+        n_in = n_y + 1 + len(ivp.params)
+        # func closes over the original parameter objects; saved copies may be aliases
+        # (under saved-tensor hooks), so differentiate with respect to the originals.
+        params = ivp.params
+        flat_kept = saved[n_in + n_y * len(ivp.grid.output_steps) :]
+        kept = {0: tuple(saved[:n_y])}
+        for k, j in enumerate(ctx.kept_steps):
+            kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
+        del saved, flat_kept
         need = ctx.needs_input_grad[2:]
         need_t = need[n_y]
         wanted = [i for i, p in enumerate(params) if need[n_y + 1 + i]]
@@ -157,6 +178,10 @@ class _DiscreteAdjoint(torch.autograd.Function):
         for i, g in zip(wanted, param_grads):
             all_param_grads[i] = g
         return (None, None, *y0_grads, t_grad, *all_param_grads)
+
+
+def _drop(_):
+    return None
 
 
 def _value(h):
