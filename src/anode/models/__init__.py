@@ -1,0 +1,45 @@
+"""Image classifiers with ODE blocks (the ANODE paper's ODE-ResNet and ODE-SqueezeNext), their
+plain residual baselines, and a registry by name.
+
+>>> import anode.models
+>>> model = anode.models.create("resnet18_ode", num_classes=100, method="midpoint", n_steps=4)
+>>> anode.models.list_models("sqnxt*")
+['sqnxt23', 'sqnxt23_ode', 'sqnxt_ode_small', 'sqnxt_small']
+
+See ``docs/models.md`` for every model's structure and parameter count.
+"""
+
+from . import resnet, squeezenext  # noqa: F401  (registers the models)
+from .blocks import ResidualBlock, ResidualNetwork
+from .init import reference_init
+from .options import (
+    DEFAULT_ODE_OPTIONS,
+    check_ode_options,
+    ode_blocks,
+    ode_options,
+    restore_ode_options,
+    set_ode_options,
+)
+from .registry import create, list_models, register_model
+from .resnet import BasicBlock, ResNet
+from .squeezenext import SqueezeNext, SqueezeNextBlock, SqueezeNextODEFunc
+
+__all__ = [
+    "create",
+    "list_models",
+    "register_model",
+    "DEFAULT_ODE_OPTIONS",
+    "check_ode_options",
+    "ode_blocks",
+    "set_ode_options",
+    "restore_ode_options",
+    "ode_options",
+    "ResidualBlock",
+    "ResidualNetwork",
+    "ResNet",
+    "BasicBlock",
+    "SqueezeNext",
+    "SqueezeNextBlock",
+    "SqueezeNextODEFunc",
+    "reference_init",
+]
