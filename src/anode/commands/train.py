@@ -1,0 +1,185 @@
+"""``anode train`` and ``anode evaluate``: train a classifier on CIFAR, or measure a saved one.
+
+Both are thin: they turn flags into a :class:`anode.train.TrainConfig` (every flag maps to
+one field of the same name) and call :func:`anode.train.train` /
+:func:`anode.train.evaluate_checkpoint`. See ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["register"]
+
+_TRAIN_EPILOG = """\
+Unset flags take the defaults of the device: on a CPU a quick demonstration
+(resnet_ode_small, Euler with 2 steps, 4 epochs on a 10,000-image subset, batch 64,
+lr 0.05 with cosine decay); on a GPU the ANODE paper's settings (resnet18_ode, Euler with 2 steps,
+350 epochs, batch 256, lr 0.1 x0.1 after epochs 150 and 250, all 50,000 images).
+
+examples:
+  anode train                                      # the device's defaults
+  anode train --gradient direct --name direct      # the same run with autograd gradients
+  anode train --model resnet_small --name baseline # the plain residual network
+  anode train --out runs/x --resume                # continue a killed run
+  torchrun --nproc_per_node 4 -m anode.cli train   # data parallel on 4 GPUs
+"""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one epoch")
+    return values
+
+
+def _bytes(text: str) -> int:
+    from ..train.config import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a (neural ODE) classifier on CIFAR-10/100",
+        description="Train an image classifier on CIFAR with SGD; checkpoint, log and plot every epoch.",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    S = argparse.SUPPRESS  # unset flags stay unset, so the configuration's defaults apply
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=("cifar10", "cifar100"), default=S, help="default cifar10")
+    data.add_argument(
+        "--data-root", dest="data_root", metavar="DIR", default=S,
+        help="folder holding cifar-10-batches-py/ or cifar-100-python/; default "
+        "../shared/data/cifar10-jpeg if it exists (CIFAR-10), else ./data",
+    )
+    data.add_argument("--download", action="store_true", default=S, help="fetch the dataset if missing")
+    data.add_argument("--subset", type=int, metavar="N", default=S,
+                      help="train on N class-balanced images; 0 = all (default: 10000 on CPU, all on GPU)")
+    data.add_argument("--test-subset", dest="test_subset", type=int, metavar="N", default=S,
+                      help="evaluate on N class-balanced test images (default: all)")
+    data.add_argument("--no-augment", dest="augment", action="store_false", default=S,
+                      help="no random crop and flip")
+
+    model = p.add_argument_group("model and ODE solver")
+    model.add_argument("--model", metavar="NAME", default=S,
+                       help="a name of anode.models.list_models(); default resnet_ode_small (CPU), "
+                       "resnet18_ode (GPU)")
+    model.add_argument("--method", metavar="NAME", default=S,
+                       help="Runge-Kutta method: euler, midpoint, heun, ralston, rk4, rk38")
+    model.add_argument("--n-steps", dest="n_steps", type=int, metavar="N", default=S,
+                       help="steps per ODE block")
+    model.add_argument("--gradient", metavar="NAME", default=S, help="anode (default), direct or backsolve")
+    model.add_argument("--schedule", metavar="NAME", default=S,
+                       help="where anode keeps states: recompute (default), store, ...")
+    model.add_argument("--snapshots", type=int, metavar="N", default=S, help="snapshots of the schedule")
+    model.add_argument("--memory-budget", dest="memory_budget", type=_bytes, metavar="SIZE", default=S,
+                       help="memory budget of the schedule, e.g. 2GB, 512MiB")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=S)
+    opt.add_argument("--batch-size", dest="batch_size", type=int, metavar="B", default=S,
+                     help="global batch size (split over torchrun processes)")
+    opt.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
+    opt.add_argument("--lr-schedule", dest="lr_schedule", choices=("step", "cosine", "constant"), default=S,
+                     help="step: x gamma after each milestone; cosine: annealed to 0")
+    opt.add_argument("--lr-milestones", dest="lr_milestones", type=_int_list, metavar="E1,E2", default=S,
+                     help="epochs after which the step schedule decays (default: 50%% and 75%% of epochs)")
+    opt.add_argument("--lr-gamma", dest="lr_gamma", type=float, default=S, help="step decay factor (0.1)")
+    opt.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
+    opt.add_argument("--weight-decay", dest="weight_decay", type=float, default=S, help="(5e-4)")
+    opt.add_argument("--nesterov", action="store_true", default=S)
+    opt.add_argument("--seed", type=int, default=S, help="seeds weights, data order, augmentation (0)")
+
+    run = p.add_argument_group("execution")
+    run.add_argument("--device", default=S, help="auto (CUDA if present), cpu, cuda, cuda:N")
+    run.add_argument("--bf16", action="store_true", default=S, help="bfloat16 autocast")
+    run.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=S,
+                     help="keep per-process BatchNorm statistics under torchrun on GPUs")
+    run.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="B", default=S)
+    run.add_argument("--out", metavar="DIR", default=S, help="run folder (default runs/<name or timestamp>)")
+    run.add_argument("--name", default=S, help="run name for the default run folder")
+    run.add_argument("--resume", nargs="?", const=True, metavar="PATH", default=S,
+                     help="continue from --out's last.pt, or from the given run folder / checkpoint")
+    run.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                     help="no progress bars or per-epoch lines")
+    run.add_argument("--no-plots", dest="plots", action="store_false", default=S,
+                     help="do not draw curves.png")
+    p.set_defaults(run=run_train)
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="test loss and accuracy of a saved checkpoint",
+        description="Evaluate a checkpoint written by `anode train` on its dataset's test set.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a last.pt file or its run folder")
+    p.add_argument("--data-root", dest="data_root", metavar="DIR", default=None,
+                   help="CIFAR folder (default: the run's, else the usual default)")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=500)
+    p.add_argument("--subset", type=int, metavar="N", default=None, help="N class-balanced test images")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_evaluate)
+
+
+def register(subparsers) -> None:
+    """Add the ``train`` and ``evaluate`` subcommands to the ``anode`` parser."""
+    _add_train_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    print(f"anode {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    try:
+        result = train(TrainConfig(**given))
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
+        return _fail("train", exc)
+    last = result.metrics[-1] if result.metrics else None
+    if last is not None and result.config.progress:
+        print(
+            f"done: {last['epoch']} epochs, test accuracy {100 * last['test_acc']:.2f}%, "
+            f"test loss {last['test_loss']:.4f}; run folder {result.run_dir}"
+        )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..train import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint, data_root=args.data_root, device=args.device, batch_size=args.batch_size,
+            bf16=args.bf16, subset=args.subset, download=args.download,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        return _fail("evaluate", exc)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['model_name']} after {result['epoch']} epochs on {result['dataset']} "
+            f"({result['n_images']} test images): test loss {result['test_loss']:.4f}, "
+            f"test accuracy {100 * result['test_acc']:.2f}%"
+        )
+    return 0

@@ -1,0 +1,316 @@
+"""The training configuration: one dataclass, its checks, and the per-device defaults.
+
+Settings left as ``None`` are filled in by :func:`resolve_config` from one of two presets,
+chosen by the device the run uses:
+
+* :data:`CPU_PRESET`, a quick demonstration: a small ODE-ResNet trained for a few epochs on
+  a class-balanced 10,000-image subset of CIFAR, a few minutes on two cores.
+* :data:`GPU_PRESET`, the settings of the ANODE paper's CIFAR experiments as given by the
+  authors' reference training script (Gholami, Keutzer, Biros, IJCAI 2019, §4;
+  github.com/amirgholami/anode ``train.py``): ODE-ResNet-18 whose blocks take two forward
+  Euler steps, SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.1, 350 epochs,
+  batch 256, learning rate ×0.1 after epochs 150 and 250, the standard crop-and-flip
+  augmentation, the full 50,000 training images.
+
+A resolved configuration holds no ``None`` among the settings the presets fill, and is what
+a checkpoint stores under ``"args"`` (:meth:`TrainConfig.to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CPU_PRESET",
+    "GPU_PRESET",
+    "LR_SCHEDULES",
+    "TrainConfig",
+    "default_data_root",
+    "lr_milestones",
+    "parse_bytes",
+    "resolve_config",
+]
+
+LR_SCHEDULES = ("step", "cosine", "constant")
+
+CPU_PRESET: dict[str, Any] = {
+    "model": "resnet_ode_small",
+    "method": "euler",
+    "n_steps": 2,
+    "epochs": 4,
+    "batch_size": 64,
+    "lr": 0.05,
+    "lr_schedule": "cosine",
+    "subset": 10_000,
+}
+"""Defaults on a CPU: a demonstration that finishes in minutes (see ``docs/training.md``)."""
+
+GPU_PRESET: dict[str, Any] = {
+    "model": "resnet18_ode",
+    "method": "euler",
+    "n_steps": 2,
+    "epochs": 350,
+    "batch_size": 256,
+    "lr": 0.1,
+    "lr_schedule": "step",
+    "lr_milestones": (150, 250),
+    "subset": 0,
+}
+"""Defaults on a GPU: the reference training script of Gholami et al. (2019), see above."""
+
+# Settings that only steer how a run executes, not what it computes; a resumed run may
+# change them.
+RUNTIME_FIELDS = ("data_root", "download", "device", "progress", "plots", "out", "name", "resume")
+
+_SHARED_DATA = Path("..") / "shared" / "data" / "cifar10-jpeg"
+
+
+def default_data_root(dataset: str = "cifar10", cwd: str | os.PathLike[str] | None = None) -> str:
+    """The data folder used when none is given: ``../shared/data/cifar10-jpeg`` (relative to
+    ``cwd``, default the working directory) for CIFAR-10 when that folder exists, else
+    ``./data``."""
+    base = Path.cwd() if cwd is None else Path(cwd)
+    if dataset == "cifar10" and (base / _SHARED_DATA).is_dir():
+        return str(_SHARED_DATA)
+    return "data"
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """A memory size in bytes from ``1500000``, ``"1.5MB"``, ``"512MiB"``, ``"2G"`` (a lone
+    letter is binary: ``G`` = GiB).
+
+    Raises:
+        ValueError: not a non-negative size with a known unit.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a memory size: {value!r}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"not a memory size: {value!r} (examples: 1500000, 1.5MB, 512MiB, 2G)")
+        number, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"memory size must be finite and >= 0, got {value!r}")
+    return int(number * _UNITS[unit])
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the command line's flags, one to one).
+
+    ``None`` means "the default of the device preset" (:data:`CPU_PRESET`,
+    :data:`GPU_PRESET`) for ``model``, ``method``, ``n_steps``, ``epochs``, ``batch_size``,
+    ``lr``, ``lr_schedule`` and ``subset``; :func:`resolve_config` fills them in.
+
+    Attributes:
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        data_root: folder holding the CIFAR files (see :func:`anode.data.load_cifar`);
+            ``None``: :func:`default_data_root`.
+        download: fetch the official archive when the folder is missing.
+        model: a name of :func:`anode.models.list_models`.
+        method, n_steps, gradient, schedule, snapshots, memory_budget: ODE options of the
+            model's blocks (:class:`anode.ODEBlock`); ``None`` leaves the model's default.
+            ``memory_budget`` is in bytes. Options given to a model without ODE blocks
+            raise ValueError when the model is built. See :meth:`ode_options`.
+        epochs: number of passes over the training set.
+        batch_size: global mini-batch size (split evenly over the processes of a
+            distributed run).
+        lr: initial learning rate of SGD.
+        lr_schedule: ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``), ``"cosine"``
+            (cosine annealing to 0 over ``epochs``, stepped per epoch) or ``"constant"``.
+        lr_milestones: epochs after which ``"step"`` multiplies the learning rate by
+            ``lr_gamma``; ``None``: after 50% and 75% of ``epochs``.
+        lr_gamma: factor of each ``"step"`` decrease.
+        momentum, weight_decay, nesterov: SGD settings.
+        subset: train on this many images (class-balanced, fixed by ``seed``); ``0`` for all.
+        test_subset: evaluate on this many test images (class-balanced); ``0``/``None`` all.
+        augment: random crop (4-pixel padding) and horizontal flip of training images.
+        seed: seeds the weights' initialisation, data order and augmentation.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        bf16: run forward passes under bfloat16 autocast.
+        sync_bn: under DistributedDataParallel on CUDA, convert BatchNorm to
+            ``SyncBatchNorm`` so that batch statistics span the global batch.
+        out: run folder; ``None``: ``runs/<name>`` or ``runs/<timestamp>``.
+        name: run name for the default run folder.
+        resume: continue from ``<out>/last.pt`` (``True``) or from a given run folder or
+            checkpoint file (a path).
+        progress: show a progress bar and a summary line per epoch.
+        plots: redraw ``curves.png`` after every epoch.
+        eval_batch_size: batch size of evaluation on the test set.
+        extra: free-form metadata recorded with the run (e.g. by a comparison command);
+            training does not read it.
+    """
+
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    download: bool = False
+    model: str | None = None
+    method: str | None = None
+    n_steps: int | None = None
+    gradient: str | None = None
+    schedule: str | None = None
+    snapshots: int | None = None
+    memory_budget: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_schedule: str | None = None
+    lr_milestones: tuple[int, ...] | None = None
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    sync_bn: bool = True
+    out: str | None = None
+    name: str | None = None
+    resume: bool | str = False
+    progress: bool = True
+    plots: bool = True
+    eval_batch_size: int = 500
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ode_options(self) -> dict[str, Any]:
+        """The ODE options given (not ``None``), as keyword arguments of
+        :func:`anode.models.create`.
+
+        A ``memory_budget`` without a ``schedule`` selects the ``"auto"`` schedule, and
+        ``snapshots`` without one selects ``"revolve"``, the schedules that take them.
+        """
+        names = ("method", "n_steps", "gradient", "schedule", "snapshots", "memory_budget")
+        opts = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        if "schedule" not in opts:
+            if "memory_budget" in opts:
+                opts["schedule"] = "auto"
+            elif "snapshots" in opts:
+                opts["schedule"] = "revolve"
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python copy (lists for tuples), as stored in a checkpoint's ``"args"``."""
+        d = dataclasses.asdict(self)
+        if d["lr_milestones"] is not None:
+            d["lr_milestones"] = list(d["lr_milestones"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}")
+        d = dict(d)
+        if d.get("lr_milestones") is not None:
+            d["lr_milestones"] = tuple(int(m) for m in d["lr_milestones"])
+        return cls(**d)
+
+    def check(self) -> None:
+        """Check the settings that can be checked without building anything.
+
+        Raises:
+            ValueError: a setting out of range or not one of its choices (the message names
+                it).
+        """
+        from ..data import CIFAR_NAMES
+
+        if self.dataset not in CIFAR_NAMES:
+            raise ValueError(f"dataset must be one of {list(CIFAR_NAMES)}, got {self.dataset!r}")
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _positive("eval_batch_size", self.eval_batch_size)
+        _positive("n_steps", self.n_steps)
+        _positive("snapshots", self.snapshots)
+        for name in ("subset", "test_subset", "memory_budget"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.lr_milestones is not None:
+            ms = list(self.lr_milestones)
+            if any(not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
+                raise ValueError(f"lr_milestones must be increasing epochs >= 1, got {self.lr_milestones!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
+    """A copy of ``config`` with the preset of ``device_type`` (``"cpu"`` or ``"cuda"``)
+    filling every ``None`` the presets cover, and ``data_root`` defaulted.
+
+    The preset's ODE options (``method``, ``n_steps``) apply only when ``model`` was taken
+    from the preset too, so that a user-chosen model keeps its own defaults.
+
+    Raises:
+        ValueError: as :meth:`TrainConfig.check`.
+    """
+    preset = GPU_PRESET if device_type == "cuda" else CPU_PRESET
+    cfg = dataclasses.replace(config)
+    from_preset = cfg.model is None
+    for key, value in preset.items():
+        if key in ("method", "n_steps") and not from_preset:
+            continue
+        if key == "lr_milestones":
+            continue
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    if (
+        cfg.lr_milestones is None
+        and cfg.lr_schedule == "step"
+        and config.epochs is None
+        and "lr_milestones" in preset
+    ):
+        cfg.lr_milestones = tuple(preset["lr_milestones"])
+    if cfg.data_root is None:
+        cfg.data_root = default_data_root(cfg.dataset)
+    cfg.check()
+    return cfg
+
+
+def lr_milestones(config: TrainConfig) -> list[int]:
+    """The epochs after which the ``"step"`` schedule lowers the learning rate: the given
+    ``lr_milestones``, else after 50% and 75% of the epochs (rounded; duplicates and
+    milestones at 0 dropped)."""
+    if config.lr_milestones is not None:
+        return list(config.lr_milestones)
+    epochs = int(config.epochs)
+    return sorted({m for m in (round(0.5 * epochs), round(0.75 * epochs)) if m >= 1})
