@@ -6,7 +6,7 @@ Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298).
 from .ivp import SolveStats
 from .nn import ConvODEFunc, ODEBlock
 from .odeint import odeint
-from .schedules import SCHEDULES, Recompute, Schedule, Store
+from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
 from .solvers import TABLEAUS, ButcherTableau, get_tableau
 
 __version__ = "0.1.0"
@@ -21,6 +21,8 @@ __all__ = [
     "Schedule",
     "Store",
     "Recompute",
+    "Revolve",
+    "Auto",
     "SCHEDULES",
     "SolveStats",
 ]

@@ -7,6 +7,12 @@ is the peak resident set size of the process (``VmHWM``, reset through
 in a fresh subprocess (:func:`run_isolated`) with glibc's mmap threshold fixed, so that
 freed tensors go back to the operating system and the resident size tracks live tensors.
 Time is the median of repeats after warm-up. Report ratios measured in one run.
+
+The fixed mmap threshold has a price: every large tensor is a fresh mapping whose pages the
+kernel zeroes on first touch, which made forward+backward of a convolutional ODE block about
+2.5x slower on CPU here, and not by the same factor for every method (those that allocate more
+often pay more). Time on CPU is therefore best measured in a separate process with glibc's
+default allocator settings (``run_isolated(..., malloc_env=False)``).
 """
 
 from __future__ import annotations
@@ -74,24 +80,41 @@ def median_time(
     step: Callable[[], None], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 3
 ) -> float:
     """Median wall time (seconds) of ``repeats`` calls of ``step`` after ``warmup`` calls."""
+    return median_times(step, device, warmup, repeats)["wall"]
+
+
+def median_times(
+    step: Callable[[], None], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 3
+) -> dict[str, float]:
+    """Median wall time and median CPU time (seconds) of ``repeats`` calls of ``step`` after
+    ``warmup`` calls, taken from the same calls.
+
+    Returns:
+        ``{"wall": ..., "cpu": ...}``; ``cpu`` is the process's CPU time
+        (``time.process_time``, all its threads). With one thread and work on the CPU it
+        equals the wall time on an idle machine and, unlike the wall time, does not grow when
+        other processes compete for the cores; with work on a GPU it is only the host's share.
+    """
     device = torch.device(device)
     for _ in range(warmup):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
-def run_isolated(target: str, timeout: float = 1800, **kwargs) -> dict:
+def run_isolated(target: str, timeout: float = 1800, malloc_env: bool = True, **kwargs) -> dict:
     """Call ``module:function(**kwargs)`` in a fresh Python process and return its dict.
 
-    The function must return a JSON-serialisable dict. The child gets glibc's mmap threshold
-    fixed (see module docstring) and the parent's ``sys.path``.
+    The function must return a JSON-serialisable dict. The child gets the parent's
+    ``sys.path`` and, with ``malloc_env`` (for memory measurements), glibc's mmap threshold
+    fixed (see module docstring).
 
     Raises:
         RuntimeError: the child failed (its stderr is included) or timed out.
@@ -102,7 +125,8 @@ def run_isolated(target: str, timeout: float = 1800, **kwargs) -> dict:
         "res = getattr(importlib.import_module(mod), fn)(**json.loads(sys.argv[2]))\n"
         "sys.stdout.write('\\n@@RESULT@@' + json.dumps(res))\n"
     )
-    env = {**os.environ, **_MALLOC_ENV, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, **(_MALLOC_ENV if malloc_env else {}),
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code, target, json.dumps(kwargs)],

@@ -76,7 +76,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         y, result = tuple(y0), []
         for j in range(n_steps):
             if schedule.keeps(j, n_steps):
-                kept[j] = y
+                kept[j] = schedule.hold(j, n_steps, y)
             record.before_step(j)
             if j == 0:
                 # One step with a graph shows whether func reaches tensors that require grad
@@ -97,10 +97,13 @@ class _DiscreteAdjoint(torch.autograd.Function):
         # Everything the backward needs goes through save_for_backward: in-place changes to
         # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
         # torch.autograd.graph.save_on_cpu) see the kept states. The state at step 0 is the
-        # input itself.
-        kept_steps = [j for j in kept if j != 0]
+        # input itself. A schedule that frees kept states during the backward (revolve) holds
+        # them itself instead, as autograd holds saved tensors until the backward ends.
+        by_autograd = schedule.autograd_holds_kept
+        kept_steps = [j for j in kept if j != 0 and by_autograd]
         ctx.save_for_backward(*tensors, *result, *(y for j in kept_steps for y in kept[j]))
         ctx.kept_steps = kept_steps
+        ctx.kept_by_schedule = {} if by_autograd else {j: y for j, y in kept.items() if j != 0}
         ctx.ivp, ctx.schedule, ctx.record = ivp, schedule, record
         return tuple(result)
 
@@ -119,6 +122,15 @@ class _DiscreteAdjoint(torch.autograd.Function):
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
         del saved, flat_kept
+        held = ctx.kept_by_schedule
+        if held is None:
+            raise RuntimeError(
+                f"schedule {schedule.name} frees its snapshots during the backward, so a solve can "
+                "be differentiated only once; use schedule='store' or 'recompute' with retain_graph"
+            )
+        if held:
+            kept.update(held)
+            ctx.kept_by_schedule = held = None
         need = ctx.needs_input_grad[2:]
         need_t = need[n_y]
         wanted = [i for i, p in enumerate(params) if need[n_y + 1 + i]]
@@ -167,6 +179,8 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     if g_h is not None:
                         g_size[j] += g_h
                 ivp.stats.backward_steps += 1
+                # drop this step's state and graph before the schedule recomputes the next
+                del y_j, y_leaf, y_next, grads
 
         t_grad = None
         if need_t:
