@@ -97,7 +97,8 @@ def odeint(
             one step per interval.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations) or
-            ``"backsolve"`` (continuous adjoint of Chen et al. 2018; approximate).
+            ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
+            ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md).
         schedule: for ``gradient="anode"``: ``"recompute"`` (keep the input only; the
             paper's scheme), ``"store"`` (keep all states), or another registered schedule
             name or :class:`~anode.schedules.Schedule` object.

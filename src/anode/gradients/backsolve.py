@@ -1,0 +1,227 @@
+"""The continuous adjoint ("backsolve"): solve an augmented ODE backwards in time.
+
+Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
+2018, §2 and Appendix B (Algorithm 1); the method of torchdiffeq's ``odeint_adjoint``. The
+forward pass runs the solver without building a graph and keeps only the outputs. The
+backward pass integrates the augmented system
+
+    z' = f(t, z; θ),   a' = -a·∂f/∂z,   θ_a' = -a·∂f/∂θ,   t_a' = -a·∂f/∂t
+
+from the end time back to the start with the same Butcher tableau on the same time grid,
+reversed, starting from ``z = z(T)``, ``a = dL/dz(T)``, ``θ_a = 0``. This is
+optimize-then-discretize: the gradient is a discretisation of the adjoint of the ODE, not
+the gradient of the discrete network that was run, and the state ``z`` is recomputed by a
+reverse solve, which is unstable when the forward dynamics contract (ReLU and convolution
+dynamics; Gholami, Keutzer, Biros, IJCAI 2019, §3 and Fig. 1). Use it to reproduce or
+compare with torchdiffeq and to measure that error (:mod:`anode.diagnostics`); for training
+prefer ``gradient="anode"``, exact at similar memory.
+
+What matches torchdiffeq 0.2.5 (``torchdiffeq/_impl/adjoint.py``), so the two agree to
+rounding on the same fixed grid:
+
+* the augmented state and its dynamics, above, with vector–Jacobian products taken by
+  ``torch.autograd.grad`` on one stage evaluation's graph at a time;
+* at each intermediate output time ``t_i`` (going backwards) the state ``z`` is reset to the
+  forward's output at ``t_i`` and the incoming output gradient is added to ``a``;
+* gradients with respect to the output times: ``dL/dt_i = (dL/dz(t_i))·f(t_i, z(t_i))`` for
+  ``i >= 1`` (the continuous-time sensitivity to moving an output time, not to moving the
+  grid), each subtracted from ``t_a``; ``dL/dt_0 = t_a`` at the end of the reverse solve.
+
+Memory: the outputs, the augmented state, the stages of one reverse step and one stage's
+graph; independent of ``N_t`` (apart from the generator states recorded per step, a few KB
+each, as for every recomputing method). Time: about 2F + B for a forward solve F and its
+backward B (the forward, then a reverse solve with one function evaluation and one
+vector–Jacobian product per stage).
+
+Replay (:class:`~anode.recompute.ForwardRecord`): the reverse solve runs under the forward's
+autocast state, module modes and buffers, and reverse step ``j`` draws random numbers from
+the generator state that forward step ``j`` started with. It can only replay approximately:
+its stages are evaluated at different states and times than the forward's, so random
+numbers, BatchNorm batch statistics and anything else depending on the state differ.
+Buffers changed during the reverse solve (BatchNorm running statistics in training mode)
+are put back afterwards, so the backward leaves the model as the forward left it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..grid import TimeGrid
+from ..ivp import IVP
+from ..recompute import ForwardRecord
+from ..solvers import ButcherTableau, State, rk_step
+from .anode import check_closed
+
+
+def reverse_step_times(
+    grid: TimeGrid, t: torch.Tensor, tableau: ButcherTableau
+) -> tuple[torch.Tensor, list[float]]:
+    """Stage times and step sizes of the reverse solve, on the forward's grid reversed.
+
+    Reverse step ``j`` undoes forward step ``j``: it starts at the forward step's end time
+    ``e_j`` and takes the step ``-h_j``, so its stages are at ``e_j - c_i h_j``. The grid's
+    nodes are the forward's, bit for bit (``e_j`` is the start of step ``j + 1``, or the
+    output time that ends an interval), so no new rounding enters the grid.
+
+    Args:
+        grid: the forward time grid with ``N_t`` steps.
+        t: the output times, 1-D tensor of length M (its gradient is not taken here).
+        tableau: the Runge–Kutta method, ``s`` stages.
+
+    Returns:
+        ``(stage_times, sizes)``: a tensor ``[N_t, s]`` in ``t``'s dtype, row ``j`` for the
+        reverse of forward step ``j``, and the ``N_t`` signed step sizes ``-h_j`` as Python
+        floats (time units).
+    """
+    t64 = t.detach().to(torch.float64)
+    starts, sizes = grid.step_times(t64, t64.new_zeros(1))
+    ends = torch.cat([starts[1:, 0], t64[-1:]])
+    nodes = torch.tensor(tableau.c, dtype=torch.float64, device=t.device)
+    stage_times = ends[:, None] - nodes[None, :] * sizes[:, None]
+    return stage_times.to(t.dtype), [-h for h in sizes.tolist()]
+
+
+class _ContinuousAdjoint(torch.autograd.Function):
+    """Inputs: ``(ivp, *y0, t, *params)``; outputs: the states at ``t[1:]``, flattened
+    (output time major, state component minor)."""
+
+    @staticmethod
+    def forward(ctx, ivp: IVP, *tensors):
+        n_y = len(ivp.y0)
+        y0, t = tensors[:n_y], tensors[n_y]
+        n_steps = ivp.grid.n_steps
+        record = ForwardRecord(ivp.raw_func, y0)
+        stage_times, sizes = ivp.step_times(t.detach())
+        outputs = set(ivp.grid.output_steps)
+        y, result = tuple(y0), []
+        for j in range(n_steps):
+            record.before_step(j)
+            if j == 0:
+                # One step with a graph shows whether func reaches tensors that require grad
+                # but are not inputs here: fail now rather than lose their gradient.
+                with torch.enable_grad():
+                    y = rk_step(ivp.func, tuple(v.detach() for v in y), stage_times[j], sizes[j],
+                                ivp.tableau)
+                check_closed(y, list(tensors[n_y + 1 :]))
+                y = tuple(v.detach() for v in y)
+            else:
+                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+            if j + 1 in outputs:
+                result.extend(y)
+        ivp.stats.forward_steps += n_steps
+        ivp.stats.stages = ivp.tableau.stages
+        ivp.stats.schedule = "backsolve"
+        # Only the outputs are kept (the caller holds them anyway); the input is not.
+        ctx.save_for_backward(t, *tensors[n_y + 1 :], *result)
+        ctx.ivp, ctx.record = ivp, record
+        return tuple(result)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_outputs):
+        ivp, record = ctx.ivp, ctx.record
+        n_y, n_p = len(ivp.y0), len(ivp.params)
+        saved = ctx.saved_tensors
+        t, params, flat_out = saved[0], saved[1 : 1 + n_p], saved[1 + n_p :]
+        n_out = len(flat_out) // n_y
+        outs = [flat_out[k * n_y : (k + 1) * n_y] for k in range(n_out)]
+        g_outs = [_zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], outs[k]) for k in range(n_out)]
+        need = ctx.needs_input_grad[1:]
+        need_t = need[n_y]
+        wanted = [i for i in range(n_p) if need[n_y + 1 + i]]
+        wanted_params = [params[i] for i in wanted]
+        n_w = len(wanted)
+        dynamics = _AugmentedDynamics(ivp, wanted_params, need_t)
+
+        stage_times, sizes = reverse_step_times(ivp.grid, t, ivp.tableau)
+        bounds = (0, *ivp.grid.output_steps)
+        t_values = t.detach()
+        time_grads = torch.zeros_like(t_values) if need_t else None
+
+        aug: State = (
+            *outs[-1],
+            *g_outs[-1],
+            *(torch.zeros_like(p) for p in wanted_params),
+            *((torch.zeros((), dtype=t.dtype, device=t.device),) if need_t else ()),
+        )
+        with record.replaying(), torch.no_grad():
+            for i in range(n_out, 0, -1):
+                if need_t:
+                    with record.step(bounds[i] - 1):
+                        f = ivp.func(t_values[i], outs[i - 1])
+                    dl_dti = sum((fk * gk).sum() for fk, gk in zip(f, g_outs[i - 1])).to(t.dtype)
+                    time_grads[i] = dl_dti
+                    aug = (*aug[:-1], aug[-1] - dl_dti)
+                for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1):
+                    with record.step(j):
+                        aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
+                    ivp.stats.recomputed_steps += 1
+                if i > 1:
+                    # As torchdiffeq: continue from the forward's output rather than the
+                    # reverse solve's estimate, and inject this output time's gradient.
+                    adjoint = tuple(a + g for a, g in zip(aug[n_y : 2 * n_y], g_outs[i - 2]))
+                    aug = (*outs[i - 2], *adjoint, *aug[2 * n_y :])
+
+        adjoint = aug[n_y : 2 * n_y]
+        if need_t:
+            time_grads[0] = aug[-1]
+        all_param_grads: list[torch.Tensor | None] = [None] * n_p
+        for i, g in zip(wanted, aug[2 * n_y : 2 * n_y + n_w]):
+            all_param_grads[i] = g
+        y0_grads = tuple(a if need[k] else None for k, a in enumerate(adjoint))
+        return (None, *y0_grads, time_grads, *all_param_grads)
+
+
+class _AugmentedDynamics:
+    """``(t, (z, a, θ_a[, t_a])) -> (f, -a·∂f/∂z, -a·∂f/∂θ[, -a·∂f/∂t])`` on flat tuples.
+
+    Each call builds the graph of one evaluation of ``f`` and frees it after its
+    vector–Jacobian product.
+    """
+
+    def __init__(self, ivp: IVP, params: list[torch.Tensor], need_t: bool) -> None:
+        self.func, self.params, self.need_t = ivp.func, params, need_t
+        self.n_y = len(ivp.y0)
+
+    def __call__(self, t: torch.Tensor, aug: State) -> State:
+        n_y = self.n_y
+        z, a = aug[:n_y], aug[n_y : 2 * n_y]
+        with torch.enable_grad():
+            z_leaf = tuple(v.detach().requires_grad_() for v in z)
+            t_in = t.detach().requires_grad_() if self.need_t else t.detach()
+            f = self.func(t_in, z_leaf)
+        inputs = [*z_leaf, *self.params] + ([t_in] if self.need_t else [])
+        check_closed(f, inputs)
+        pairs = [(fk, -ak) for fk, ak in zip(f, a) if fk.requires_grad]
+        grads = (
+            torch.autograd.grad([p[0] for p in pairs], inputs, [p[1] for p in pairs], allow_unused=True)
+            if pairs
+            else [None] * len(inputs)
+        )
+        grads = _zeros_if_none(grads, inputs)
+        return (*(fk.detach() for fk in f), *grads)
+
+
+def _zeros_if_none(grads, like) -> State:
+    return tuple(torch.zeros_like(y) if g is None else g for g, y in zip(grads, like))
+
+
+def solve(ivp: IVP) -> list[State]:
+    """Integrate without a graph; gradients by the continuous adjoint (reverse solve).
+
+    Args:
+        ivp: the normalised problem.
+
+    Returns:
+        A list of ``M - 1`` tuple states, one per output time after the first.
+
+    Raises:
+        ValueError: ``func`` uses a tensor requiring grad that is not in ``ivp.params``
+            (checked on the first forward step and on every stage of the reverse solve).
+        RuntimeError (in the backward pass): a second-order derivative is requested; this
+            gradient is not differentiable.
+    """
+    n_y = len(ivp.y0)
+    flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)
+    return [tuple(flat[k : k + n_y]) for k in range(0, len(flat), n_y)]
