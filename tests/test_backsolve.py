@@ -20,15 +20,6 @@ TOL = 1e-10
 METHODS = [("euler", "euler"), ("midpoint", "midpoint"), ("rk38", "rk4")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These problems are tiny: on a shared, loaded CPU, OpenMP threads waiting for each other
-    # cost 10-100x more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def max_rel(a, b):
     scale = max(b.abs().max().item(), 1e-300)

@@ -32,15 +32,6 @@ from cifar_files import write_fake_cifar
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These problems are tiny: on a shared, loaded CPU, OpenMP threads waiting for each other
-    # cost 10-100x more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def linear(theta):
     return lambda t, z: theta * z

@@ -22,15 +22,6 @@ PAIRS = [("resnet_ode_small", "resnet_small"), ("sqnxt_ode_small", "sqnxt_small"
 F64_RTOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions gain nothing from intra-op threads, and on a shared machine the
-    # thread pool's contention makes them many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())

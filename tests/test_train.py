@@ -53,14 +53,6 @@ if TINY not in models.list_models():
     models.register_model(_tiny, name=TINY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine is shared; several threads per process slow small convolutions down.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def data_root(tmp_path):
