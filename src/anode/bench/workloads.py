@@ -14,13 +14,15 @@ all are measured the same way.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 import anode
 
-from .measure import median_time, peak_memory
+from .measure import median_times, peak_memory
 
 LIBRARIES = ("anode", "torchdiffeq")
 
@@ -124,7 +126,7 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
               layers: int = 1, n_steps: int = 8, method: str = "midpoint", channels: int = 32,
               batch: int = 16, size: int = 32, device: str = "cpu", repeats: int = 3,
               seed: int = 0, threads: int = 0, library: str = "anode", checkpoint: bool = False,
-              save: str | None = None) -> dict:
+              save: str | None = None, measure: str = "both") -> dict:
     """Peak memory (bytes) and median time (s) of forward+backward of an ODE-block stack.
 
     Input ``[batch, channels, size, size]``, float32; loss = sum of squares of the output.
@@ -139,17 +141,26 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
         threads: ``torch.set_num_threads`` when positive.
         save: a path; the warm-up's output and parameter gradient (both flattened, float32
             CPU tensors) are saved there with ``torch.save`` as ``{"output", "grad"}``.
+        measure: ``"both"``, ``"memory"`` (no timing) or ``"time"`` (no memory run), so that
+            on CPU memory and time can be measured in processes with different allocator
+            settings (see :mod:`anode.bench.measure`).
 
     Returns:
+        (the memory entries only with ``measure`` "both" or "memory", the times only with
+        "both" or "time")
         ``peak_bytes`` (extra peak memory of one forward+backward over what was in use before
-        it: the model, the input, the gradients of the previous step), ``seconds`` (median
-        time of forward+backward), ``state_bytes`` (one state), ``function_evaluations`` (of
-        the ODE function per forward+backward, counted with a hook), ``grad_norm`` (of all
-        parameter gradients) and ``parameters`` (their count).
+        it: the model, the input, the gradients of the previous step), ``seconds`` and
+        ``cpu_seconds`` (median wall and CPU time of forward+backward, see
+        :func:`~anode.bench.measure.median_times`), ``state_bytes`` (one state),
+        ``function_evaluations`` (of the ODE function per forward+backward, counted with a
+        hook), ``grad_norm`` (of all parameter gradients) and ``parameters`` (their count).
 
     Raises:
         RuntimeError: ``device`` is CUDA but CUDA is not available.
+        ValueError: unknown ``measure``.
     """
+    if measure not in ("both", "memory", "time"):
+        raise ValueError(f"measure must be 'both', 'memory' or 'time', not {measure!r}")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -176,16 +187,81 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
     del out, grad
     model.zero_grad(set_to_none=True)
 
-    count, handles = _count_evaluations(model)
-    peak = peak_memory(step, dev)
-    for h in handles:
-        h.remove()
-    seconds = median_time(step, dev, warmup=0, repeats=repeats)
-    return {
-        "peak_bytes": peak,
-        "seconds": seconds,
+    result = {
         "state_bytes": x.numel() * x.element_size(),
-        "function_evaluations": count[0],
         "grad_norm": grad_norm,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    if measure in ("both", "memory"):
+        count, handles = _count_evaluations(model)
+        result["peak_bytes"] = peak_memory(step, dev)
+        for h in handles:
+            h.remove()
+        result["function_evaluations"] = count[0]
+    if measure in ("both", "time"):
+        times = median_times(step, dev, warmup=0, repeats=repeats)
+        result["seconds"], result["cpu_seconds"] = times["wall"], times["cpu"]
+    return result
+
+
+def time_stack(*, methods: dict[str, dict], layers: int = 1, n_steps: int = 8,
+               method: str = "midpoint", channels: int = 32, batch: int = 16, size: int = 32,
+               device: str = "cpu", repeats: int = 3, seed: int = 0, threads: int = 0) -> dict:
+    """Median times (s) of forward+backward of several gradient methods, interleaved.
+
+    All methods' stacks (same weights, same input) live in this one process; after one
+    warm-up each, ``repeats`` rounds time one forward+backward of every method, the order
+    rotating from round to round. Load from other processes that changes during the
+    measurement then falls on every method alike, instead of on whichever ran at the time,
+    so the ratios between methods are what stays meaningful on a shared machine.
+
+    Args:
+        methods: label → options of :func:`build_stack` (``gradient``, ``schedule``,
+            ``schedule_options``, ``library``, ``checkpoint``; ``seed`` overrides the weights'
+            seed).
+        layers, n_steps, method, channels, batch, size, device, seed, threads: as
+            :func:`ode_stack`.
+        repeats: rounds.
+
+    Returns:
+        label → ``{"seconds", "cpu_seconds"}`` (median wall and CPU time, see
+        :func:`~anode.bench.measure.median_times`), or ``{"error": message}`` for a method
+        whose warm-up raised.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but CUDA is not available")
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, size, size, device=dev)
+    steps, results = {}, {}
+    for label, opts in methods.items():
+        opts = dict(opts)
+        torch.manual_seed(opts.pop("seed", seed))
+        model = build_stack(layers, channels, method, n_steps, opts.pop("gradient"),
+                            opts.pop("schedule", "recompute"), opts.pop("schedule_options", None),
+                            **opts).to(dev)
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            model(x).square().sum().backward()
+
+        try:
+            step()
+        except Exception as exc:  # one failing method must not lose the others' times
+            results[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        steps[label] = step
+    wall = {label: [] for label in steps}
+    cpu = {label: [] for label in steps}
+    labels = list(steps)
+    for r in range(repeats):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)] if labels else []:
+            t = median_times(steps[label], dev, warmup=0, repeats=1)
+            wall[label].append(t["wall"])
+            cpu[label].append(t["cpu"])
+    for label in steps:
+        results[label] = {"seconds": statistics.median(wall[label]),
+                          "cpu_seconds": statistics.median(cpu[label])}
+    return results
