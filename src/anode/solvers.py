@@ -127,16 +127,20 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
 
 
 def _combine(y: State, h, terms: list[tuple[float, State]]) -> State:
-    """y + h * sum(w * k) per tensor, skipping zero weights."""
+    """y + sum(w * h * k) per tensor, skipping zero weights.
+
+    With a Python step size each term is one fused ``add(k, alpha=w*h)``: one pass over the
+    state per stage, as few as a hand-written step would take. A tensor step size (when
+    gradients reach the time grid) cannot be an ``alpha`` and is multiplied in.
+    """
     terms = [(w, k) for w, k in terms if w != 0.0]
     if not terms:
         return y
     out = []
-    for idx, yi in enumerate(y):
-        acc = terms[0][1][idx] * terms[0][0]
-        for w, k in terms[1:]:
-            acc = acc + k[idx] * w
-        out.append(yi + acc * h)
+    for idx, acc in enumerate(y):
+        for w, k in terms:
+            acc = acc.add(k[idx], alpha=w * h) if isinstance(h, float) else acc + k[idx] * (w * h)
+        out.append(acc)
     return tuple(out)
 
 

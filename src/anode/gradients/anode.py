@@ -23,41 +23,11 @@ from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..schedules import Schedule
 from ..solvers import State, rk_step
+from .forward import check_closed, forward_sweep
 
 
 def _zeros_if_none(grads, like):
     return tuple(torch.zeros_like(y) if g is None else g for g, y in zip(grads, like))
-
-
-def check_closed(outputs: State, inputs: list[torch.Tensor]) -> None:
-    """Raise if ``outputs`` depend on a tensor requiring grad that is not among ``inputs``.
-
-    Such a tensor (e.g. a module parameter captured by a closure but not passed in
-    ``params``) would silently receive no gradient from a method that differentiates
-    only with respect to known inputs.
-
-    Raises:
-        ValueError: naming the shape of the first unknown tensor found.
-    """
-    known_leaves = {id(x) for x in inputs}
-    known_nodes = {x.grad_fn for x in inputs if x.grad_fn is not None}
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in known_nodes:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            if id(variable) not in known_leaves:
-                raise ValueError(
-                    f"func uses a tensor of shape {tuple(variable.shape)} that requires grad but "
-                    "is not among the parameters being differentiated; its gradient would be "
-                    "lost. Pass it in params= (or make func an nn.Module that owns it)."
-                )
-            continue
-        stack.extend(fn for fn, _ in node.next_functions)
 
 
 class _DiscreteAdjoint(torch.autograd.Function):
@@ -67,32 +37,15 @@ class _DiscreteAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ivp: IVP, schedule: Schedule, *tensors):
         n_y = len(ivp.y0)
-        y0, t = tensors[:n_y], tensors[n_y]
         n_steps = ivp.grid.n_steps
-        record = ForwardRecord(ivp.raw_func, y0)
-        stage_times, sizes = ivp.step_times(t.detach())
-        outputs = set(ivp.grid.output_steps)
+        record = ForwardRecord(ivp.raw_func, tensors[:n_y])
         kept: dict[int, State] = {}
-        y, result = tuple(y0), []
-        for j in range(n_steps):
+
+        def keep(j: int, y: State) -> None:
             if schedule.keeps(j, n_steps):
                 kept[j] = schedule.hold(j, n_steps, y)
-            record.before_step(j)
-            if j == 0:
-                # One step with a graph shows whether func reaches tensors that require grad
-                # but are not inputs here: fail now rather than lose their gradient. Only the
-                # graph's structure is needed, so nothing it would save is kept.
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
-                    y = tuple(v.detach() for v in y)
-                    y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
-                check_closed(y, list(tensors[n_y + 1 :]))
-                y = tuple(v.detach() for v in y)
-            else:
-                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
-            if j + 1 in outputs:
-                result.extend(y)
-        ivp.stats.forward_steps += n_steps
-        ivp.stats.stages = ivp.tableau.stages
+
+        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep)
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to
         # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
@@ -192,10 +145,6 @@ class _DiscreteAdjoint(torch.autograd.Function):
         for i, g in zip(wanted, param_grads):
             all_param_grads[i] = g
         return (None, None, *y0_grads, t_grad, *all_param_grads)
-
-
-def _drop(_):
-    return None
 
 
 def _value(h):

@@ -51,7 +51,7 @@ from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, State, rk_step
-from .anode import check_closed
+from .forward import check_closed, forward_sweep
 
 
 def reverse_step_times(
@@ -90,27 +90,8 @@ class _ContinuousAdjoint(torch.autograd.Function):
     def forward(ctx, ivp: IVP, *tensors):
         n_y = len(ivp.y0)
         y0, t = tensors[:n_y], tensors[n_y]
-        n_steps = ivp.grid.n_steps
         record = ForwardRecord(ivp.raw_func, y0)
-        stage_times, sizes = ivp.step_times(t.detach())
-        outputs = set(ivp.grid.output_steps)
-        y, result = tuple(y0), []
-        for j in range(n_steps):
-            record.before_step(j)
-            if j == 0:
-                # One step with a graph shows whether func reaches tensors that require grad
-                # but are not inputs here: fail now rather than lose their gradient.
-                with torch.enable_grad():
-                    y = rk_step(ivp.func, tuple(v.detach() for v in y), stage_times[j], sizes[j],
-                                ivp.tableau)
-                check_closed(y, list(tensors[n_y + 1 :]))
-                y = tuple(v.detach() for v in y)
-            else:
-                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
-            if j + 1 in outputs:
-                result.extend(y)
-        ivp.stats.forward_steps += n_steps
-        ivp.stats.stages = ivp.tableau.stages
+        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record)
         ivp.stats.schedule = "backsolve"
         # Only the outputs are kept (the caller holds them anyway); the input is not.
         ctx.save_for_backward(t, *tensors[n_y + 1 :], *result)

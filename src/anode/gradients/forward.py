@@ -1,0 +1,90 @@
+"""The forward sweep shared by gradient methods that build no graph in the forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..ivp import IVP
+from ..recompute import ForwardRecord
+from ..solvers import State, rk_step
+
+
+def check_closed(outputs: State, inputs: list[torch.Tensor]) -> None:
+    """Raise if ``outputs`` depend on a tensor requiring grad that is not among ``inputs``.
+
+    Such a tensor (e.g. a module parameter captured by a closure but not passed in
+    ``params``) would silently receive no gradient from a method that differentiates
+    only with respect to known inputs.
+
+    Raises:
+        ValueError: naming the shape of the first unknown tensor found.
+    """
+    known_leaves = {id(x) for x in inputs}
+    known_nodes = {x.grad_fn for x in inputs if x.grad_fn is not None}
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in known_nodes:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if id(variable) not in known_leaves:
+                raise ValueError(
+                    f"func uses a tensor of shape {tuple(variable.shape)} that requires grad but "
+                    "is not among the parameters being differentiated; its gradient would be "
+                    "lost. Pass it in params= (or make func an nn.Module that owns it)."
+                )
+            continue
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
+def _drop(_):
+    return None
+
+
+def forward_sweep(
+    ivp: IVP, params: list[torch.Tensor], record: ForwardRecord,
+    keep: Callable[[int, State], None] | None = None,
+) -> list[torch.Tensor]:
+    """Integrate without a graph; return the states at ``t[1:]``, flattened.
+
+    Args:
+        ivp: the problem (its ``y0`` are the inputs of the calling autograd Function).
+        params: the tensors the gradient is taken with respect to, besides the state.
+        record: captures each step's random-number state before the step is taken.
+        keep: called as ``keep(j, y_j)`` with the state at the start of every step.
+
+    Returns:
+        The output states, output time major, state component minor.
+
+    Raises:
+        ValueError: func reaches a tensor that requires grad but is not in ``params``
+            (checked on the first step, which is the only one taken with a graph).
+    """
+    stage_times, sizes = ivp.step_times(ivp.t.detach())
+    outputs = set(ivp.grid.output_steps)
+    y, result = tuple(ivp.y0), []
+    for j in range(ivp.grid.n_steps):
+        if keep is not None:
+            keep(j, y)
+        record.before_step(j)
+        if j == 0:
+            # One step with a graph shows whether func reaches tensors that require grad
+            # but are not inputs here: fail now rather than lose their gradient. Only the
+            # graph's structure is needed, so nothing it would save is kept.
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
+                y = rk_step(ivp.func, tuple(v.detach() for v in y), stage_times[j], sizes[j],
+                            ivp.tableau)
+            check_closed(y, params)
+            y = tuple(v.detach() for v in y)
+        else:
+            y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        if j + 1 in outputs:
+            result.extend(y)
+    ivp.stats.forward_steps += ivp.grid.n_steps
+    ivp.stats.stages = ivp.tableau.stages
+    return result
