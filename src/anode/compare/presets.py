@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..train.config import GPU_PRESET
+
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,18 +42,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "jobs": 2,
     },
     "paper": {
+        # the training defaults on a GPU, which are the reference script's settings
+        **{k: v for k, v in GPU_PRESET.items() if k != "model"},
         "family": "resnet",
         "size": "full",
-        "method": "euler",
-        "n_steps": 2,
         "dataset": "cifar10",
         "seeds": (0, 1, 2),
-        "epochs": 350,
-        "batch_size": 256,
-        "lr": 0.1,
-        "lr_schedule": "step",
-        "lr_milestones": (150, 250),
-        "subset": 0,
         "test_subset": 0,
         "grad_batch": 128,
         "device": "auto",
