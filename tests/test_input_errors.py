@@ -67,3 +67,11 @@ def test_func_output_checks(gradient):
 def test_schedule_options_rejected_for_other_gradients():
     with pytest.raises(ValueError, match="apply to gradient='anode' only"):
         anode.odeint(f, Y0, T, gradient="direct", snapshots=2)
+
+
+def test_odeblock_checks_names_at_construction():
+    for kwargs, match in [(dict(gradient="bogus"), "unknown gradient"),
+                          (dict(schedule="revolve"), "snapshots"),
+                          (dict(method="rk9"), "unknown method")]:
+        with pytest.raises(ValueError, match=match):
+            anode.ODEBlock(anode.ConvODEFunc(2), **kwargs)

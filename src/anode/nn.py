@@ -7,10 +7,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .gradients import GRADIENTS
 from .ivp import SolveStats
 from .odeint import integrate
-from .schedules import Schedule
-from .solvers import ButcherTableau
+from .schedules import Schedule, get_schedule
+from .solvers import ButcherTableau, get_tableau
 
 
 class ODEBlock(nn.Module):
@@ -35,7 +36,8 @@ class ODEBlock(nn.Module):
             function evaluations (forward, recomputation and backward); reset it at will.
 
     Raises:
-        ValueError, TypeError: as :func:`anode.odeint`, at the first forward call.
+        ValueError, TypeError: unknown method, gradient or schedule (or its options) at
+            construction; the rest as :func:`anode.odeint`, at the first forward call.
     """
 
     def __init__(
@@ -52,6 +54,11 @@ class ODEBlock(nn.Module):
         **schedule_options,
     ) -> None:
         super().__init__()
+        # fail at construction, not at the first forward, on names and options
+        get_tableau(method)
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; choose one of {sorted(GRADIENTS)}")
+        get_schedule(schedule, **schedule_options)
         self.func = func
         self.end_time = float(end_time)
         self.method = method

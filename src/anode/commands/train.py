@@ -90,7 +90,8 @@ def _add_train_parser(sub) -> None:
     opt.add_argument("--epochs", type=int, default=S)
     opt.add_argument("--batch-size", dest="batch_size", type=int, metavar="B", default=S,
                      help="global batch size (split over torchrun processes)")
-    opt.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
+    opt.add_argument("--lr", type=float, default=S,
+                     help="initial learning rate (0.05 on CPU, 0.1 on GPU)")
     opt.add_argument("--lr-schedule", dest="lr_schedule", choices=("step", "cosine", "constant"), default=S,
                      help="step: x gamma after each milestone; cosine: annealed to 0")
     opt.add_argument("--lr-milestones", dest="lr_milestones", type=_int_list, metavar="E1,E2", default=S,
