@@ -18,6 +18,7 @@ its pickling layer: requests and results are JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -172,3 +173,26 @@ class Spawner:
     def run(self, target: str, **kwargs) -> dict:
         """As :meth:`ForkServer.run`."""
         return run_isolated(target, timeout=self.timeout, malloc_env=self.malloc_env, **kwargs)
+
+
+def measurement_servers(stack: contextlib.ExitStack, isolation: str, preload: list[str],
+                        separate_timing: bool) -> tuple:
+    """``(memory_server, time_server)`` entered on ``stack``: memory measured with glibc's mmap
+    threshold fixed, time (when ``separate_timing``) in a second server with the default
+    allocator, since the fixed threshold slows CPU work (see :mod:`anode.bench.measure`).
+    Both servers import at the same time.
+
+    Raises:
+        ValueError: ``isolation`` neither ``"fork"`` nor ``"spawn"``.
+    """
+    if isolation not in ("fork", "spawn"):
+        raise ValueError(f"unknown isolation {isolation!r}; choose 'fork' or 'spawn'")
+    runner = ForkServer if isolation == "fork" else Spawner
+    memory_server = runner(preload=preload, malloc_env=True)
+    time_server = runner(preload=preload, malloc_env=False) if separate_timing else memory_server
+    memory_server.start()
+    time_server.start()
+    stack.enter_context(memory_server)
+    if separate_timing:
+        stack.enter_context(time_server)
+    return memory_server, time_server

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .forkserver import ForkServer, Spawner
+from .forkserver import measurement_servers
 from .measure import median_times, peak_memory
 
 TARGET = "anode.bench.models:train_step"
@@ -168,7 +168,6 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
     split = separate_timing
     if split is None:
         split = not str(workload.get("device", "cpu")).startswith("cuda")
-    runner = ForkServer if isolation == "fork" else Spawner
     preload = ["anode", "anode.models", "anode.bench.models"]
     rows = []
     started = time.perf_counter()
@@ -178,13 +177,7 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="anode-bench-models-"))
-        memory_server = runner(preload=preload, malloc_env=True)
-        time_server = runner(preload=preload, malloc_env=False) if split else memory_server
-        memory_server.start()
-        time_server.start()
-        stack.enter_context(memory_server)
-        if split:
-            stack.enter_context(time_server)
+        memory_server, time_server = measurement_servers(stack, isolation, preload, split)
         save = str(Path(tmp) / "grad.pt")
         for name in names:
             has_ode = _is_ode(name)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .forkserver import ForkServer, Spawner
+from .forkserver import measurement_servers
 
 TARGET = "anode.bench.workloads:ode_stack"
 TIME_TARGET = "anode.bench.workloads:time_stack"
@@ -158,13 +158,10 @@ def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float
         raise ValueError(f"unknown clock {clock!r}; choose 'wall' or 'cpu'")
     if not any(m.name == "direct" for m in methods):
         raise ValueError("the sweep compares every method with 'direct'; include it")
-    if isolation not in ("fork", "spawn"):
-        raise ValueError(f"unknown isolation {isolation!r}; choose 'fork' or 'spawn'")
     ordered = sorted(methods, key=lambda m: m.name != "direct")
     preload = ["anode", "anode.bench.workloads"]
     if any(m.options.get("library") == "torchdiffeq" for m in methods):
         preload.append("torchdiffeq")
-    runner = ForkServer if isolation == "fork" else Spawner
     split = separate_timing
     if split is None:
         split = not str(workload.get("device", "cpu")).startswith("cuda")
@@ -176,13 +173,7 @@ def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="anode-bench-"))
-        memory_server = runner(preload=preload, malloc_env=True)
-        time_server = runner(preload=preload, malloc_env=False) if split else memory_server
-        memory_server.start()
-        time_server.start()
-        stack.enter_context(memory_server)
-        if split:
-            stack.enter_context(time_server)
+        memory_server, time_server = measurement_servers(stack, isolation, preload, split)
         save = str(Path(tmp) / "last.pt")
         for n_steps, n_layers in pairs:
             here = [m for m in ordered if n_steps >= m.min_steps]
