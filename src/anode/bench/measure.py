@@ -109,6 +109,42 @@ def median_times(
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
+def prepare(threads: int, device: str, seed: int) -> torch.device:
+    """Set the thread count (when positive) and the seed; return the checked device.
+
+    Raises:
+        RuntimeError: ``device`` is CUDA but CUDA is not available.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but CUDA is not available")
+    torch.manual_seed(seed)
+    return dev
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]], device: torch.device | str = "cpu",
+                      repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Median wall and CPU time (seconds) of each labelled step, timed in ``repeats`` rounds
+    that run every step once in a rotating order, so that changing load from other processes
+    falls on all steps alike.
+
+    Returns:
+        label → ``{"seconds": wall, "cpu_seconds": cpu}``.
+    """
+    labels = list(steps)
+    wall = {k: [] for k in labels}
+    cpu = {k: [] for k in labels}
+    for r in range(repeats):
+        for label in (labels[r % len(labels):] + labels[: r % len(labels)]) if labels else []:
+            t = median_times(steps[label], device, warmup=0, repeats=1)
+            wall[label].append(t["wall"])
+            cpu[label].append(t["cpu"])
+    return {k: {"seconds": statistics.median(wall[k]), "cpu_seconds": statistics.median(cpu[k])}
+            for k in labels}
+
+
 def run_isolated(target: str, timeout: float = 1800, malloc_env: bool = True, **kwargs) -> dict:
     """Call ``module:function(**kwargs)`` in a fresh Python process and return its dict.
 

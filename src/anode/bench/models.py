@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import csv
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .forkserver import measurement_servers
-from .measure import median_times, peak_memory
+from .measure import interleaved_times, peak_memory, prepare
 
 TARGET = "anode.bench.models:train_step"
 TIME_TARGET = "anode.bench.models:time_steps"
@@ -67,15 +66,6 @@ def _setup(model: str, ode_options: dict | None, batch: int, size: int, num_clas
     return net, opt, backward, step
 
 
-def _device(device: str, threads: int) -> torch.device:
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but CUDA is not available")
-    return dev
-
-
 def train_step(*, model: str, ode_options: dict | None = None, batch: int = 32, size: int = 32,
                num_classes: int = 10, device: str = "cpu", threads: int = 0, seed: int = 0,
                save: str | None = None, repeats: int = 0) -> dict:
@@ -96,7 +86,7 @@ def train_step(*, model: str, ode_options: dict | None = None, batch: int = 32, 
         ValueError, TypeError: from :func:`anode.models.create` (unknown model, bad options).
         RuntimeError: CUDA asked for but not available.
     """
-    dev = _device(device, threads)
+    dev = prepare(threads, device, seed)
     net, opt, backward, step = _setup(model, ode_options, batch, size, num_classes, dev, seed)
     backward()
     if save:
@@ -121,7 +111,7 @@ def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, 
         label → ``{"seconds", "cpu_seconds"}`` (median wall and CPU time per step) or
         ``{"error": message}`` when its warm-up raised.
     """
-    dev = _device(device, threads)
+    dev = prepare(threads, device, seed)
     steps, results = {}, {}
     for label, options in methods.items():
         try:
@@ -131,16 +121,7 @@ def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, 
             results[label] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         steps[label] = step
-    labels = list(steps)
-    wall, cpu = {k: [] for k in labels}, {k: [] for k in labels}
-    for r in range(repeats):
-        for label in (labels[r % len(labels):] + labels[: r % len(labels)]) if labels else []:
-            t = median_times(steps[label], dev, warmup=0, repeats=1)
-            wall[label].append(t["wall"])
-            cpu[label].append(t["cpu"])
-    for label in labels:
-        results[label] = {"seconds": statistics.median(wall[label]),
-                          "cpu_seconds": statistics.median(cpu[label])}
+    results.update(interleaved_times(steps, dev, repeats))
     return results
 
 

@@ -14,15 +14,13 @@ all are measured the same way.
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 import anode
 
-from .measure import median_times, peak_memory
+from .measure import interleaved_times, median_times, peak_memory, prepare
 
 LIBRARIES = ("anode", "torchdiffeq")
 
@@ -161,12 +159,7 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
     """
     if measure not in ("both", "memory", "time"):
         raise ValueError(f"measure must be 'both', 'memory' or 'time', not {measure!r}")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but CUDA is not available")
-    torch.manual_seed(seed)
+    dev = prepare(threads, device, seed)
     model = build_stack(layers, channels, method, n_steps, gradient, schedule, schedule_options,
                         library=library, checkpoint=checkpoint).to(dev)
     x = torch.randn(batch, channels, size, size, device=dev)
@@ -228,12 +221,7 @@ def time_stack(*, methods: dict[str, dict], layers: int = 1, n_steps: int = 8,
         :func:`~anode.bench.measure.median_times`), or ``{"error": message}`` for a method
         whose warm-up raised.
     """
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but CUDA is not available")
-    torch.manual_seed(seed)
+    dev = prepare(threads, device, seed)
     x = torch.randn(batch, channels, size, size, device=dev)
     steps, results = {}, {}
     for label, opts in methods.items():
@@ -253,15 +241,5 @@ def time_stack(*, methods: dict[str, dict], layers: int = 1, n_steps: int = 8,
             results[label] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         steps[label] = step
-    wall = {label: [] for label in steps}
-    cpu = {label: [] for label in steps}
-    labels = list(steps)
-    for r in range(repeats):
-        for label in labels[r % len(labels):] + labels[: r % len(labels)] if labels else []:
-            t = median_times(steps[label], dev, warmup=0, repeats=1)
-            wall[label].append(t["wall"])
-            cpu[label].append(t["cpu"])
-    for label in steps:
-        results[label] = {"seconds": statistics.median(wall[label]),
-                          "cpu_seconds": statistics.median(cpu[label])}
+    results.update(interleaved_times(steps, dev, repeats))
     return results
