@@ -134,7 +134,8 @@ class CheckedFunc:
                 )
             # Under autocast func computes in lower precision; the step's update promotes its
             # output back to the state's dtype, which keeps the state in full precision.
-            if o.dtype != s.dtype and not (o.is_floating_point() and autocast_state().get(s.device.type, (False,))[0]):
+            lowered = o.is_floating_point() and autocast_state().get(s.device.type, (False,))[0]
+            if o.dtype != s.dtype and not lowered:
                 raise TypeError(f"{where}func's output has dtype {o.dtype}; the state has {s.dtype}")
         return tuple(out)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -87,7 +86,8 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         o = self.options
-        return f"end_time={self.end_time}, method={o.method.name}, {o.stepping.describe()}, gradient={o.gradient!r}"
+        return (f"end_time={self.end_time}, method={o.method.name}, {o.stepping.describe()}, "
+                f"gradient={o.gradient!r}")
 
 
 class Autonomous(nn.Module):

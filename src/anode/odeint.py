@@ -74,6 +74,9 @@ def _default_params(func, params) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+_UNSET = ("rk4", None, None, "anode", None)  # odeint's defaults for the options' arguments
+
+
 def odeint(
     func: Callable,
     y0: Tensors,
@@ -146,7 +149,7 @@ def odeint(
     check_signature(func)
     if options is None:
         options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
-    elif (method, n_steps, step_size, gradient, schedule) != ("rk4", None, None, "anode", None) or schedule_options:
+    elif schedule_options or (method, n_steps, step_size, gradient, schedule) != _UNSET:
         raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
     state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
     stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))

@@ -203,7 +203,8 @@ class Anode(GradientMethod):
         schedule = Recompute() if schedule is None else schedule
         if not callable(getattr(schedule, "choose", None)):
             raise TypeError(
-                f"schedule must be a Schedule (Store, Recompute, Revolve) or Auto, not {type(schedule).__name__}"
+                "schedule must be a Schedule (Store, Recompute, Revolve) or Auto, "
+                f"not {type(schedule).__name__}"
             )
         self.schedule = schedule
 
