@@ -58,6 +58,10 @@ class _DiscreteAdjoint(torch.autograd.Function):
         ctx.kept_steps = kept_steps
         ctx.kept_by_schedule = {} if by_autograd else {j: y for j, y in kept.items() if j != 0}
         ctx.ivp, ctx.schedule, ctx.record = ivp, schedule, record
+        # After a backward with create_graph=True, the first derivative depends on this
+        # solve's outputs, so further backward passes reach it again: from then on a
+        # schedule's own snapshots are kept for every pass.
+        ctx.differentiated_twice = False
         return tuple(result)
 
     @staticmethod
@@ -85,7 +89,9 @@ class _DiscreteAdjoint(torch.autograd.Function):
             )
         if held:
             kept.update(held)
-            ctx.kept_by_schedule = held = None
+            if not ctx.differentiated_twice:
+                ctx.kept_by_schedule = None
+            held = None
         need = ctx.needs_input_grad[2:]
         need_t = need[n_y]
         wanted = [i for i, p in enumerate(params) if need[n_y + 1 + i]]
@@ -154,6 +160,7 @@ def _differentiable_backward(ctx, grad_outputs):
     saved inputs (replaying the forward's random numbers, modes and buffers) and
     differentiate it with ``create_graph=True``, so that the result has a graph too."""
     ivp, record = ctx.ivp, ctx.record
+    ctx.differentiated_twice = True
     n_y = len(ivp.y0)
     saved = ctx.saved_tensors
     y0, t = tuple(saved[:n_y]), saved[n_y]

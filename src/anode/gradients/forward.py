@@ -78,9 +78,11 @@ def forward_sweep(
             # need not see it; its tensors are kept as they are, since a function that
             # differentiates inside needs them.
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
-                y = rk_step(ivp.func, tuple(v.detach() for v in y), stage_times[j], sizes[j],
-                            ivp.tableau)
-            check_closed(y, params)
+                # the state requires grad, as in a backward rebuild: a function that
+                # differentiates with respect to it then creates no leaf of its own
+                y_leaf = tuple(v.detach().requires_grad_() for v in y)
+                y = rk_step(ivp.func, y_leaf, stage_times[j], sizes[j], ivp.tableau)
+            check_closed(y, [*y_leaf, *params])
             y = tuple(v.detach() for v in y)
         else:
             y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
