@@ -16,9 +16,11 @@ from .options import (
     DEFAULT_ODE_OPTIONS,
     check_ode_options,
     ode_blocks,
+    resolve_ode_options,
     ode_options,
     restore_ode_options,
     set_ode_options,
+    solve_options,
 )
 from .registry import create, list_models, register_model
 from .resnet import BasicBlock, ResNet
@@ -34,6 +36,8 @@ __all__ = [
     "set_ode_options",
     "restore_ode_options",
     "ode_options",
+    "solve_options",
+    "resolve_ode_options",
     "ResidualBlock",
     "ResidualNetwork",
     "ResNet",

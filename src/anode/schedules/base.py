@@ -67,5 +67,11 @@ class Schedule:
         graph inside one step (its stages) are not counted."""
         raise NotImplementedError(f"{type(self).__name__} does not state its memory")
 
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
