@@ -55,7 +55,7 @@ def _check_times(t) -> list[float]:
 
 def _functorch_transforms() -> set[str]:
     """The torch.func transforms running now (``{"Vmap", "Grad", "Jvp", ...}``)."""
-    if torch.compiler.is_compiling():  # Dynamo cannot trace the query; it runs no transforms
+    if getattr(torch.compiler, "is_compiling", bool)():  # Dynamo cannot trace the query
         return set()
     try:
         from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
