@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
+from ..solvers import State
 
-State = tuple[torch.Tensor, ...]
 Advance = Callable[[int, State], State]
 
 
