@@ -93,6 +93,8 @@ def _log(msg: str) -> None:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
+    """Run (or only report) the comparison; 0 on success, 2 on bad settings or missing data,
+    130 when interrupted (after the report of the finished epochs is written)."""
     from ..compare import CompareSpec, preset, run_compare, write_report
     from ..data import DatasetError
 
@@ -112,6 +114,10 @@ def run_compare_command(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, DatasetError) as exc:
         print(f"anode compare: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        _log("anode compare: interrupted; the report covers the finished epochs, and running the "
+             "same command again resumes")
+        return 130
     bad = [f"{v}-seed{s}" for (v, s), st in statuses.items() if "diverged" in st]
     if bad:
         _log(f"diverged (loss NaN/inf): {', '.join(bad)}")
