@@ -132,11 +132,10 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
         One dict per measurement with the keys of :data:`COLUMNS`.
     """
     base = workload.pop("ode_options", None) or {}
-    if separate_timing is None:
-        separate_timing = not str(workload.get("device", "cpu")).startswith("cuda")
     rows = []
     with Sweep(TARGET, TIME_TARGET, preload=["anode", "anode.models", "anode.bench.models"],
-               isolation=isolation, clock=clock, separate_timing=separate_timing, tol=tol, log=log) as sweep:
+               isolation=isolation, clock=clock, separate_timing=separate_timing,
+               device=workload.get("device", "cpu"), tol=tol, log=log) as sweep:
         for name in names:
             has_ode = _is_ode(name)
             entries = []

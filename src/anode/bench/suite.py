@@ -138,11 +138,10 @@ def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float
     preload = ["anode", "anode.bench.workloads"]
     if any(m.options.get("library") == "torchdiffeq" for m in methods):
         preload.append("torchdiffeq")
-    if separate_timing is None:
-        separate_timing = not str(workload.get("device", "cpu")).startswith("cuda")
     rows = []
     with Sweep(TARGET, TIME_TARGET, preload=preload, isolation=isolation, clock=clock,
-               separate_timing=separate_timing, tol=tol, log=log) as sweep:
+               separate_timing=separate_timing, device=workload.get("device", "cpu"), tol=tol,
+               log=log) as sweep:
         for n_steps, n_layers in pairs:
             config = dict(n_steps=n_steps, layers=n_layers)
             entries = []

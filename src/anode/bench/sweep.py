@@ -70,7 +70,8 @@ class Sweep:
             :func:`~anode.bench.measure.median_times`).
         separate_timing: time in processes with glibc's default allocator settings rather
             than those of the memory measurements, which slow CPU work (see
-            :mod:`anode.bench.measure`).
+            :mod:`anode.bench.measure`); default: unless ``device`` is CUDA.
+        device: where the workloads run.
         tol: relative difference (2-norm) of every saved result up to which an exact method
             equals the reference.
         log: called with one line of progress per measurement.
@@ -80,10 +81,12 @@ class Sweep:
     """
 
     def __init__(self, memory_target: str, time_target: str, *, preload: list[str], isolation: str = "fork",
-                 clock: str = "wall", separate_timing: bool = True, tol: float = 1e-5,
-                 log: Callable[[str], None] = print) -> None:
+                 clock: str = "wall", separate_timing: bool | None = None, device: str = "cpu",
+                 tol: float = 1e-5, log: Callable[[str], None] = print) -> None:
         if clock not in CLOCKS:
             raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
+        if separate_timing is None:
+            separate_timing = not str(device).startswith("cuda")
         self.memory_target, self.time_target = memory_target, time_target
         self.preload, self.isolation, self.separate_timing = preload, isolation, separate_timing
         self.clock, self.tol, self.log = clock, tol, log
