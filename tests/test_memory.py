@@ -43,7 +43,8 @@ def test_recompute_keeps_block_inputs_only_independent_of_steps(L):
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     state = x.numel() * x.element_size()
     for n_steps in [1, 4, 16]:
-        kept, y = saved_activation_bytes(stack(L, n_steps, "anode"), x)
+        model = stack(L, n_steps, "anode")
+        kept, y = saved_activation_bytes(model, x)
         # the L block inputs, plus the last output (which the caller holds anyway)
         assert kept == (L + 1) * state, (n_steps, kept / state)
         y.sum().backward()  # and the gradient still flows

@@ -98,9 +98,9 @@ def test_ode_block_counts_and_order():
     model(torch.randn(2, 3, 16, 16))
     assert seen == blocks
     assert models.create("resnet_small").ode_blocks() == []
-    opts = blocks[0]
-    assert (opts.method, opts.n_steps, opts.gradient, opts.schedule, opts.end_time) == (
-        "euler", 2, "anode", "recompute", 1.0)
+    opts = blocks[0].options
+    assert (opts.method.name, opts.stepping, opts.gradient, blocks[0].end_time) == (
+        "euler", anode.FixedGrid(n_steps=2), anode.Anode(anode.Recompute()), 1.0)
 
 
 @pytest.mark.parametrize("ode_name, base_name", PAIRS[:2])
@@ -203,8 +203,8 @@ def test_unknown_ode_options_reach_the_schedule(monkeypatch):
     monkeypatch.setitem(anode.schedules.SCHEDULES, "every_other", _EveryOther)
     model = models.create("resnet_ode_small", schedule="every_other", snapshots=3, step_size=0.3)
     for b in model.ode_blocks():
-        assert b.schedule_options == {"snapshots": 3}
-        assert (b.n_steps, b.step_size) == (None, 0.3)
+        assert b.options.gradient.schedule.snapshots == 3
+        assert b.options.stepping == anode.FixedGrid(step_size=0.3)
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     assert all(b.stats.schedule == "every_other" and b.stats.forward_steps == 4 for b in model.ode_blocks())
 
@@ -214,24 +214,25 @@ def test_set_ode_options(monkeypatch):
     model = models.create("sqnxt_ode_small", schedule="every_other", snapshots=2)
     previous = models.set_ode_options(model, gradient="direct", method="rk4", n_steps=3)
     for b in model.ode_blocks():
-        assert (b.gradient, b.method, b.n_steps) == ("direct", "rk4", 3)
-        assert (b.schedule, b.schedule_options) == ("recompute", {})  # schedules are anode's
+        o = b.options
+        assert (o.gradient, o.method.name, o.stepping) == (anode.Direct(), "rk4", anode.FixedGrid(3))
     models.restore_ode_options(model, previous)
-    assert all(b.schedule_options == {"snapshots": 2} and b.method == "euler" for b in model.ode_blocks())
+    assert all(b.options.gradient.schedule.snapshots == 2 and b.options.method.name == "euler"
+               for b in model.ode_blocks())
 
     models.set_ode_options(model, snapshots=5)
-    assert all(b.schedule_options == {"snapshots": 5} for b in model.ode_blocks())
+    assert all(b.options.gradient.schedule.snapshots == 5 for b in model.ode_blocks())
     models.set_ode_options(model, schedule="store")
-    assert all((b.schedule, b.schedule_options) == ("store", {}) for b in model.ode_blocks())
+    assert all(b.options.gradient == anode.Anode(anode.Store()) for b in model.ode_blocks())
     models.restore_ode_options(model, previous)
 
     with models.ode_options(model, step_size=0.5):
-        assert all((b.n_steps, b.step_size) == (None, 0.5) for b in model.ode_blocks())
-    assert all((b.n_steps, b.step_size) == (2, None) for b in model.ode_blocks())
+        assert all(b.options.stepping == anode.FixedGrid(step_size=0.5) for b in model.ode_blocks())
+    assert all(b.options.stepping == anode.FixedGrid(n_steps=2) for b in model.ode_blocks())
 
     with pytest.raises(ValueError):
         model.set_ode_options(method="no-such-method")
-    assert all(b.method == "euler" for b in model.ode_blocks())  # nothing changed
+    assert all(b.options.method.name == "euler" for b in model.ode_blocks())  # nothing changed
     with pytest.raises(ValueError, match="no ODE blocks"):
         models.set_ode_options(models.create("sqnxt_small"), gradient="direct")
 

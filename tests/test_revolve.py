@@ -247,7 +247,7 @@ class Harness:
         return self.new_state(j + 1)
 
     def run(self, schedule, n):
-        schedule = schedule.prepare(n, 16)
+        schedule = schedule.choose(n, 16)
         kept = {}
         y = self.new_state(0)
         device_peak, host_peak = [], []
@@ -400,13 +400,13 @@ def test_auto_picks_fewest_evaluations_that_fit(n_steps):
             best = brute_force_best(n_steps, k)
             if best is None:
                 with pytest.raises(ValueError, match="memory_budget"):
-                    auto.prepare(n_steps, state_bytes)
+                    auto.choose(n_steps, state_bytes)
                 continue
-            chosen = auto.prepare(n_steps, state_bytes)
+            chosen = auto.choose(n_steps, state_bytes)
             assert chosen.peak_states(n_steps) * state_bytes <= auto.memory_budget
             assert chosen.recomputed_steps(n_steps) == best
             assert auto.choice == chosen.name
-    assert Auto(n_steps * state_bytes).prepare(n_steps, state_bytes).name == "store"
+    assert Auto(n_steps * state_bytes).choose(n_steps, state_bytes).name == "store"
 
 
 def test_auto_in_an_ode_block_shows_its_choice_and_is_exact():

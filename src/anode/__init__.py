@@ -3,9 +3,11 @@
 Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298).
 """
 
+from .gradients import Anode, Backsolve, Direct, GradientMethod
 from .ivp import SolveStats
-from .nn import ConvODEFunc, ODEBlock
+from .nn import Autonomous, ConvODEFunc, ODEBlock
 from .odeint import odeint
+from .options import FixedGrid, SolveOptions
 from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
 from .solvers import TABLEAUS, ButcherTableau, get_tableau
 
@@ -15,6 +17,13 @@ __all__ = [
     "odeint",
     "ODEBlock",
     "ConvODEFunc",
+    "Autonomous",
+    "SolveOptions",
+    "FixedGrid",
+    "GradientMethod",
+    "Anode",
+    "Direct",
+    "Backsolve",
     "ButcherTableau",
     "TABLEAUS",
     "get_tableau",

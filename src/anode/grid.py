@@ -25,7 +25,8 @@ class TimeGrid:
 
     Attributes:
         times: the output times as Python floats (float64), length M >= 1.
-        steps_per_interval: ``n_i >= 1`` for each of the ``M - 1`` intervals.
+        steps_per_interval: ``n_i`` for each of the ``M - 1`` intervals: ``>= 1``, or 0 for
+            a zero-length interval (a repeated output time), where no step is taken.
     """
 
     times: tuple[float, ...]
@@ -45,11 +46,18 @@ class TimeGrid:
             out.append(total)
         return tuple(out)
 
+    @property
+    def solve_outputs(self) -> tuple[int, ...]:
+        """The distinct positive entries of :attr:`output_steps`, increasing: the step counts
+        at which a solve hands out a state (a repeated output time, or one reached after
+        zero steps, reuses a state rather than producing a new one)."""
+        return tuple(sorted({s for s in self.output_steps if s > 0}))
+
     def step_sizes(self) -> list[float]:
         """The step size of every step as Python floats (time units; negative backwards)."""
         sizes = []
         for i, n in enumerate(self.steps_per_interval):
-            sizes += [(self.times[i + 1] - self.times[i]) / n] * n
+            sizes += [(self.times[i + 1] - self.times[i]) / n] * n if n else []
         return sizes
 
     def step_times(self, t: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +75,8 @@ class TimeGrid:
         t64 = t.to(torch.float64)
         starts, sizes = [], []
         for i, n in enumerate(self.steps_per_interval):
+            if n == 0:
+                continue
             h = (t64[i + 1] - t64[i]) / n
             k = torch.arange(n, dtype=torch.float64, device=t.device)
             starts.append(t64[i] + k * h)
@@ -88,10 +98,11 @@ def make_grid(times: list[float], n_steps: int | None, step_size: float | None) 
     ratio within a relative 1e-6 of a whole number counts as that whole number; so steps
     never exceed ``step_size`` by more than that tolerance, are never shorter than the
     others in their interval, and no tiny final step appears. With neither, one step per
-    interval (the output times are the grid, as in torchdiffeq's fixed-grid solvers).
+    interval (the output times are the grid, as in torchdiffeq's fixed-grid solvers). A
+    zero-length interval (a repeated output time) gets no step.
 
     Args:
-        times: output times as Python floats, strictly monotonic (checked by the caller).
+        times: output times as Python floats, monotonic (checked by the caller).
         n_steps: steps per interval, an int >= 1, or None.
         step_size: the largest step (time units), > 0, or None.
 
@@ -111,7 +122,7 @@ def make_grid(times: list[float], n_steps: int | None, step_size: float | None) 
             ratio = length / step_size
             nearest = round(ratio)
             n = nearest if abs(ratio - nearest) <= _STEP_COUNT_RTOL * max(1.0, ratio) else math.ceil(ratio)
-            counts.append(max(1, int(n)))
+            counts.append(max(1, int(n)) if length > 0 else 0)
         return TimeGrid(tuple(times), tuple(counts))
     if n_steps is None:
         n_steps = 1
@@ -119,4 +130,4 @@ def make_grid(times: list[float], n_steps: int | None, step_size: float | None) 
         raise TypeError(f"n_steps must be an int, not {type(n_steps).__name__}")
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    return TimeGrid(tuple(times), tuple(n_steps for _ in intervals))
+    return TimeGrid(tuple(times), tuple(n_steps if length > 0 else 0 for length in intervals))

@@ -7,20 +7,17 @@ Butcher tableau and the tensors to differentiate.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from .grid import TimeGrid
+from .recompute import FREED, autocast_state
 from .solvers import ButcherTableau, State
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 @dataclass
@@ -50,18 +47,72 @@ class SolveStats:
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
 
 
+def _reference(func: Callable) -> Callable[[], Callable | None]:
+    """A callable returning ``func``; weak for modules and bound methods of modules.
+
+    A solve's graph must not keep a module alive: a module that stores the output of its
+    own solve (a cached trajectory) would otherwise form a cycle through autograd's C++
+    graph that the garbage collector cannot see. Other callables (functions, lambdas) are
+    usually referenced by nothing else and are held strongly.
+    """
+    if isinstance(func, nn.Module):
+        return weakref.ref(func)
+    if inspect.ismethod(func) and isinstance(func.__self__, nn.Module):
+        return weakref.WeakMethod(func)
+    return lambda: func
+
+
+def check_signature(func: Callable) -> None:
+    """Raise TypeError unless ``func`` can be called as ``func(t, y)``.
+
+    The common mistake is a module of the state alone (``nn.Sequential``); the message shows
+    the fix. Callables whose signature Python cannot read are let through.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), not {type(func).__name__}")
+    try:
+        sig = inspect.signature(func.forward if isinstance(func, nn.Module) else func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        name = type(func).__name__ if isinstance(func, nn.Module) else getattr(func, "__name__", "func")
+        raise TypeError(
+            f"func must be callable as func(t, y) with the time first; {name}{sig} is not. "
+            "For a module of the state alone wrap it: anode.Autonomous(net), or use "
+            "lambda t, y: net(y) with params=list(net.parameters())"
+        ) from None
+
+
 class CheckedFunc:
     """``func`` on tuple states, checking each output against the state it was given.
+
+    Holds ``func`` weakly when it is an ``nn.Module`` or a bound method of one.
 
     Raises:
         TypeError: the output has the wrong structure (not a tensor / tuple of the right
             length) or a component has the wrong dtype.
         ValueError: a component has the wrong shape.
+        RuntimeError: the module was garbage-collected before a backward pass needed it.
     """
 
     def __init__(self, func: Callable, is_tuple: bool) -> None:
-        self.func = func
+        self._ref = _reference(func)
         self.is_tuple = is_tuple
+
+    @property
+    def func(self) -> Callable:
+        """The user's function (raises RuntimeError if it has been freed)."""
+        func = self._ref()
+        if func is None:
+            raise RuntimeError(FREED)
+        return func
+
+    def module(self) -> nn.Module | None:
+        """The ``nn.Module`` whose modes and buffers a recomputation replays, if any."""
+        func = self._ref()
+        return func.__self__ if inspect.ismethod(func) else func if isinstance(func, nn.Module) else None
 
     def __call__(self, t: torch.Tensor, y: State) -> State:
         out = self.func(t, y if self.is_tuple else y[0])
@@ -83,7 +134,8 @@ class CheckedFunc:
                 )
             # Under autocast func computes in lower precision; the step's update promotes its
             # output back to the state's dtype, which keeps the state in full precision.
-            if o.dtype != s.dtype and not (o.is_floating_point() and _autocast_on(s.device.type)):
+            lowered = o.is_floating_point() and autocast_state().get(s.device.type, (False,))[0]
+            if o.dtype != s.dtype and not lowered:
                 raise TypeError(f"{where}func's output has dtype {o.dtype}; the state has {s.dtype}")
         return tuple(out)
 
@@ -94,8 +146,6 @@ class IVP:
 
     Attributes:
         func: checked function on tuple states, ``func(t, y) -> dy/dt``.
-        raw_func: the user's function (an ``nn.Module`` or any callable); used to capture
-            module modes and buffers for recomputation.
         y0: the initial state, a tuple of tensors.
         t: the output times, 1-D tensor of length M.
         grid: the time grid.
@@ -105,7 +155,6 @@ class IVP:
     """
 
     func: CheckedFunc
-    raw_func: Callable
     y0: State
     t: torch.Tensor
     grid: TimeGrid

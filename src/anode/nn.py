@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .gradients import GRADIENTS
-from .ivp import SolveStats
-from .odeint import integrate
-from .schedules import Schedule, get_schedule
-from .solvers import ButcherTableau, get_tableau
+from .gradients import GradientMethod
+from .ivp import SolveStats, check_signature
+from .odeint import solve
+from .options import SolveOptions
+from .schedules import Auto, Schedule
+from .solvers import ButcherTableau
 
 
 class ODEBlock(nn.Module):
@@ -23,21 +25,28 @@ class ODEBlock(nn.Module):
 
     Args:
         func: the ODE function ``func(t, z) -> dz/dt``, usually an ``nn.Module`` (registered
-            as a submodule so its parameters train with the network).
+            as a submodule so its parameters train with the network). A module of ``z``
+            alone (e.g. ``nn.Sequential``) goes in :class:`Autonomous`.
         end_time: T (time units), a nonzero float; the block integrates over [0, T].
         method, n_steps, step_size, gradient, schedule, params, **schedule_options: as in
             :func:`anode.odeint`.
+        options: a :class:`~anode.options.SolveOptions` record instead of ``method`` ...
+            ``schedule`` and schedule options.
 
     Shapes:
         input ``[*S]`` (a tensor, or a tuple of tensors), output the same.
 
     Attributes:
+        options: the block's :class:`~anode.options.SolveOptions` (frozen; change it with
+            ``block.options = dataclasses.replace(block.options, ...)`` or
+            :func:`anode.models.set_ode_options`).
         stats: a :class:`~anode.SolveStats` accumulating the block's step counts and
             function evaluations (forward, recomputation and backward); reset it at will.
 
     Raises:
-        ValueError, TypeError: unknown method, gradient or schedule (or its options) at
-            construction; the rest as :func:`anode.odeint`, at the first forward call.
+        ValueError, TypeError: unknown method, gradient or schedule (or its options), or a
+            func that cannot be called as ``func(t, z)``, at construction; the rest as
+            :func:`anode.odeint`, at the first forward call.
     """
 
     def __init__(
@@ -48,47 +57,55 @@ class ODEBlock(nn.Module):
         method: str | ButcherTableau = "rk4",
         n_steps: int | None = None,
         step_size: float | None = None,
-        gradient: str = "anode",
-        schedule: str | Schedule = "recompute",
+        gradient: str | GradientMethod = "anode",
+        schedule: str | Schedule | Auto | None = None,
         params=None,
+        options: SolveOptions | None = None,
         **schedule_options,
     ) -> None:
         super().__init__()
-        # fail at construction, not at the first forward, on names and options
-        get_tableau(method)
-        if gradient not in GRADIENTS:
-            raise ValueError(f"unknown gradient {gradient!r}; choose one of {sorted(GRADIENTS)}")
-        get_schedule(schedule, **schedule_options)
+        check_signature(func)
+        if options is None:
+            options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
+        elif not isinstance(options, SolveOptions):
+            raise TypeError(f"options must be a SolveOptions, not {type(options).__name__}")
         self.func = func
         self.end_time = float(end_time)
-        self.method = method
-        self.n_steps = n_steps
-        self.step_size = step_size
-        self.gradient = gradient
-        self.schedule = schedule
+        if not (self.end_time != 0 and math.isfinite(self.end_time)):
+            raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")
+        self.options = options
         self.params = params
-        self.schedule_options = schedule_options
         self.stats = SolveStats()
 
     def forward(self, x):
         ref = x[0] if isinstance(x, (tuple, list)) else x
         dtype = ref.dtype if ref.is_floating_point() else torch.float32
         t = torch.tensor([0.0, self.end_time], dtype=dtype, device=ref.device)
-        _, is_tuple, outputs = integrate(
-            self.func, x, t, method=self.method, n_steps=self.n_steps,
-            step_size=self.step_size, gradient=self.gradient, schedule=self.schedule,
-            params=self.params, stats=self.stats, **self.schedule_options,
-        )
-        final = outputs[-1]
-        return final if is_tuple else final[0]
+        _, is_tuple, rows = solve(self.func, x, t, self.options, params=self.params, stats=self.stats)
+        return rows[-1] if is_tuple else rows[-1][0]
 
     def extra_repr(self) -> str:
-        method = self.method if isinstance(self.method, str) else self.method.name
-        steps = f"n_steps={self.n_steps}" if self.step_size is None else f"step_size={self.step_size}"
-        return (
-            f"end_time={self.end_time}, method={method}, {steps}, gradient={self.gradient}, "
-            f"schedule={self.schedule}"
-        )
+        o = self.options
+        return (f"end_time={self.end_time}, method={o.method.name}, {o.stepping.describe()}, "
+                f"gradient={o.gradient!r}")
+
+
+class Autonomous(nn.Module):
+    """An ODE function ``func(t, z) = net(z)`` from a module of ``z`` alone.
+
+    For ``nn.Sequential`` and other modules whose ``forward`` takes only the state:
+    ``anode.ODEBlock(anode.Autonomous(net))``.
+
+    Args:
+        net: a module mapping a state ``[*S]`` to its time derivative ``[*S]``.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, z):
+        return self.net(z)
 
 
 class ConvODEFunc(nn.Module):

@@ -8,16 +8,17 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .gradients import GRADIENTS
-from .grid import make_grid
-from .ivp import IVP, CheckedFunc, SolveStats
-from .schedules import Schedule, get_schedule
-from .solvers import ButcherTableau, State, get_tableau
+from .gradients import GradientMethod
+from .gradients.direct import plain_solve
+from .ivp import IVP, CheckedFunc, SolveStats, check_signature
+from .options import SolveOptions
+from .schedules import Auto, Schedule
+from .solvers import ButcherTableau, State
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-def _check_state(y0) -> tuple[State, bool]:
+def _check_state(y0, check_values: bool) -> tuple[State, bool]:
     is_tuple = isinstance(y0, (tuple, list))
     state = tuple(y0) if is_tuple else (y0,)
     if is_tuple and not state:
@@ -28,7 +29,8 @@ def _check_state(y0) -> tuple[State, bool]:
             raise TypeError(f"{where} must be a tensor, not {type(y).__name__}")
         if not y.is_floating_point():
             raise TypeError(f"{where} must have a floating-point dtype, not {y.dtype}")
-        if not torch.isfinite(y).all():
+        # a data-dependent check, which torch.func transforms cannot run
+        if check_values and not torch.isfinite(y).all():
             raise ValueError(f"{where} contains NaN or Inf")
     return state, is_tuple
 
@@ -44,11 +46,20 @@ def _check_times(t) -> list[float]:
     if not all(math.isfinite(x) for x in times):
         raise ValueError("t contains NaN or Inf")
     diffs = [b - a for a, b in zip(times[:-1], times[1:])]
-    if any(d == 0 for d in diffs):
-        raise ValueError("t contains repeated times; output times must be strictly monotonic")
-    if diffs and not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
-        raise ValueError("t is not monotonic; output times must be strictly increasing or decreasing")
+    if any(d > 0 for d in diffs) and any(d < 0 for d in diffs):
+        raise ValueError(
+            "t is not monotonic; output times must be increasing or decreasing (repeats allowed)"
+        )
     return times
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is running."""
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return peek_interpreter_stack() is not None
 
 
 def _default_params(func, params) -> tuple[torch.Tensor, ...]:
@@ -63,6 +74,9 @@ def _default_params(func, params) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+_UNSET = ("rk4", None, None, "anode", None)  # odeint's defaults for the options' arguments
+
+
 def odeint(
     func: Callable,
     y0: Tensors,
@@ -71,10 +85,11 @@ def odeint(
     method: str | ButcherTableau = "rk4",
     n_steps: int | None = None,
     step_size: float | None = None,
-    gradient: str = "anode",
-    schedule: str | Schedule = "recompute",
+    gradient: str | GradientMethod = "anode",
+    schedule: str | Schedule | Auto | None = None,
     params: Sequence[torch.Tensor] | None = None,
     stats: SolveStats | None = None,
+    options: SolveOptions | None = None,
     **schedule_options,
 ) -> Tensors:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, on a fixed grid; return y at every time in t.
@@ -83,12 +98,14 @@ def odeint(
     0-d time tensor and the state and returns dy/dt with the state's structure.
 
     Args:
-        func: the vector field; an ``nn.Module`` or any callable.
+        func: the vector field; an ``nn.Module`` or any callable. A module (or a bound
+            method of one) is held weakly by the solve's graph: keep a reference to it until
+            the backward pass.
         y0: the initial state: a floating-point tensor of any shape ``S``, or a tuple of
             such tensors (shapes ``S_i``).
-        t: 1-D tensor of ``M`` output times (time units), strictly increasing or strictly
-            decreasing; ``t[0]`` is the initial time. ``M == 1`` integrates over a zero-length
-            interval: the result is ``y0`` and func is not called. May require grad.
+        t: 1-D tensor of ``M`` output times (time units), increasing or decreasing;
+            ``t[0]`` is the initial time. A repeated time (a zero-length interval) takes no
+            step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
         method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
             ``rk4``, ``rk38``) or any explicit :class:`ButcherTableau`.
         n_steps: number of equal steps in each interval between consecutive output times.
@@ -96,70 +113,88 @@ def odeint(
             equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither,
             one step per interval.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
-            ``"direct"`` (autograd through the solver; exact, O(N_t) activations) or
+            ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
             ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
-            ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md).
-        schedule: for ``gradient="anode"``: ``"recompute"`` (keep the input only; the
-            paper's scheme), ``"store"`` (keep all states), or another registered schedule
-            name or :class:`~anode.schedules.Schedule` object.
+            ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md), or
+            a gradient object such as ``anode.Anode(schedule=anode.Revolve(4))``.
+        schedule: for ``gradient="anode"``: ``"recompute"`` (default; keep the input only,
+            the paper's scheme), ``"store"`` (keep all states), ``"revolve"``, ``"auto"``, or
+            a schedule object.
         params: tensors func depends on whose gradients are wanted besides the parameters
             of func when it is an ``nn.Module`` (closure tensors; like torchdiffeq's
             ``adjoint_params``, but added to ``func.parameters()`` rather than replacing them).
             With ``anode`` and ``backsolve``, a tensor that requires grad and reaches func
-            some other way makes the backward raise ValueError rather than lose its gradient.
+            some other way raises ValueError rather than lose its gradient.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
+        options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
+            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options.
         **schedule_options: options of the named schedule (e.g. ``snapshots``).
 
     Returns:
         A tensor of shape ``(M, *S)``, or for a tuple ``y0`` a tuple of tensors of shapes
         ``(M, *S_i)``; entry ``i`` along the leading axis is the state at ``t[i]``.
 
+    Under ``torch.no_grad()`` or ``torch.inference_mode()`` every gradient method runs the
+    same graph-free forward (func may still differentiate inside, e.g. a Hamiltonian or a
+    trace estimator). Under a ``torch.func`` transform (``vmap``, ``grad``, ...) every
+    method solves as ``direct`` does, which those transforms differentiate exactly.
+
     Raises:
         TypeError: y0, t or params of the wrong type or dtype; func returns a wrong type,
             structure or dtype (the tuple component is named).
-        ValueError: t not 1-D, repeated or non-monotonic times, NaN/Inf in t or y0, unknown
-            method, gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given,
-            func returns a wrong shape.
+        ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
+            gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, options
+            given twice, func returns a wrong shape.
     """
-    state, is_tuple, outputs = integrate(
-        func, y0, t, method=method, n_steps=n_steps, step_size=step_size, gradient=gradient,
-        schedule=schedule, params=params, stats=stats, **schedule_options,
-    )
-    stacked = tuple(
-        torch.stack([state[i], *(out[i] for out in outputs)]) for i in range(len(state))
-    )
+    check_signature(func)
+    if options is None:
+        options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
+    elif schedule_options or (method, n_steps, step_size, gradient, schedule) != _UNSET:
+        raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
+    state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
+    stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))
     return stacked if is_tuple else stacked[0]
 
 
-def integrate(
-    func, y0, t, *, method, n_steps, step_size, gradient, schedule, params, stats, **schedule_options
+def solve(
+    func: Callable, y0: Tensors, t: torch.Tensor, options: SolveOptions, *,
+    params: Sequence[torch.Tensor] | None = None, stats: SolveStats | None = None,
 ) -> tuple[State, bool, list[State]]:
     """:func:`odeint` without stacking: ``(y0 as a tuple, whether y0 was a tuple, the tuple
-    states at t[1:])``. Used by :class:`~anode.nn.ODEBlock`, which needs only the last state
-    and should not copy the input into a stacked result."""
-    state, is_tuple = _check_state(y0)
+    state at every output time)``. Used by :class:`~anode.nn.ODEBlock`, which needs only the
+    last state and should not copy the input into a stacked result."""
+    transformed = _functorch_active()
+    state, is_tuple = _check_state(y0, check_values=not transformed)
     times = _check_times(t)
-    tableau = get_tableau(method)
-    if gradient not in GRADIENTS:
-        raise ValueError(f"unknown gradient {gradient!r}; choose one of {sorted(GRADIENTS)}")
-    if gradient != "anode" and schedule_options:
-        raise ValueError(
-            f"schedule options {sorted(schedule_options)} apply to gradient='anode' only"
-        )
-    sched = get_schedule(schedule, **schedule_options)
-    grid = make_grid(times, n_steps, step_size)
+    grid = options.stepping.grid(times)
+    stats = stats if stats is not None else SolveStats()
+    if grid.n_steps == 0:
+        return state, is_tuple, [state] * len(times)
+    inference = torch.is_inference_mode_enabled()
+    if inference:
+        # func may differentiate inside, which inference tensors forbid: solve outside
+        # inference mode (still without a graph) on ordinary copies.
+        with torch.inference_mode(False):
+            state = tuple(y.clone() if y.is_inference() else y for y in state)
+            t = t.clone() if t.is_inference() else t
     ivp = IVP(
         func=CheckedFunc(func, is_tuple),
-        raw_func=func,
         y0=state,
         t=t,
         grid=grid,
-        tableau=tableau,
+        tableau=options.method,
         params=_default_params(func, params),
-        stats=stats if stats is not None else SolveStats(),
+        stats=stats,
     )
-    if grid.n_steps == 0:
-        return state, is_tuple, []
-    if gradient == "anode":
-        return state, is_tuple, GRADIENTS[gradient](ivp, sched)
-    return state, is_tuple, GRADIENTS[gradient](ivp)
+    if inference:
+        with torch.inference_mode(False), torch.no_grad():
+            outputs = plain_solve(ivp)
+        stats.forward_steps += grid.n_steps
+    elif transformed or not torch.is_grad_enabled():
+        outputs = plain_solve(ivp)
+        stats.forward_steps += grid.n_steps
+    else:
+        outputs = options.gradient.solve(ivp)
+    by_step = dict(zip(grid.solve_outputs, outputs))
+    by_step[0] = state
+    return state, is_tuple, [state, *(by_step[s] for s in grid.output_steps)]

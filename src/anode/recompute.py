@@ -7,9 +7,12 @@ autograd would leave it, the recomputation must replay the forward's hidden inpu
 undo its own side effects. This module captures them at forward time and replays them:
 
 * random numbers: the global CPU generator and the generators of the devices the state
-  lives on are captured before every step, and the step is replayed from that state
-  (as ``torch.utils.checkpoint`` does for a whole segment); the generators are restored
-  after the backward, so the backward consumes no random numbers;
+  lives on. The generator state before the first step is kept, and the state before step
+  ``j`` only when step ``j`` drew random numbers (the generators moved during it), so a
+  solve whose function draws none keeps O(1) generator states whatever ``N_t`` (as
+  ``torch.utils.checkpoint`` does for a whole segment, here per step). A recomputed step is
+  replayed from its state; the generators are restored after the backward, so the
+  backward consumes no random numbers;
 * autocast: the enabled flag and dtype of each device type at forward time are re-entered
   (the backward of a custom Function runs with autocast off);
 * train/eval mode of every submodule of ``func`` at forward time (when ``func`` is an
@@ -17,6 +20,9 @@ undo its own side effects. This module captures them at forward time and replays
 * module buffers (BatchNorm's running statistics and ``num_batches_tracked``): the values at
   forward time are used during recomputation, and the values current when the backward
   started are put back afterwards, so recomputation never updates them.
+
+The record refers to ``func`` only weakly (see :class:`~anode.ivp.CheckedFunc`): a module
+that keeps its own solve's output must not be kept alive by that output's graph.
 
 Limitation: buffers are restored to their forward-start values once per backward, not per
 step; a module whose *output* depends on a buffer that it also updates within one block
@@ -27,7 +33,7 @@ batch statistics) would see different buffer values in the backward of later ste
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,7 +41,8 @@ from torch import nn
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
-def _autocast_state() -> dict[str, tuple[bool, torch.dtype]]:
+def autocast_state() -> dict[str, tuple[bool, torch.dtype]]:
+    """``{device type: (autocast enabled, autocast dtype)}`` for CPU and CUDA, now."""
     state = {}
     for dev in _AUTOCAST_DEVICES:
         try:
@@ -48,35 +55,45 @@ def _autocast_state() -> dict[str, tuple[bool, torch.dtype]]:
     return state
 
 
+FREED = (
+    "the ODE function (an nn.Module) was freed before the backward pass needed it: a solve's "
+    "graph holds its module weakly, so that a module keeping its own output can be freed. "
+    "Keep a reference to the module (or the model holding it) until backward"
+)
+
+
 def _cuda_devices(tensors) -> list[int]:
     return sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+
+
+def _same_rng(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
 
 
 class ForwardRecord:
     """What a forward pass depended on besides its inputs, captured for exact replay.
 
     Args:
-        func: the ODE function; its submodules' modes and buffers are captured when it is an
-            ``nn.Module`` (otherwise only RNG and autocast are).
+        module: a callable returning the ODE function's ``nn.Module`` (or None when the
+            function is not a module: then only RNG and autocast are captured). A callable,
+            so that the record need not hold the module.
         state: the tensors of the initial state (used to find the CUDA devices whose
             generators must be captured).
 
-    Use :meth:`before_step` in the forward loop, then in the backward wrap everything in
-    :meth:`replaying` and each recomputed step in :meth:`step`.
+    In the forward loop call :meth:`after_step` after every step; in the backward wrap
+    everything in :meth:`replaying` and each recomputed step in :meth:`step`.
     """
 
-    def __init__(self, func, state: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, module: Callable[[], nn.Module | None], state: tuple[torch.Tensor, ...]) -> None:
         self.devices = _cuda_devices(state)
-        self.autocast = _autocast_state()
-        self.modules = list(func.modules()) if isinstance(func, nn.Module) else []
-        self.modes = [m.training for m in self.modules]
-        self.buffers = (
-            [(name, b.detach().clone()) for name, b in func.named_buffers()]
-            if isinstance(func, nn.Module)
-            else []
-        )
-        self.func = func
+        self.autocast = autocast_state()
+        self.module = module
+        m = module()
+        self.modes = [s.training for s in m.modules()] if m is not None else []
+        self.buffers = [(name, b.detach().clone()) for name, b in m.named_buffers()] if m is not None else []
+        # generator state before step j, for the steps that drew random numbers
         self.rng: dict[int, tuple] = {}
+        self._current = self._get_rng()
 
     def _get_rng(self) -> tuple:
         cuda = tuple(torch.cuda.get_rng_state(d) for d in self.devices)
@@ -88,14 +105,22 @@ class ForwardRecord:
         for d, s in zip(self.devices, cuda):
             torch.cuda.set_rng_state(s, d)
 
-    def before_step(self, j: int) -> None:
-        """Record the generator states before forward step ``j`` (call once per step)."""
-        self.rng[j] = self._get_rng()
+    def after_step(self, j: int) -> None:
+        """Note forward step ``j`` as taken; keep its starting generator state if it drew."""
+        now = self._get_rng()
+        if not _same_rng(now, self._current):
+            self.rng[j] = self._current
+            self._current = now
+
+    def finish(self) -> None:
+        """End of the forward sweep: the running generator state is no longer needed."""
+        self._current = None
 
     @contextlib.contextmanager
     def step(self, j: int) -> Iterator[None]:
         """Replay the random-number state of forward step ``j`` while recomputing it."""
-        self._set_rng(self.rng[j])
+        if j in self.rng:
+            self._set_rng(self.rng[j])
         yield
 
     @contextlib.contextmanager
@@ -104,16 +129,20 @@ class ForwardRecord:
 
         Also saves and restores the generators, so a backward draws no random numbers.
         """
-        saved_rng = self._get_rng()
-        saved_modes = [m.training for m in self.modules]
-        named = dict(self.func.named_buffers()) if self.buffers else {}
+        saved_rng = self._get_rng() if self.rng else None
+        m = self.module() if (self.modes or self.buffers) else None
+        if m is None and (self.modes or self.buffers):
+            raise RuntimeError(FREED)
+        modules = list(m.modules()) if m is not None else []
+        named = dict(m.named_buffers()) if m is not None and self.buffers else {}
+        saved_modes = [s.training for s in modules]
         saved_buffers = [(name, named[name].detach().clone()) for name, _ in self.buffers]
         try:
             with torch.no_grad():
                 for name, value in self.buffers:
                     named[name].copy_(value)
-            for m, mode in zip(self.modules, self.modes):
-                m.training = mode
+            for s, mode in zip(modules, self.modes):
+                s.training = mode
             with contextlib.ExitStack() as stack:
                 for dev, (enabled, dtype) in self.autocast.items():
                     if dev == "cuda" and not torch.cuda.is_available():
@@ -124,6 +153,7 @@ class ForwardRecord:
             with torch.no_grad():
                 for name, value in saved_buffers:
                     named[name].copy_(value)
-            for m, mode in zip(self.modules, saved_modes):
-                m.training = mode
-            self._set_rng(saved_rng)
+            for s, mode in zip(modules, saved_modes):
+                s.training = mode
+            if saved_rng is not None:
+                self._set_rng(saved_rng)

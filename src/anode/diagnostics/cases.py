@@ -186,6 +186,6 @@ def checkpoint_cases(path: str, images: torch.Tensor) -> list[Case]:
         func = copy.deepcopy(block.func)
         if isinstance(func, nn.Module):
             func = func.to(torch.float64)
-        method = block.method if isinstance(block.method, str) else block.method.name
+        method = block.options.method.name
         cases.append(Case(f"ckpt:{name}", func, inputs[name].to(torch.float64), method, block.end_time))
     return cases

@@ -10,9 +10,11 @@ parameters and of the output times. Because each step is differentiated exactly 
 would differentiate it, the result equals the direct gradient to rounding for any number of
 steps (discretize-then-optimize); only one step's graph exists at any time.
 
-Prefer it over ``direct`` whenever activations of all steps do not fit in memory, and over
-the continuous adjoint (``backsolve``) always: that one solves the ODE backwards in time,
-which is unstable for ReLU/convolution dynamics and gives an approximate gradient.
+Double backward (``create_graph=True``: gradient penalties, Hessian–vector products): the
+backward then rebuilds the whole solve with a graph from the saved inputs and differentiates
+it with ``create_graph=True``, so the first derivative is itself differentiable and exact.
+That backward holds what ``direct`` holds (every step's graph) plus the graph of the
+derivative; the memory saving applies to first-order gradients only.
 """
 
 from __future__ import annotations
@@ -21,24 +23,22 @@ import torch
 
 from ..ivp import IVP
 from ..recompute import ForwardRecord
-from ..schedules import Schedule
+from ..schedules import Recompute, Schedule
 from ..solvers import State, rk_step
-from .forward import check_closed, forward_sweep
-
-
-def _zeros_if_none(grads, like):
-    return tuple(torch.zeros_like(y) if g is None else g for g, y in zip(grads, like))
+from .base import GradientMethod
+from .direct import plain_solve
+from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
 
 
 class _DiscreteAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, schedule, *y0, t, *params)``; outputs: the states at ``t[1:]``,
-    flattened (output time major, state component minor)."""
+    """Inputs: ``(ivp, schedule, *y0, t, *params)``; outputs: the states at
+    ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
     def forward(ctx, ivp: IVP, schedule: Schedule, *tensors):
         n_y = len(ivp.y0)
         n_steps = ivp.grid.n_steps
-        record = ForwardRecord(ivp.raw_func, tensors[:n_y])
+        record = ForwardRecord(ivp.func.module, tensors[:n_y])
         kept: dict[int, State] = {}
 
         def keep(j: int, y: State) -> None:
@@ -58,10 +58,16 @@ class _DiscreteAdjoint(torch.autograd.Function):
         ctx.kept_steps = kept_steps
         ctx.kept_by_schedule = {} if by_autograd else {j: y for j, y in kept.items() if j != 0}
         ctx.ivp, ctx.schedule, ctx.record = ivp, schedule, record
+        # After a backward with create_graph=True, the first derivative depends on this
+        # solve's outputs, so further backward passes reach it again: from then on a
+        # schedule's own snapshots are kept for every pass.
+        ctx.differentiated_twice = False
         return tuple(result)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_outputs)
         ivp, schedule, record = ctx.ivp, ctx.schedule, ctx.record
         n_y = len(ivp.y0)
         saved = ctx.saved_tensors
@@ -70,7 +76,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         # func closes over the original parameter objects; saved copies may be aliases
         # (under saved-tensor hooks), so differentiate with respect to the originals.
         params = ivp.params
-        flat_kept = saved[n_in + n_y * len(ivp.grid.output_steps) :]
+        flat_kept = saved[n_in + n_y * len(ivp.grid.solve_outputs) :]
         kept = {0: tuple(saved[:n_y])}
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
@@ -83,7 +89,9 @@ class _DiscreteAdjoint(torch.autograd.Function):
             )
         if held:
             kept.update(held)
-            ctx.kept_by_schedule = held = None
+            if not ctx.differentiated_twice:
+                ctx.kept_by_schedule = None
+            held = None
         need = ctx.needs_input_grad[2:]
         need_t = need[n_y]
         wanted = [i for i, p in enumerate(params) if need[n_y + 1 + i]]
@@ -96,7 +104,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         g_size = torch.zeros_like(sizes) if need_t else None
 
         n_steps = ivp.grid.n_steps
-        output_index = {s: k for k, s in enumerate(ivp.grid.output_steps)}
+        output_index = {s: k for k, s in enumerate(ivp.grid.solve_outputs)}
         adjoint = None
         param_grads: list[torch.Tensor | None] = [None] * len(wanted)
 
@@ -110,7 +118,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
             for j, y_j in schedule.reversed_states(kept, n_steps, advance):
                 if j + 1 in output_index:
                     k = output_index[j + 1]
-                    g_out = _zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], y_j)
+                    g_out = zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], y_j)
                     adjoint = g_out if adjoint is None else tuple(a + g for a, g in zip(adjoint, g_out))
                 with record.step(j), torch.enable_grad():
                     y_leaf = tuple(y.detach().requires_grad_() for y in y_j)
@@ -121,7 +129,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 inputs = [*y_leaf, *wanted_params] + ([st, h] if need_t else [])
                 check_closed(y_next, inputs)
                 grads = torch.autograd.grad(y_next, inputs, adjoint, allow_unused=True)
-                adjoint = _zeros_if_none(grads[:n_y], y_j)
+                adjoint = zeros_if_none(grads[:n_y], y_j)
                 for i, g in enumerate(grads[n_y : n_y + len(wanted)]):
                     if g is not None:
                         param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
@@ -147,26 +155,72 @@ class _DiscreteAdjoint(torch.autograd.Function):
         return (None, None, *y0_grads, t_grad, *all_param_grads)
 
 
+def _differentiable_backward(ctx, grad_outputs):
+    """The backward under ``create_graph=True``: rebuild the solve with a graph from the
+    saved inputs (replaying the forward's random numbers, modes and buffers) and
+    differentiate it with ``create_graph=True``, so that the result has a graph too."""
+    ivp, record = ctx.ivp, ctx.record
+    ctx.differentiated_twice = True
+    n_y = len(ivp.y0)
+    saved = ctx.saved_tensors
+    y0, t = tuple(saved[:n_y]), saved[n_y]
+    need = ctx.needs_input_grad[2:]
+    with record.replaying():
+        result = [y for state in plain_solve(ivp, y0, t, record) for y in state]
+    ivp.stats.backward_steps += ivp.grid.n_steps
+    inputs = [x for x, n in zip((*y0, t, *ivp.params), need) if n]
+    pairs = [(y, g) for y, g in zip(result, grad_outputs) if g is not None and y.requires_grad]
+    grads = iter(
+        torch.autograd.grad([y for y, _ in pairs], inputs, [g for _, g in pairs],
+                            create_graph=True, allow_unused=True)
+        if pairs and inputs else [None] * len(inputs)
+    )
+    return (None, None, *(next(grads) if n else None for n in need))
+
+
 def _value(h):
     return h.detach() if isinstance(h, torch.Tensor) else h
 
 
-def solve(ivp: IVP, schedule: Schedule) -> list[State]:
-    """Integrate without a graph; gradients by the discrete adjoint with ``schedule``.
+class Anode(GradientMethod):
+    """The discrete adjoint (ANODE): the exact gradient of the discrete solve, low memory.
+
+    The forward keeps only what ``schedule`` says; the backward walks the steps from last
+    to first, rebuilding one step's graph at a time and taking its vector–Jacobian product,
+    so the gradient equals ``direct``'s to rounding (discretize-then-optimize) while only
+    one step's graph exists at a time. Prefer it whenever the activations of all steps do
+    not fit; choose the schedule by the trade-off below or by a memory budget
+    (:class:`~anode.schedules.Auto`). Source: Gholami, Keutzer, Biros, IJCAI 2019, §3.
 
     Args:
-        ivp: the normalised problem.
-        schedule: where states live between forward and backward (see ``anode.schedules``).
-
-    Returns:
-        A list of ``M - 1`` tuple states, one per output time after the first.
+        schedule: where states live between forward and backward: ``Recompute()`` (the
+            default and the paper's scheme: the block input only, O(L) + O(N_t)),
+            ``Store()`` (every step's state, no recomputation), ``Revolve(s)`` (binomial
+            checkpointing, O(s)), or the policy ``Auto(memory_budget=...)``.
 
     Raises:
-        ValueError (in the backward pass): ``func`` used a tensor requiring grad that is not
-            in ``ivp.params``.
+        TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``.
+        ValueError (at backward): func uses a tensor requiring grad that is not among the
+            parameters being differentiated.
     """
-    n_y = len(ivp.y0)
-    state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
-    schedule = schedule.prepare(ivp.grid.n_steps, state_bytes)
-    flat = _DiscreteAdjoint.apply(ivp, schedule, *ivp.y0, ivp.t, *ivp.params)
-    return [tuple(flat[k : k + n_y]) for k in range(0, len(flat), n_y)]
+
+    name = "anode"
+
+    def __init__(self, schedule=None) -> None:
+        schedule = Recompute() if schedule is None else schedule
+        if not callable(getattr(schedule, "choose", None)):
+            raise TypeError(
+                "schedule must be a Schedule (Store, Recompute, Revolve) or Auto, "
+                f"not {type(schedule).__name__}"
+            )
+        self.schedule = schedule
+
+    def solve(self, ivp: IVP) -> list[State]:
+        n_y = len(ivp.y0)
+        state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
+        schedule = self.schedule.choose(ivp.grid.n_steps, state_bytes)
+        flat = _DiscreteAdjoint.apply(ivp, schedule, *ivp.y0, ivp.t, *ivp.params)
+        return unflatten(flat, n_y)
+
+    def __repr__(self) -> str:
+        return f"Anode(schedule={self.schedule!r})"

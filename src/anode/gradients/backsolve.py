@@ -28,8 +28,8 @@ rounding on the same fixed grid:
   grid), each subtracted from ``t_a``; ``dL/dt_0 = t_a`` at the end of the reverse solve.
 
 Memory: the outputs, the augmented state, the stages of one reverse step and one stage's
-graph; independent of ``N_t`` (apart from the generator states recorded per step, a few KB
-each, as for every recomputing method). Time: about 2F + B for a forward solve F and its
+graph; independent of ``N_t`` (generator states are kept only for the steps that draw
+random numbers, as for every recomputing method). Time: about 2F + B for a forward solve F and its
 backward B (the forward, then a reverse solve with one function evaluation and one
 vector–Jacobian product per stage).
 
@@ -45,13 +45,13 @@ are put back afterwards, so the backward leaves the model as the forward left it
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, State, rk_step
-from .forward import check_closed, forward_sweep
+from .base import GradientMethod
+from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
 
 
 def reverse_step_times(
@@ -83,40 +83,51 @@ def reverse_step_times(
 
 
 class _ContinuousAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, *y0, t, *params)``; outputs: the states at ``t[1:]``, flattened
-    (output time major, state component minor)."""
+    """Inputs: ``(ivp, *y0, t, *params)``; outputs: the states at
+    ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
     def forward(ctx, ivp: IVP, *tensors):
         n_y = len(ivp.y0)
-        y0, t = tensors[:n_y], tensors[n_y]
-        record = ForwardRecord(ivp.raw_func, y0)
+        y0 = tensors[:n_y]
+        record = ForwardRecord(ivp.func.module, y0)
         result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record)
         ivp.stats.schedule = "backsolve"
         # Only the outputs are kept (the caller holds them anyway); the input is not.
-        ctx.save_for_backward(t, *tensors[n_y + 1 :], *result)
+        ctx.save_for_backward(tensors[n_y], *tensors[n_y + 1 :], *result)
         ctx.ivp, ctx.record = ivp, record
         return tuple(result)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grad_outputs):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "gradient='backsolve' is not twice differentiable (create_graph=True): its "
+                "gradient comes from a reverse-time solve, not from a graph; use gradient='anode' "
+                "or 'direct' for gradient penalties and Hessian-vector products"
+            )
         ivp, record = ctx.ivp, ctx.record
         n_y, n_p = len(ivp.y0), len(ivp.params)
         saved = ctx.saved_tensors
         t, params, flat_out = saved[0], saved[1 : 1 + n_p], saved[1 + n_p :]
-        n_out = len(flat_out) // n_y
-        outs = [flat_out[k * n_y : (k + 1) * n_y] for k in range(n_out)]
-        g_outs = [_zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], outs[k]) for k in range(n_out)]
+        outs = unflatten(flat_out, n_y)
+        n_out = len(outs)
+        g_outs = [zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], outs[k]) for k in range(n_out)]
         need = ctx.needs_input_grad[1:]
         need_t = need[n_y]
+        if need_t and n_out != len(ivp.grid.output_steps):
+            raise ValueError(
+                "gradient='backsolve' cannot differentiate with respect to t when output times "
+                "repeat: the continuous sensitivity of a repeated time is not defined; use "
+                "gradient='anode' or 'direct', or detach t"
+            )
         wanted = [i for i in range(n_p) if need[n_y + 1 + i]]
         wanted_params = [params[i] for i in wanted]
         n_w = len(wanted)
         dynamics = _AugmentedDynamics(ivp, wanted_params, need_t)
 
         stage_times, sizes = reverse_step_times(ivp.grid, t, ivp.tableau)
-        bounds = (0, *ivp.grid.output_steps)
+        bounds = (0, *ivp.grid.solve_outputs)
         t_values = t.detach()
         time_grads = torch.zeros_like(t_values) if need_t else None
 
@@ -180,29 +191,23 @@ class _AugmentedDynamics:
             if pairs
             else [None] * len(inputs)
         )
-        grads = _zeros_if_none(grads, inputs)
+        grads = zeros_if_none(grads, inputs)
         return (*(fk.detach() for fk in f), *grads)
 
 
-def _zeros_if_none(grads, like) -> State:
-    return tuple(torch.zeros_like(y) if g is None else g for g, y in zip(grads, like))
+class Backsolve(GradientMethod):
+    """The continuous adjoint of Chen et al. (NeurIPS 2018), as torchdiffeq's ``odeint_adjoint``.
 
-
-def solve(ivp: IVP) -> list[State]:
-    """Integrate without a graph; gradients by the continuous adjoint (reverse solve).
-
-    Args:
-        ivp: the normalised problem.
-
-    Returns:
-        A list of ``M - 1`` tuple states, one per output time after the first.
-
-    Raises:
-        ValueError: ``func`` uses a tensor requiring grad that is not in ``ivp.params``
-            (checked on the first forward step and on every stage of the reverse solve).
-        RuntimeError (in the backward pass): a second-order derivative is requested; this
-            gradient is not differentiable.
+    Keeps only the outputs and gets the gradient by solving the augmented adjoint system
+    backwards in time on the forward's grid: O(1) states in N_t, but optimize-then-
+    discretize, so the gradient is approximate and the reverse solve is unstable for
+    contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use it to compare
+    with torchdiffeq or to measure that error; train with :class:`~anode.gradients.Anode`.
+    Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
     """
-    n_y = len(ivp.y0)
-    flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)
-    return [tuple(flat[k : k + n_y]) for k in range(0, len(flat), n_y)]
+
+    name = "backsolve"
+
+    def solve(self, ivp: IVP) -> list[State]:
+        flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)
+        return unflatten(flat, len(ivp.y0))

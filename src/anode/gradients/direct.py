@@ -10,22 +10,44 @@ from __future__ import annotations
 
 from ..ivp import IVP
 from ..solvers import State, rk_step
+from .base import GradientMethod
 
 
-def solve(ivp: IVP) -> list[State]:
-    """Integrate with autograd recording; return the states at output times ``t[1:]``.
+def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[State]:
+    """Step through the grid under the current grad mode; return the states at
+    ``ivp.grid.solve_outputs``.
 
-    Returns:
-        A list of ``M - 1`` tuple states, one per output time after the first.
+    With grad enabled autograd records every step (the direct gradient); under
+    ``torch.no_grad`` it is a graph-free forward. ``y0`` and ``t`` default to the problem's;
+    ``record`` (a :class:`~anode.recompute.ForwardRecord`) replays each step's generator
+    state when a backward rebuilds the solve.
     """
-    stage_times, sizes = ivp.step_times()
-    outputs = set(ivp.grid.output_steps)
-    y, result = ivp.y0, []
+    stage_times, sizes = ivp.step_times(t)
+    outputs = set(ivp.grid.solve_outputs)
+    y, result = (ivp.y0 if y0 is None else y0), []
     for j in range(ivp.grid.n_steps):
-        y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        if record is None:
+            y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        else:
+            with record.step(j):
+                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
         if j + 1 in outputs:
             result.append(y)
-    ivp.stats.forward_steps += ivp.grid.n_steps
     ivp.stats.stages = ivp.tableau.stages
-    ivp.stats.schedule = "direct"
     return result
+
+
+class Direct(GradientMethod):
+    """Autograd through every stage of every step: exact, O(N_t) activations per block.
+
+    The reference gradient; fastest (F + B) when the activations of all steps fit. Supports
+    everything autograd supports (double backward, ``torch.func`` transforms).
+    """
+
+    name = "direct"
+
+    def solve(self, ivp: IVP) -> list[State]:
+        result = plain_solve(ivp)
+        ivp.stats.forward_steps += ivp.grid.n_steps
+        ivp.stats.schedule = "direct"
+        return result

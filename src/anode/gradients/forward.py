@@ -42,49 +42,64 @@ def check_closed(outputs: State, inputs: list[torch.Tensor]) -> None:
         stack.extend(fn for fn, _ in node.next_functions)
 
 
-def _drop(_):
-    return None
+def _same(x):
+    return x
 
 
 def forward_sweep(
     ivp: IVP, params: list[torch.Tensor], record: ForwardRecord,
     keep: Callable[[int, State], None] | None = None,
 ) -> list[torch.Tensor]:
-    """Integrate without a graph; return the states at ``t[1:]``, flattened.
+    """Integrate without a graph; return the states at ``ivp.grid.solve_outputs``, flattened.
 
     Args:
         ivp: the problem (its ``y0`` are the inputs of the calling autograd Function).
         params: the tensors the gradient is taken with respect to, besides the state.
-        record: captures each step's random-number state before the step is taken.
+        record: notes each step's generator state for replay (see :class:`ForwardRecord`).
         keep: called as ``keep(j, y_j)`` with the state at the start of every step.
 
     Returns:
-        The output states, output time major, state component minor.
+        The output states, output major, state component minor.
 
     Raises:
         ValueError: func reaches a tensor that requires grad but is not in ``params``
             (checked on the first step, which is the only one taken with a graph).
     """
     stage_times, sizes = ivp.step_times(ivp.t.detach())
-    outputs = set(ivp.grid.output_steps)
+    outputs = set(ivp.grid.solve_outputs)
     y, result = tuple(ivp.y0), []
     for j in range(ivp.grid.n_steps):
         if keep is not None:
             keep(j, y)
-        record.before_step(j)
         if j == 0:
             # One step with a graph shows whether func reaches tensors that require grad
-            # but are not inputs here: fail now rather than lose their gradient. Only the
-            # graph's structure is needed, so nothing it would save is kept.
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
-                y = rk_step(ivp.func, tuple(v.detach() for v in y), stage_times[j], sizes[j],
-                            ivp.tableau)
-            check_closed(y, params)
+            # but are not inputs here: fail now rather than lose their gradient. The graph
+            # lives only for this check, so the user's saved-tensor hooks (save_on_cpu)
+            # need not see it; its tensors are kept as they are, since a function that
+            # differentiates inside needs them.
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
+                # the state requires grad, as in a backward rebuild: a function that
+                # differentiates with respect to it then creates no leaf of its own
+                y_leaf = tuple(v.detach().requires_grad_() for v in y)
+                y = rk_step(ivp.func, y_leaf, stage_times[j], sizes[j], ivp.tableau)
+            check_closed(y, [*y_leaf, *params])
             y = tuple(v.detach() for v in y)
         else:
             y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        record.after_step(j)
         if j + 1 in outputs:
             result.extend(y)
+    record.finish()
     ivp.stats.forward_steps += ivp.grid.n_steps
     ivp.stats.stages = ivp.tableau.stages
     return result
+
+
+def zeros_if_none(grads, like) -> State:
+    """``grads`` with each None replaced by zeros shaped like the matching ``like``."""
+    return tuple(torch.zeros_like(y) if g is None else g for g, y in zip(grads, like))
+
+
+def unflatten(flat, n_y: int) -> list[State]:
+    """Consecutive groups of ``n_y`` tensors: the tuple states of a flattened output list."""
+    return [tuple(flat[k : k + n_y]) for k in range(0, len(flat), n_y)]

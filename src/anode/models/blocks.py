@@ -60,7 +60,7 @@ class BlockFactory:
     def __init__(self, ode: bool, ode_options: dict[str, Any]) -> None:
         self.ode = bool(ode)
         if self.ode:
-            self.options = _options.resolve_ode_options(ode_options)
+            self.options, self.end_time = _options.solve_options(_options.resolve_ode_options(ode_options))
         else:
             given = {k: v for k, v in ode_options.items() if v is not None}
             if given:
@@ -72,7 +72,7 @@ class BlockFactory:
 
     def __call__(self, func: nn.Module) -> nn.Module:
         if self.ode:
-            return ODEBlock(func, **self.options)
+            return ODEBlock(func, self.end_time, options=self.options)
         return ResidualBlock(func)
 
 

@@ -12,13 +12,17 @@ another gradient method.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
+from ..gradients import Anode, resolve
 from ..nn import ODEBlock
+from ..options import FixedGrid, SolveOptions
+from ..schedules import SCHEDULES
 
 DEFAULT_ODE_OPTIONS: dict[str, Any] = {
     "method": "euler",
@@ -31,8 +35,8 @@ script of Gholami et al. 2019 runs ``--method Euler --Nt 2`` by default), gradie
 discrete adjoint with the paper's recompute schedule."""
 
 BLOCK_OPTIONS = ("method", "n_steps", "step_size", "gradient", "schedule", "end_time")
-"""Options that are attributes of :class:`anode.ODEBlock`; any other option is a schedule
-option (``ODEBlock.schedule_options``)."""
+"""The named options of an ODE block; any other option is a schedule option (``snapshots``,
+``host_snapshots``, ``memory_budget``)."""
 
 
 def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -56,27 +60,28 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def check_ode_options(options: dict[str, Any]) -> None:
-    """Raise now the error an ODE block with these options would raise at its first forward.
+def solve_options(options: dict[str, Any]) -> tuple[SolveOptions, float]:
+    """The :class:`~anode.options.SolveOptions` record and ``end_time`` of named options.
 
-    The check is a dry run: one :class:`anode.ODEBlock` with these options integrates a
-    one-element state under ``torch.no_grad()``. It therefore applies exactly the checks of
-    :func:`anode.odeint` (method, step count or size, gradient, schedule and its options), and
-    stays in step with them when gradient methods or schedules are added. Its cost is
-    ``n_steps`` steps on one number.
+    Raises:
+        ValueError, TypeError: as :meth:`SolveOptions.make`; ``end_time`` zero or not finite.
+    """
+    named = dict(options)
+    end_time = float(named.pop("end_time", 1.0))
+    if not (end_time != 0 and math.isfinite(end_time)):
+        raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")
+    return SolveOptions.make(**named), end_time
+
+
+def check_ode_options(options: dict[str, Any]) -> None:
+    """Raise now the error an ODE block with these named options would raise.
 
     Raises:
         ValueError, TypeError: unknown method, gradient or schedule; ``n_steps < 1``;
             ``step_size <= 0``; both ``n_steps`` and ``step_size``; options the schedule does
             not take; schedule options with a gradient other than ``"anode"``.
     """
-    block = ODEBlock(_zero_field, **options)
-    with torch.no_grad():
-        block(torch.zeros(1, dtype=torch.float64))
-
-
-def _zero_field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(z)
+    solve_options(options)
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
@@ -89,28 +94,23 @@ def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     return [m for m in model.modules() if isinstance(m, ODEBlock)]
 
 
-def _block_options(block: ODEBlock) -> dict[str, Any]:
-    opts = {name: getattr(block, name) for name in BLOCK_OPTIONS}
-    opts.update(block.schedule_options)
-    return opts
-
-
-def set_ode_options(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
+def set_ode_options(model: nn.Module, **options: Any) -> list[tuple[SolveOptions, float]]:
     """Set solver and gradient options on every ODE block of ``model``.
 
-    Options not named keep each block's current value, with two rules that keep a block
-    consistent:
+    Each block's :class:`~anode.options.SolveOptions` record is replaced by a copy
+    (``dataclasses.replace``) with the named options changed; options not named keep each
+    block's current value:
 
-    * ``n_steps`` and ``step_size`` exclude each other: giving one (not ``None``) clears the
-      other.
-    * Schedule options (any name not in :data:`BLOCK_OPTIONS`, e.g. ``snapshots``) belong to
-      the schedule: if any are given they replace the block's schedule options; a
-      ``schedule`` given without options drops the old ones.
-    * Schedules apply to ``gradient="anode"`` only: setting another gradient without naming
-      a schedule or schedule options also resets the schedule to ``"recompute"`` with no
-      options (:func:`restore_ode_options` and :func:`ode_options` bring the old ones back).
+    * ``method``: a name or :class:`~anode.ButcherTableau`.
+    * ``n_steps`` / ``step_size``: a new :class:`~anode.options.FixedGrid` (giving one
+      clears the other).
+    * ``gradient``, ``schedule`` and schedule options (``snapshots``, ...): a new gradient
+      method. Schedule options alone keep the block's schedule and replace its options; a
+      ``schedule`` alone replaces the schedule; a gradient other than ``"anode"`` has no
+      schedule (:func:`restore_ode_options` and :func:`ode_options` bring the old record back).
+    * ``end_time``: the block's T.
 
-    The new options are checked (as :func:`check_ode_options`) before any block changes.
+    Every new record is validated before any block changes.
 
     Args:
         model: a model containing :class:`anode.ODEBlock` submodules.
@@ -118,7 +118,7 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
             ``end_time`` and schedule options.
 
     Returns:
-        The previous options of each block (in :func:`ode_blocks` order), for
+        The previous ``(options, end_time)`` of each block (in :func:`ode_blocks` order), for
         :func:`restore_ode_options`.
 
     Raises:
@@ -131,16 +131,14 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
         raise ValueError(
             f"{type(model).__name__} has no ODE blocks, so ODE options {sorted(options)} do not apply"
         )
-    previous = [_block_options(b) for b in blocks]
-    new = [_updated(old, options) for old in previous]
-    for opts in _distinct(new):
-        check_ode_options(opts)
-    for block, opts in zip(blocks, new):
-        _apply(block, opts)
+    previous = [(b.options, b.end_time) for b in blocks]
+    new = [_updated(opts, end, dict(options)) for opts, end in previous]
+    for block, (opts, end) in zip(blocks, new):
+        block.options, block.end_time = opts, end
     return previous
 
 
-def restore_ode_options(model: nn.Module, previous: list[dict[str, Any]]) -> None:
+def restore_ode_options(model: nn.Module, previous: list[tuple[SolveOptions, float]]) -> None:
     """Put back the options that :func:`set_ode_options` returned.
 
     Raises:
@@ -149,8 +147,8 @@ def restore_ode_options(model: nn.Module, previous: list[dict[str, Any]]) -> Non
     blocks = ode_blocks(model)
     if len(previous) != len(blocks):
         raise ValueError(f"got options for {len(previous)} ODE blocks, the model has {len(blocks)}")
-    for block, opts in zip(blocks, previous):
-        _apply(block, opts)
+    for block, (opts, end) in zip(blocks, previous):
+        block.options, block.end_time = opts, end
 
 
 @contextlib.contextmanager
@@ -167,36 +165,23 @@ def ode_options(model: nn.Module, **options: Any) -> Iterator[nn.Module]:
         restore_ode_options(model, previous)
 
 
-def _updated(old: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    block_part = {k: old[k] for k in BLOCK_OPTIONS}
-    schedule_part = {k: v for k, v in old.items() if k not in BLOCK_OPTIONS}
-    given_block = {k: v for k, v in options.items() if k in BLOCK_OPTIONS}
-    given_schedule = {k: v for k, v in options.items() if k not in BLOCK_OPTIONS}
-    if given_block.get("n_steps") is not None and "step_size" not in given_block:
-        block_part["step_size"] = None
-    if given_block.get("step_size") is not None and "n_steps" not in given_block:
-        block_part["n_steps"] = None
-    block_part.update(given_block)
-    if given_schedule:
-        schedule_part = given_schedule
-    elif "schedule" in given_block:
-        schedule_part = {}
-    elif given_block.get("gradient", "anode") != "anode":
-        block_part["schedule"] = DEFAULT_ODE_OPTIONS["schedule"]
-        schedule_part = {}
-    return {**block_part, **schedule_part}
+def _schedule_name(gradient) -> str | None:
+    schedule = getattr(gradient, "schedule", None)
+    return next((name for name, cls in SCHEDULES.items() if type(schedule) is cls), None)
 
 
-def _distinct(option_sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for opts in option_sets:
-        if not any(opts == seen for seen in out):
-            out.append(opts)
-    return out
-
-
-def _apply(block: ODEBlock, opts: dict[str, Any]) -> None:
-    for name in BLOCK_OPTIONS:
-        value = opts[name]
-        setattr(block, name, float(value) if name == "end_time" else value)
-    block.schedule_options = {k: v for k, v in opts.items() if k not in BLOCK_OPTIONS}
+def _updated(old: SolveOptions, end_time: float, options: dict[str, Any]) -> tuple[SolveOptions, float]:
+    changes: dict[str, Any] = {}
+    if "end_time" in options:
+        end_time = solve_options({"end_time": options.pop("end_time")})[1]
+    if "method" in options:
+        changes["method"] = options.pop("method")
+    if "n_steps" in options or "step_size" in options:
+        changes["stepping"] = FixedGrid(options.pop("n_steps", None), options.pop("step_size", None))
+    if options:  # gradient, schedule, schedule options
+        gradient = options.pop("gradient", old.gradient.name)
+        schedule = options.pop("schedule", None)
+        if gradient == "anode" and schedule is None and isinstance(old.gradient, Anode):
+            schedule = _schedule_name(old.gradient) if options else old.gradient.schedule
+        changes["gradient"] = resolve(gradient, schedule, **options)
+    return dataclasses.replace(old, **changes), end_time

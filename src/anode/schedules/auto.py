@@ -9,8 +9,9 @@ from .basic import Recompute, Store
 from .revolve import Revolve
 
 
-class Auto(Schedule):
-    """The schedule with the fewest function evaluations whose states fit ``memory_budget``.
+class Auto:
+    """A policy: the schedule with the fewest function evaluations whose states fit
+    ``memory_budget``.
 
     What the budget bounds: the bytes of states one block's schedule holds at any time, from
     its forward to the end of its backward, i.e. ``peak_states(N_t) x state_bytes`` (see
@@ -31,7 +32,7 @@ class Auto(Schedule):
     snapshots that fit is the fastest, as a snapshot left unused costs nothing, so it is
     the only revolve considered.
 
-    The choice is made per solve in :meth:`prepare`, recorded in ``SolveStats.schedule``
+    The choice is made per solve in :meth:`choose`, recorded in ``SolveStats.schedule``
     (e.g. ``ODEBlock.stats.schedule == "revolve(4)"``) and in :attr:`choice`.
 
     Args:
@@ -63,7 +64,9 @@ class Auto(Schedule):
             out.append(Revolve(s))
         return out
 
-    def prepare(self, n_steps: int, state_bytes: int) -> Schedule:
+    def choose(self, n_steps: int, state_bytes: int) -> Schedule:
+        """The fastest schedule whose states fit the budget, for ``n_steps`` steps of
+        ``state_bytes`` bytes each (raises ValueError when none fits)."""
         fits = [c for c in self.candidates(n_steps, state_bytes)
                 if c.peak_states(n_steps) * state_bytes <= self.memory_budget]
         if not fits:
@@ -77,11 +80,11 @@ class Auto(Schedule):
         self.choice = best.name
         return best
 
-    def keeps(self, j: int, n_steps: int) -> bool:
-        raise RuntimeError("Auto chooses a schedule in prepare(); use the schedule it returns")
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Auto) and other.memory_budget == self.memory_budget
 
-    def reversed_states(self, kept, n_steps, advance):
-        raise RuntimeError("Auto chooses a schedule in prepare(); use the schedule it returns")
+    def __hash__(self) -> int:
+        return hash(("Auto", self.memory_budget))
 
     def __repr__(self) -> str:
         chose = f", choice={self.choice!r}" if self.choice else ""

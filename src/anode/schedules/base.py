@@ -27,9 +27,10 @@ class Schedule:
     #: backward (revolve); the solve then holds them for it, and can be differentiated once.
     autograd_holds_kept = True
 
-    def prepare(self, n_steps: int, state_bytes: int) -> Schedule:
-        """Return the concrete schedule for a solve of ``n_steps`` steps whose state takes
-        ``state_bytes`` bytes (a policy such as a memory budget picks one here)."""
+    def choose(self, n_steps: int, state_bytes: int) -> Schedule:
+        """The schedule for a solve of ``n_steps`` steps whose state takes ``state_bytes``
+        bytes: this one. (A policy such as :class:`~anode.schedules.Auto` has the same
+        method and returns the schedule it picks.)"""
         return self
 
     def keeps(self, j: int, n_steps: int) -> bool:

@@ -9,7 +9,7 @@ from .base import Schedule
 from .basic import Recompute, Store
 from .revolve import Revolve
 
-SCHEDULES: dict[str, type[Schedule]] = {
+SCHEDULES: dict[str, type[Schedule] | type[Auto]] = {
     "store": Store,
     "recompute": Recompute,
     "revolve": Revolve,
@@ -19,7 +19,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
-def get_schedule(schedule: str | Schedule, **options) -> Schedule:
+def get_schedule(schedule: str | Schedule | Auto, **options) -> Schedule | Auto:
     """Return a schedule from its name (with options) or the schedule object itself.
 
     Args:
@@ -33,7 +33,7 @@ def get_schedule(schedule: str | Schedule, **options) -> Schedule:
             missing, options given with an instance, or an option's value out of range.
         TypeError: neither a name nor a Schedule; an option of the wrong type.
     """
-    if isinstance(schedule, Schedule):
+    if isinstance(schedule, (Schedule, Auto)):
         if options:
             raise ValueError(f"options {sorted(options)} given with a Schedule instance")
         return schedule
