@@ -78,7 +78,8 @@ def test_gradient_error_record_equals_direct_computation():
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
     assert torch.equal(rng, torch.get_rng_state())
     assert not model.training
-    assert all(b.gradient == "anode" and b.method == "midpoint" for b in models.ode_blocks(model))
+    assert all(b.options.gradient.name == "anode" and b.options.method.name == "midpoint"
+               for b in models.ode_blocks(model))
     assert all(p.grad is None for p in model.parameters())
     ref = _reference_errors(model, images, labels)
     for key, value in ref.items():

@@ -42,6 +42,10 @@ def check_closed(outputs: State, inputs: list[torch.Tensor]) -> None:
         stack.extend(fn for fn, _ in node.next_functions)
 
 
+def _detached(x):
+    return x.detach()
+
+
 def _same(x):
     return x
 
@@ -75,9 +79,10 @@ def forward_sweep(
             # One step with a graph shows whether func reaches tensors that require grad
             # but are not inputs here: fail now rather than lose their gradient. The graph
             # lives only for this check, so the user's saved-tensor hooks (save_on_cpu)
-            # need not see it; its tensors are kept as they are, since a function that
-            # differentiates inside needs them.
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
+            # need not see it. Saved tensors are kept detached: a function that
+            # differentiates inside needs their values, and a saved output that kept its
+            # grad_fn would form a reference cycle that is never freed.
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
                 # the state requires grad, as in a backward rebuild: a function that
                 # differentiates with respect to it then creates no leaf of its own
                 y_leaf = tuple(v.detach().requires_grad_() for v in y)

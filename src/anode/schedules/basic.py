@@ -42,11 +42,22 @@ class Recompute(Schedule):
         return j == 0
 
     def reversed_states(self, kept, n_steps, advance):
-        states = [kept.pop(0)]
+        y0 = kept.pop(0)
+        # The recomputed states go into one buffer per state component, allocated and
+        # freed at once: states allocated one by one between each step's temporaries
+        # fragment the CPU heap, and glibc's malloc then keeps up to twice the live memory.
+        buffers = tuple(y.new_empty((n_steps - 1, *y.shape)) for y in y0)
+        y = y0
         for j in range(n_steps - 1):
-            states.append(advance(j, states[-1]))
-        for j in range(n_steps - 1, -1, -1):
-            yield j, states.pop()
+            y = advance(j, y)
+            for b, v in zip(buffers, y):
+                b[j].copy_(v)
+            y = tuple(b[j] for b in buffers)
+        del y
+        for j in range(n_steps - 1, 0, -1):
+            yield j, tuple(b[j - 1] for b in buffers)
+        del buffers
+        yield 0, y0
 
     def recomputed_steps(self, n_steps: int) -> int:
         return n_steps - 1
