@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..diagnostics import relative_error
 from .isolation import measurement_servers
 
 CLOCKS = ("wall", "cpu")
@@ -40,12 +41,6 @@ class Entry:
     memory: dict
     timing: dict | None = field(default_factory=dict)
     exact: bool = True
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` (2-norm over all entries, in float64)."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def _last_line(exc: Exception) -> str:
@@ -139,7 +134,7 @@ class Sweep:
                 reference = saved
             if reference is not None:
                 for key in saved:
-                    row[f"{key}_rel_diff"] = relative(saved[key], reference[key])
+                    row[f"{key}_rel_diff"] = relative_error([saved[key]], [reference[key]])
                 if entry.exact:
                     row["equal"] = all(row[f"{key}_rel_diff"] <= self.tol for key in saved)
             measured.append(entry)
