@@ -334,6 +334,14 @@ def test_vmap_over_forward_passes(gradient):
     assert rel_err(batched, looped.detach()) <= 1e-12
 
 
+def test_torch_func_grad_through_backsolve_raises():
+    def loss(y):
+        return anode.odeint(lambda t, y: -y, y, torch.tensor([0.0, 1.0]), gradient="backsolve").sum()
+
+    with pytest.raises(ValueError, match="cannot run under torch.func Grad"):
+        torch.func.grad(loss)(torch.ones(2))
+
+
 def test_torch_func_grad_through_anode_equals_direct():
     torch.manual_seed(0)
     func = Tanh().double()
@@ -431,3 +439,17 @@ def test_a_module_of_the_state_alone_gets_a_clear_error():
     block = anode.ODEBlock(anode.Autonomous(net), method="euler", n_steps=1)
     x = torch.randn(2, 3)
     assert torch.allclose(block(x), x + net(x))
+
+
+@pytest.mark.parametrize("gradient", ["direct", "anode", "backsolve"])
+def test_torch_compile_equals_eager(gradient):
+    # Dynamo traces around the solve (a graph break at the autograd.Function); the "eager"
+    # backend keeps the test fast and checks that tracing changes nothing.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    block = anode.ODEBlock(anode.Autonomous(net), method="rk4", n_steps=3, gradient=gradient)
+    x = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    ref = torch.autograd.grad(block(x).square().sum(), [x, *net.parameters()])
+    compiled = torch.compile(block, backend="eager")
+    got = torch.autograd.grad(compiled(x).square().sum(), [x, *net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))

@@ -225,6 +225,7 @@ class Harness:
     def __init__(self, monkeypatch):
         self.device_refs: list[weakref.ref] = []
         self.host_refs: list[weakref.ref] = []
+        self.buffer_refs: list[weakref.ref] = []
         original = revolve_module.to_host
 
         def tracked_to_host(state):
@@ -235,7 +236,15 @@ class Harness:
         monkeypatch.setattr(revolve_module, "to_host", tracked_to_host)
 
     def live(self, refs):
-        return sum(r() is not None for r in refs)
+        n = sum(r() is not None for r in refs)
+        if refs is self.device_refs:  # states a schedule holds in one buffer count as many
+            n += sum(b().shape[0] for b in self.buffer_refs if b() is not None)
+        return n
+
+    def note_buffer(self, y):
+        base = y[0]._base
+        if base is not None and all(r() is not base for r in self.buffer_refs):
+            self.buffer_refs.append(weakref.ref(base))
 
     def new_state(self, j):
         y = (torch.full((2,), float(j)),)
@@ -270,6 +279,7 @@ class Harness:
         host_peak.append(self.live(self.host_refs))
         for j, y_j in schedule.reversed_states(kept, n, advance):
             assert y_j[0][0].item() == j, "reversed_states yielded the wrong state"
+            self.note_buffer(y_j)
             order.append(j)
             device_peak.append(self.live(self.device_refs))
             host_peak.append(self.live(self.host_refs))

@@ -53,13 +53,15 @@ def _check_times(t) -> list[float]:
     return times
 
 
-def _functorch_active() -> bool:
-    """Whether a torch.func transform (vmap, grad, jvp, ...) is running."""
+def _functorch_transforms() -> set[str]:
+    """The torch.func transforms running now (``{"Vmap", "Grad", "Jvp", ...}``)."""
+    if getattr(torch.compiler, "is_compiling", bool)():  # Dynamo cannot trace the query
+        return set()
     try:
-        from torch._C._functorch import peek_interpreter_stack
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     except ImportError:  # pragma: no cover - older torch
-        return False
-    return peek_interpreter_stack() is not None
+        return set()
+    return {str(i.key()).rsplit(".", 1)[-1] for i in retrieve_all_functorch_interpreters()}
 
 
 def _default_params(func, params) -> tuple[torch.Tensor, ...]:
@@ -136,8 +138,10 @@ def odeint(
 
     Under ``torch.no_grad()`` or ``torch.inference_mode()`` every gradient method runs the
     same graph-free forward (func may still differentiate inside, e.g. a Hamiltonian or a
-    trace estimator). Under a ``torch.func`` transform (``vmap``, ``grad``, ...) every
-    method solves as ``direct`` does, which those transforms differentiate exactly.
+    trace estimator). Under a ``torch.func`` transform (``vmap``, ``grad``, ...) the exact
+    methods solve as ``direct`` does, which those transforms differentiate exactly (with
+    direct's memory); ``backsolve`` runs its forward without a graph under ``vmap`` and
+    raises under ``grad``, ``jacrev``, ``jvp``.
 
     Raises:
         TypeError: y0, t or params of the wrong type or dtype; func returns a wrong type,
@@ -163,8 +167,8 @@ def solve(
     """:func:`odeint` without stacking: ``(y0 as a tuple, whether y0 was a tuple, the tuple
     state at every output time)``. Used by :class:`~anode.nn.ODEBlock`, which needs only the
     last state and should not copy the input into a stacked result."""
-    transformed = _functorch_active()
-    state, is_tuple = _check_state(y0, check_values=not transformed)
+    transforms = _functorch_transforms()
+    state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
     grid = options.stepping.grid(times)
     stats = stats if stats is not None else SolveStats()
@@ -190,8 +194,20 @@ def solve(
         with torch.inference_mode(False), torch.no_grad():
             outputs = plain_solve(ivp)
         stats.forward_steps += grid.n_steps
-    elif transformed or not torch.is_grad_enabled():
-        outputs = plain_solve(ivp)
+    elif transforms or not torch.is_grad_enabled():
+        # torch.func transforms differentiate plain operations only. For an exact method
+        # that is the same gradient; an approximate one cannot be had there.
+        if transforms and not options.gradient.exact:
+            if transforms - {"Vmap", "Functionalize"}:
+                raise ValueError(
+                    f"gradient={options.gradient.name!r} cannot run under torch.func "
+                    f"{'/'.join(sorted(transforms))}: its gradient is not that of the operations "
+                    "run; use gradient='anode' or 'direct'"
+                )
+            with torch.no_grad():
+                outputs = plain_solve(ivp)
+        else:
+            outputs = plain_solve(ivp)
         stats.forward_steps += grid.n_steps
     else:
         outputs = options.gradient.solve(ivp)

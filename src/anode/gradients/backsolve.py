@@ -207,6 +207,7 @@ class Backsolve(GradientMethod):
     """
 
     name = "backsolve"
+    exact = False
 
     def solve(self, ivp: IVP) -> list[State]:
         flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)

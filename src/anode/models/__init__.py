@@ -17,8 +17,10 @@ from .options import (
     check_ode_options,
     ode_blocks,
     ode_options,
+    resolve_ode_options,
     restore_ode_options,
     set_ode_options,
+    solve_options,
 )
 from .registry import create, list_models, register_model
 from .resnet import BasicBlock, ResNet
@@ -34,6 +36,8 @@ __all__ = [
     "set_ode_options",
     "restore_ode_options",
     "ode_options",
+    "solve_options",
+    "resolve_ode_options",
     "ResidualBlock",
     "ResidualNetwork",
     "ResNet",

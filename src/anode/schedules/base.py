@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
+from ..solvers import State
 
-State = tuple[torch.Tensor, ...]
 Advance = Callable[[int, State], State]
 
 
@@ -66,6 +65,12 @@ class Schedule:
         ``n_steps`` steps, from the forward to the end of the backward; the states and
         graph inside one step (its stages) are not counted."""
         raise NotImplementedError(f"{type(self).__name__} does not state its memory")
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -49,10 +49,7 @@ class Recompute(Schedule):
         buffers = tuple(y.new_empty((n_steps - 1, *y.shape)) for y in y0)
         y = y0
         for j in range(n_steps - 1):
-            y = advance(j, y)
-            for b, v in zip(buffers, y):
-                b[j].copy_(v)
-            y = tuple(b[j] for b in buffers)
+            y = tuple(b[j].copy_(v) for b, v in zip(buffers, advance(j, y)))
         del y
         for j in range(n_steps - 1, 0, -1):
             yield j, tuple(b[j - 1] for b in buffers)
