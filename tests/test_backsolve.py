@@ -14,32 +14,13 @@ from torch import nn
 
 import anode
 from anode.grid import make_grid
+from problems import TimeMLP
+from problems import rel_err as max_rel
 
 TOL = 1e-10
 # our name -> torchdiffeq's fixed-grid name (torchdiffeq's "rk4" is Kutta's 3/8 rule)
 METHODS = [("euler", "euler"), ("midpoint", "midpoint"), ("rk38", "rk4")]
 
-
-
-def max_rel(a, b):
-    scale = max(b.abs().max().item(), 1e-300)
-    return (a - b).abs().max().item() / scale
-
-
-class TimeMLP(nn.Module):
-    """Time-dependent tanh MLP, so that gradients with respect to t are not trivial."""
-
-    def __init__(self, dim=3, hidden=16):
-        super().__init__()
-        self.lin1 = nn.Linear(dim + 1, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
-        self.times: list[float] | None = None
-
-    def forward(self, t, y):
-        if self.times is not None:
-            self.times.append(t.item())
-        tt = t.to(y.dtype).expand(*y.shape[:-1], 1)
-        return self.lin2(torch.tanh(self.lin1(torch.cat([y, tt], -1)))) * torch.cos(t)
 
 
 class MatchingGrid:

@@ -212,3 +212,48 @@ def test_callback_moves_batch_to_model_device():
     cb = GradientErrorCallback(torch.randn(2, 3, 32, 32), torch.arange(2), tested=("backsolve",))
     rec = cb(model, 1, Path("."))
     assert set(rec) == {"grad_rel_err_backsolve", "grad_norm"}
+
+
+def test_interrupt_stops_training_and_still_writes_the_report(cifar10, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import anode.compare.report
+    import anode.train
+
+    real_train = anode.train.train
+
+    def interrupt_in_epoch_two(model, epoch, run_dir):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(anode.train, "train",
+                        lambda config, callbacks=(): real_train(config, [*callbacks, interrupt_in_epoch_two]))
+    out = tmp_path / "stopped"
+    argv = ["compare", "--data-root", str(cifar10), "--seeds", "0", "--variants", "plain,anode",
+            "--epochs", "2", "--batch-size", "10", "--subset", "20", "--test-subset", "10",
+            "--grad-batch", "4", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    # The first run stopped in its second epoch, the second never started; the report
+    # covers the finished epoch.
+    assert run_status(run_folder(out, "plain", 0), 2) == "partial"
+    assert run_status(run_folder(out, "anode", 0), 2) == "new"
+    assert "| plain | 1 (0) | 1 |" in (out / "compare_table.md").read_text()
+    assert (out / "compare_curves.png").stat().st_size > 0
+
+    # A SIGINT that arrives while the report is drawn waits until the report is complete.
+    monkeypatch.setattr(anode.train, "train", lambda config, callbacks=(): None)
+    real_plot = anode.compare.report.plot_curves
+
+    def signalled_plot(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(anode.compare.report, "plot_curves", signalled_plot)
+    for name in ("compare_curves.png", "compare_gradient_error.png", "summary.json"):
+        (out / name).unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(_spec(cifar10, seeds=(0,), variants=("plain", "anode")), out, log=lambda msg: None)
+    for name in ("compare_curves.png", "compare_gradient_error.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name

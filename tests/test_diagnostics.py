@@ -20,12 +20,15 @@ from torch import nn
 import anode
 from anode.commands import diagnose
 from anode.diagnostics import (
+    checkpoint_cases,
     gradient_error,
     gradient_errors,
+    load_images,
     reconstruction_error,
     relative_error,
     round_trip,
     sweep,
+    synthetic_cases,
 )
 from cifar_files import write_fake_cifar
 
@@ -80,10 +83,8 @@ def test_gradient_error_linear_closed_form():
 
 
 def small_cases():
-    args = argparse.Namespace(quick=True, batch=2, channels=3, image_size=6, method="midpoint", seed=0,
-                              image_gain=2.0)
     images = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
-    return diagnose.synthetic_cases(images, args)
+    return synthetic_cases(images, method="midpoint", channels=3, image_size=6, small=True)
 
 
 @pytest.mark.parametrize("case", small_cases(), ids=lambda c: c.name)
@@ -202,7 +203,7 @@ def test_diagnose_full_run(tmp_path):
     # The real command on real CIFAR-10 when it is present (the figures in docs/ come from it).
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
     try:
-        diagnose.load_images(root, 1)
+        load_images(root, 1)
     except ValueError:
         pytest.skip("CIFAR-10 not found")
     assert main(["diagnose", "--out", str(tmp_path), "--data-root", str(root)]) == 0
@@ -220,7 +221,7 @@ def test_checkpoint_cases_with_the_model_registry(tmp_path):
     path = tmp_path / "last.pt"
     torch.save({"model_name": "resnet_ode_small", "num_classes": 10, "model_state": model.state_dict(),
                 "ode_options": {"method": "midpoint", "n_steps": 1}, "dataset": "cifar10"}, path)
-    cases = diagnose.checkpoint_cases(str(tmp_path), torch.randn(1, 3, 16, 16))
+    cases = checkpoint_cases(str(tmp_path), torch.randn(1, 3, 16, 16))
     blocks = [name for name, m in model.named_modules() if isinstance(m, anode.ODEBlock)]
     assert [c.name for c in cases] == [f"ckpt:{b}" for b in blocks] and blocks
     assert all(c.method == "midpoint" and c.y0.dtype == F64 and not c.func.training for c in cases)

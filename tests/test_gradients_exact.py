@@ -8,41 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import anode
+from problems import TimeMLP, rel_err
 
 METHODS = sorted(anode.TABLEAUS)
 F64_RTOL = 1e-12
-
-
-def rel_err(a, b):
-    if a is None and b is None:
-        return 0.0
-    scale = max(b.abs().max().item(), 1e-300)
-    return (a - b).abs().max().item() / scale
-
-
-class TimeMLP(nn.Module):
-    """Time-dependent tanh MLP on a tuple state (x, v) or a single tensor."""
-
-    def __init__(self, dim, tuple_state, closure=None):
-        super().__init__()
-        self.tuple_state = tuple_state
-        self.lin1 = nn.Linear(dim + 1, 16)
-        self.lin2 = nn.Linear(16, dim)
-        self.closure = closure
-
-    def forward(self, t, y):
-        x = y[0] if self.tuple_state else y
-        tt = t.expand(*x.shape[:-1], 1).to(x.dtype)
-        h = torch.tanh(self.lin1(torch.cat([x, tt], -1)))
-        dx = self.lin2(h) * torch.cos(t)
-        if self.closure is not None:
-            dx = dx * self.closure
-        if self.tuple_state:
-            return (y[1], dx - 0.1 * y[1])
-        return dx
 
 
 def gradients(func, y0, t, params, **kw):

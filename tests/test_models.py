@@ -15,6 +15,7 @@ from torch import nn
 import anode
 import anode.models as models
 from anode.schedules import Recompute
+from problems import rel_err
 
 ODE_SMALL = ["resnet_ode_small", "sqnxt_ode_small"]
 PAIRS = [("resnet_ode_small", "resnet_small"), ("sqnxt_ode_small", "sqnxt_small"),
@@ -25,11 +26,6 @@ F64_RTOL = 1e-10
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def rel_err(a, b):
-    scale = max(b.abs().max().item(), 1e-300)
-    return (a - b).abs().max().item() / scale
 
 
 def sqnxt23_count(num_classes):

@@ -491,7 +491,7 @@ def test_budget_below_two_states_names_the_need():
 
 
 def test_benchmark_counts_evaluations_and_reports(tmp_path):
-    from anode.bench import revolve as bench
+    from anode.bench import revolve_tradeoff as bench
 
     tiny = dict(n_steps=6, channels=2, batch=1, size=4, repeats=1, method="midpoint")
     direct = bench.one_block(gradient="direct", **tiny)

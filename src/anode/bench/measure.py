@@ -4,33 +4,30 @@ Conventions (DESIGN.md): on CUDA, memory is the allocator's peak
 (``torch.cuda.max_memory_allocated``) minus what was allocated before the step; on CPU it
 is the peak resident set size of the process (``VmHWM``, reset through
 ``/proc/self/clear_refs``) minus the resident size before the step. Each configuration runs
-in a fresh subprocess (:func:`run_isolated`) with glibc's mmap threshold fixed, so that
-freed tensors go back to the operating system and the resident size tracks live tensors.
-Time is the median of repeats after warm-up. Report ratios measured in one run.
+in a fresh process (:class:`anode.bench.isolation.Isolated`) with glibc's mmap threshold
+fixed, so that freed tensors go back to the operating system and the resident size tracks
+live tensors. The kernel keeps the resident size in per-CPU counters that it sums
+approximately, so on CPU a step whose peak is a few pages can read as a few pages below
+zero. Time is the median of repeats after warm-up. Report ratios measured in one run.
 
 The fixed mmap threshold has a price: every large tensor is a fresh mapping whose pages the
 kernel zeroes on first touch, which made forward+backward of a convolutional ODE block about
 2.5x slower on CPU here, and not by the same factor for every method (those that allocate more
 often pay more). Time on CPU is therefore best measured in a separate process with glibc's
-default allocator settings (``run_isolated(..., malloc_env=False)``).
+default allocator settings (``Isolated(..., malloc_env=False)``).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
 # glibc raises its mmap threshold after large frees unless it is set explicitly; then freed
 # activations stay in the heap and the resident size no longer tracks live memory.
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def _proc_status_kib(field: str) -> int:
@@ -52,8 +49,8 @@ def peak_memory(step: Callable[[], None], device: torch.device | str = "cpu") ->
     Args:
         step: runs one forward+backward; must not keep references to what it allocates.
         device: where the tensors live: ``cuda`` uses the caching allocator's statistics,
-            ``cpu`` the process's resident set size (Linux only; run it in a fresh process
-            started by :func:`run_isolated`).
+            ``cpu`` the process's resident set size (Linux only; run it in a fresh process,
+            see :mod:`anode.bench.isolation`).
 
     Raises:
         RuntimeError: CPU measurement on a system without ``/proc/self/clear_refs``.
@@ -66,21 +63,16 @@ def peak_memory(step: Callable[[], None], device: torch.device | str = "cpu") ->
         step()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before
-    before = _proc_status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError as exc:
         raise RuntimeError("CPU peak memory needs Linux's /proc/self/clear_refs") from exc
+    # Read after the reset: the peak since the reset is at least the resident size at any
+    # moment after it, so pages freed in between cannot make the difference negative.
+    before = _proc_status_kib("VmRSS")
     step()
     return (_proc_status_kib("VmHWM") - before) * 1024
-
-
-def median_time(
-    step: Callable[[], None], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 3
-) -> float:
-    """Median wall time (seconds) of ``repeats`` calls of ``step`` after ``warmup`` calls."""
-    return median_times(step, device, warmup, repeats)["wall"]
 
 
 def median_times(
@@ -145,37 +137,27 @@ def interleaved_times(steps: dict[str, Callable[[], None]], device: torch.device
             for k in labels}
 
 
-def run_isolated(target: str, timeout: float = 1800, malloc_env: bool = True, **kwargs) -> dict:
-    """Call ``module:function(**kwargs)`` in a fresh Python process and return its dict.
+def time_methods(builders: Mapping[str, Callable[[], Callable[[], None]]], device: torch.device | str = "cpu",
+                 repeats: int = 3) -> dict[str, dict]:
+    """Build each labelled step, run it once as a warm-up, then time all of them together with
+    :func:`interleaved_times`.
 
-    The function must return a JSON-serialisable dict. The child gets the parent's
-    ``sys.path`` and, with ``malloc_env`` (for memory measurements), glibc's mmap threshold
-    fixed (see module docstring).
+    Args:
+        builders: label → a function that builds the workload and returns its step.
+        device, repeats: as :func:`interleaved_times`.
 
-    Raises:
-        RuntimeError: the child failed (its stderr is included) or timed out.
+    Returns:
+        label → ``{"seconds", "cpu_seconds"}``, or ``{"error": message}`` for a label whose
+        build or warm-up raised (one failing method must not lose the others' times).
     """
-    code = (
-        "import json, sys, importlib\n"
-        "mod, fn = sys.argv[1].split(':')\n"
-        "res = getattr(importlib.import_module(mod), fn)(**json.loads(sys.argv[2]))\n"
-        "sys.stdout.write('\\n@@RESULT@@' + json.dumps(res))\n"
-    )
-    env = {**os.environ, **(_MALLOC_ENV if malloc_env else {}),
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, target, json.dumps(kwargs)],
-            capture_output=True, text=True, env=env, timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"{target}({kwargs}) timed out after {timeout} s") from exc
-    if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
-        raise RuntimeError(f"{target}({kwargs}) failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
-
-
-def resolve(target: str) -> Callable:
-    """``'module:function'`` → the function."""
-    mod, fn = target.split(":")
-    return getattr(importlib.import_module(mod), fn)
+    steps, results = {}, {}
+    for label, build in builders.items():
+        try:
+            step = build()
+            step()
+        except Exception as exc:
+            results[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        steps[label] = step
+    results.update(interleaved_times(steps, device, repeats))
+    return results

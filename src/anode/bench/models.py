@@ -1,7 +1,7 @@
 """Training-step memory and throughput of every registered model, by gradient method.
 
-Run: ``python -m anode.bench.models [--quick] [--out DIR]`` or ``anode bench models``.
-For each model of :func:`anode.models.list_models` and each gradient method (``direct``,
+Run: ``anode bench models [--quick] [--out DIR]``. For each model of
+:func:`anode.models.list_models` and each gradient method (``direct``,
 ``anode/recompute``, ``backsolve``; a plain residual baseline has no ODE blocks and runs once)
 one training step — forward, cross-entropy, backward, SGD step — on a random batch of
 ``[batch, 3, 32, 32]`` is measured: extra peak memory of one step (a fresh process per model
@@ -12,19 +12,14 @@ The warm-up gradients of the exact methods are compared with ``direct``'s.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
 import json
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from .forkserver import measurement_servers
-from .measure import interleaved_times, peak_memory, prepare
+from .measure import peak_memory, prepare, time_methods
+from .sweep import Entry, Sweep
 
 TARGET = "anode.bench.models:train_step"
 TIME_TARGET = "anode.bench.models:time_steps"
@@ -34,15 +29,12 @@ COLUMNS = ["model", "parameters", "method", "exact_method", "equal", "grad_rel_d
 
 
 def gradient_methods() -> list[tuple[str, dict, bool]]:
-    """``(label, ODE options, exact)`` of the methods measured, those registered at run time."""
-    from ..gradients import GRADIENTS
+    """``(label, ODE options, exact)`` of the methods measured: ``direct``, ``anode/recompute``
+    and ``backsolve``, those registered at run time."""
+    from .suite import available_methods
 
-    methods = [("direct", {"gradient": "direct"}, True)]
-    if "anode" in GRADIENTS:
-        methods.append(("anode/recompute", {"gradient": "anode", "schedule": "recompute"}, True))
-    if "backsolve" in GRADIENTS:
-        methods.append(("backsolve", {"gradient": "backsolve"}, False))
-    return methods
+    wanted = ("direct", "anode/recompute", "backsolve")
+    return [(m.name, m.options, m.exact) for m in available_methods(()) if m.name in wanted]
 
 
 def _setup(model: str, ode_options: dict | None, batch: int, size: int, num_classes: int,
@@ -112,17 +104,11 @@ def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, 
         ``{"error": message}`` when its warm-up raised.
     """
     dev = prepare(threads, device, seed)
-    steps, results = {}, {}
-    for label, options in methods.items():
-        try:
-            _, _, _, step = _setup(model, options, batch, size, num_classes, dev, seed)
-            step()
-        except Exception as exc:  # one failing method must not lose the others' times
-            results[label] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        steps[label] = step
-    results.update(interleaved_times(steps, dev, repeats))
-    return results
+
+    def builder(options):
+        return lambda: _setup(model, options, batch, size, num_classes, dev, seed)[3]
+
+    return time_methods({label: builder(options) for label, options in methods.items()}, dev, repeats)
 
 
 def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str = "fork",
@@ -146,63 +132,24 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
         One dict per measurement with the keys of :data:`COLUMNS`.
     """
     base = workload.pop("ode_options", None) or {}
-    split = separate_timing
-    if split is None:
-        split = not str(workload.get("device", "cpu")).startswith("cuda")
-    preload = ["anode", "anode.models", "anode.bench.models"]
     rows = []
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        log(f"[{time.perf_counter() - started:6.0f} s] {text}")
-
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="anode-bench-models-"))
-        memory_server, time_server = measurement_servers(stack, isolation, preload, split)
-        save = str(Path(tmp) / "grad.pt")
+    with Sweep(TARGET, TIME_TARGET, preload=["anode", "anode.models", "anode.bench.models"],
+               isolation=isolation, clock=clock, separate_timing=separate_timing,
+               device=workload.get("device", "cpu"), tol=tol, log=log) as sweep:
         for name in names:
             has_ode = _is_ode(name)
-            methods = gradient_methods() if has_ode else [("plain", {}, True)]
-            measured, reference = {}, None
-            for label, options, exact in methods:
+            entries = []
+            for label, options, exact in gradient_methods() if has_ode else [("plain", {}, True)]:
                 row = {"model": name, "method": label, "exact_method": exact,
                        "batch": workload.get("batch", 32)}
                 rows.append(row)
                 options = {**base, **options} if has_ode else None
-                try:
-                    row.update(memory_server.run(TARGET, model=name, ode_options=options, save=save,
-                                                 **workload))
-                except RuntimeError as exc:
-                    row["error"] = str(exc).strip().splitlines()[-1]
-                    say(f"{name} {label}: FAILED {row['error']}")
-                    continue
-                grad = torch.load(save)["grad"].double()
-                if label in ("direct", "plain"):
-                    reference = grad
-                if reference is not None and has_ode:
-                    row["grad_rel_diff"] = ((grad - reference).norm() / reference.norm()).item()
-                    if exact:
-                        row["equal"] = row["grad_rel_diff"] <= tol
-                measured[label] = (row, options)
-                say(f"{name} {label}: {row['peak_bytes'] / 2**20:.0f} MiB")
-            if not measured:
-                continue
-            try:
-                times = time_server.run(TIME_TARGET, model=name, **workload,
-                                        methods={label: opts for label, (_, opts) in measured.items()})
-            except RuntimeError as exc:
-                times = {label: {"error": str(exc).strip().splitlines()[-1]} for label in measured}
-            for label, (row, _) in measured.items():
-                if "error" in times[label]:
-                    row["error"] = "timing: " + times[label]["error"]
-                    continue
-                row.update(times[label])
-                row["time_s"] = row["cpu_seconds" if clock == "cpu" else "seconds"]
-                row["images_per_s"] = row["batch"] / row["time_s"]
-            say(f"{name} times ({clock}): " + ", ".join(
-                f"{label} {row['time_s']:.2f} s/step"
-                for label, (row, _) in measured.items() if "time_s" in row))
+                memory = {"model": name, "ode_options": options, **workload}
+                entries.append(Entry(row, memory, options, exact))
+            sweep.group(name, entries, timing={"model": name, **workload}, compare=has_ode)
     for r in rows:
+        if "time_s" in r:
+            r["images_per_s"] = r["batch"] / r["time_s"]
         ref = next((d for d in rows if d["model"] == r["model"] and d["method"] == "direct"
                     and "time_s" in d), None)
         if ref and "time_s" in r:
@@ -243,91 +190,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
-    """Add the ``models`` subcommand (under ``anode bench``)."""
-    p = subparsers.add_parser("models", help="training-step memory and images/s of every registered model",
-                              description=__doc__.splitlines()[0])
-    _arguments(p)
-    p.set_defaults(run=run)
-
-
-def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/bench"),
-                   help="output folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="small models only, batch 4, 16x16, one repeat")
-    p.add_argument("--models", default="*", help="shell pattern(s) of model names, comma-separated "
-                   "(default: all registered)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per measurement (default: 1 on cpu, torch's default on cuda)")
-    p.add_argument("--method", default=None,
-                   help="Runge–Kutta method of the ODE blocks (default: the models')")
-    p.add_argument("--n-steps", type=int, default=None, help="N_t of every ODE block (default: the models')")
-    p.add_argument("--isolation", choices=("fork", "spawn"), default="fork",
-                   help="fresh process per measurement: forked from a server, or a new interpreter")
-    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
-                   help="time compared: wall, or the process's CPU time (default: cpu with one "
-                        "thread on the cpu, else wall)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Measure, print and write ``models_results.{md,csv,json}``; 1 if an exact method is not
-    exact or a measurement failed, 2 on bad input."""
-    from .. import models
-
-    if args.quick:
-        args.batch, args.size, args.repeats = 4, 16, 1
-        if args.models == "*":
-            args.models = "*small"
-    names = sorted({n for pattern in args.models.split(",") for n in models.list_models(pattern.strip())})
-    if not names:
-        print(f"error: no registered model matches {args.models!r}; registered: {models.list_models()}",
-              file=sys.stderr)
-        return 2
-    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
-    ode_options = {k: v for k, v in (("method", args.method), ("n_steps", args.n_steps)) if v is not None}
-    workload = dict(batch=args.batch, size=args.size, device=args.device, repeats=args.repeats,
-                    threads=threads, ode_options=ode_options)
-    clock = args.clock or ("cpu" if args.device == "cpu" and threads == 1 else "wall")
-    rows = run_models(names, log=lambda s: print(s, flush=True), isolation=args.isolation, clock=clock,
-                      separate_timing=False if args.quick else None, **workload)
-    from ..commands.bench import command_line
-    from .environment import machine
-
-    command = command_line()
-    md = (f"Command: `{command}`  \nMachine: {machine(args.device)}; "
-          f"{threads or 'torch default'} thread(s) per measurement; device {args.device}.  \n"
-          f"One SGD step (forward, cross-entropy, backward, update) on a random batch of "
-          f"[{args.batch}, 3, {args.size}, {args.size}]; peak = extra peak memory of one step; time = median "
-          f"{'CPU time of the measurement process' if clock == 'cpu' else 'wall time'} of {args.repeats} "
-          f"after warm-up; ratios to direct of the same model in this run.\n\n" + table(rows))
-    print(md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "models_results.md").write_text(md + "\n")
-    with open(args.out / "models_results.csv", "w", newline="") as f:
+def write_results(rows: list[dict], out: Path, header: str, settings: dict) -> str:
+    """Write ``models_results.md`` (``header`` and :func:`table`), ``models_results.csv``
+    (:data:`COLUMNS`) and ``models_results.json`` (``settings`` and the rows) into ``out``;
+    return the markdown."""
+    md = header + "\n\n" + table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models_results.md").write_text(md + "\n")
+    with open(out / "models_results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (args.out / "models_results.json").write_text(json.dumps(
-        {"command": command, "machine": machine(args.device), "clock": clock, "workload": workload,
-         "rows": rows}, indent=1))
-    bad = [r for r in rows
-           if "error" in r or (r["exact_method"] and r["method"] != "plain" and not r.get("equal"))]
-    for r in bad:
-        print(f"error: {r['model']} {r['method']}: {r.get('error', 'gradient differs from direct')}",
-              file=sys.stderr)
-    return 1 if bad else 0
+    (out / "models_results.json").write_text(json.dumps({**settings, "rows": rows}, indent=1))
+    return md
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m anode.bench.models``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def failures(rows: list[dict]) -> list[tuple[dict, str]]:
+    """``(row, why)`` of every failed measurement and every exact method whose gradient
+    differs from ``direct``'s."""
+    return [(r, r.get("error", "gradient differs from direct")) for r in rows
+            if "error" in r or (r["exact_method"] and r["method"] != "plain" and not r.get("equal"))]

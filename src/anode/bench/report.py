@@ -80,7 +80,10 @@ def targets_table(targets: list[Target]) -> str:
     lines = ["| target | where | measured | bound | met |", "|---|---|---:|---|---|"]
     for t in targets:
         measured = "not measured" if t.measured is None else f"{t.measured:.2f}"
-        met = "n/a" if t.met is None else ("yes" if t.met else "**no**")
+        if t.unjudged and t.measured is not None:
+            met = f"n/a ({t.unjudged})"
+        else:
+            met = "n/a" if t.met is None else ("yes" if t.met else "**no**")
         lines.append(f"| {t.name} | {t.where} | {measured} | {t.bound} | {met} |")
     return "\n".join(lines)
 

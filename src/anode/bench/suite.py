@@ -13,8 +13,8 @@ every gradient method available at run time, for N_t steps per block:
 * torchdiffeq (when installed): ``odeint`` and ``odeint_adjoint`` on the same fixed grid with
   the same Runge–Kutta method.
 
-Each configuration runs in a fresh process (:class:`~anode.bench.forkserver.ForkServer`); on
-CPU, memory and time in two (see :mod:`anode.bench.measure`).
+Each configuration runs in fresh processes (:mod:`anode.bench.sweep`); on CPU, memory and
+time in different ones (see :mod:`anode.bench.measure`).
 The warm-up's output and parameter gradient of every method are compared with those of
 ``direct`` in the same run: exact methods must agree to ``tol`` (relative, 2-norm of the
 whole vector); the continuous adjoints are approximate and get their relative error.
@@ -22,16 +22,10 @@ whole vector); the continuous adjoints are approximate and get their relative er
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-
-from .forkserver import measurement_servers
+from .sweep import Entry, Sweep
 
 TARGET = "anode.bench.workloads:ode_stack"
 TIME_TARGET = "anode.bench.workloads:time_stack"
@@ -112,38 +106,22 @@ def configurations(steps, layers, grid: str = "cross", fixed_layers: int = 2,
     return sorted(set(pairs), key=lambda p: (p[1] != fixed_layers, p[1], p[0]))
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
 def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float = 1e-5,
               log=print, isolation: str = "fork", clock: str = "wall", separate_timing: bool | None = None,
               **workload) -> list[dict]:
     """Measure every method at every ``(N_t, L)`` in fresh processes.
 
-    For each configuration: one process per method measures the peak memory of one
-    forward+backward after a warm-up and saves the warm-up's output and gradient, which are
-    compared with ``direct``'s; then one process times all methods of the configuration,
-    interleaved (:func:`anode.bench.workloads.time_stack`), so that changing load from other
-    work on the machine does not fall on some methods only.
+    Each configuration is a group of :class:`~anode.bench.sweep.Sweep`: one process per
+    method measures the peak memory of one forward+backward after a warm-up, whose output and
+    gradient are compared with ``direct``'s; one process times all methods of the
+    configuration, interleaved (:func:`anode.bench.workloads.time_stack`).
 
     Args:
         pairs: ``(N_t, L)`` configurations (see :func:`configurations`).
         methods: from :func:`available_methods` (``direct`` must be among them: every
             gradient is compared with it).
-        tol: relative difference (2-norm) of output and gradient below which an exact method
-            counts as equal to ``direct``.
-        log: called with one line of progress per measurement.
-        isolation: ``"fork"`` (children of a :class:`~anode.bench.forkserver.ForkServer`) or
-            ``"spawn"`` (a new interpreter per process).
-        clock: the time compared (``time_s``): ``"wall"`` or ``"cpu"`` (the measurement
-            process's CPU time, robust on a machine shared with other work when each
-            measurement runs one thread on the CPU; see
-            :func:`~anode.bench.measure.median_times`).
-        separate_timing: time in processes with glibc's default allocator settings rather
-            than those of the memory measurements, which slow CPU work (default: on CPU; see
-            :mod:`anode.bench.measure`).
+        tol, log, isolation, clock: as :class:`~anode.bench.sweep.Sweep`.
+        separate_timing: as :class:`~anode.bench.sweep.Sweep` (default: on CPU).
         **workload: passed to :func:`anode.bench.workloads.ode_stack` (``method``,
             ``channels``, ``batch``, ``size``, ``device``, ``repeats``, ``threads``, ``seed``).
 
@@ -154,67 +132,27 @@ def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float
     Raises:
         ValueError: ``direct`` is not among the methods; unknown isolation or clock.
     """
-    if clock not in ("wall", "cpu"):
-        raise ValueError(f"unknown clock {clock!r}; choose 'wall' or 'cpu'")
     if not any(m.name == "direct" for m in methods):
         raise ValueError("the sweep compares every method with 'direct'; include it")
     ordered = sorted(methods, key=lambda m: m.name != "direct")
     preload = ["anode", "anode.bench.workloads"]
     if any(m.options.get("library") == "torchdiffeq" for m in methods):
         preload.append("torchdiffeq")
-    split = separate_timing
-    if split is None:
-        split = not str(workload.get("device", "cpu")).startswith("cuda")
     rows = []
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        log(f"[{time.perf_counter() - started:6.0f} s] {text}")
-
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="anode-bench-"))
-        memory_server, time_server = measurement_servers(stack, isolation, preload, split)
-        save = str(Path(tmp) / "last.pt")
+    with Sweep(TARGET, TIME_TARGET, preload=preload, isolation=isolation, clock=clock,
+               separate_timing=separate_timing, device=workload.get("device", "cpu"), tol=tol,
+               log=log) as sweep:
         for n_steps, n_layers in pairs:
-            here = [m for m in ordered if n_steps >= m.min_steps]
-            measured, reference = {}, None
-            for m in here:
+            config = dict(n_steps=n_steps, layers=n_layers)
+            entries = []
+            for m in ordered:
+                if n_steps < m.min_steps:
+                    continue
                 row = {"n_steps": n_steps, "layers": n_layers, "method": m.name, "exact_method": m.exact}
                 rows.append(row)
-                try:
-                    row.update(memory_server.run(TARGET, n_steps=n_steps, layers=n_layers, save=save,
-                                                 measure="memory", **{**workload, **m.options}))
-                except RuntimeError as exc:
-                    row["error"] = str(exc).strip().splitlines()[-1]
-                    say(f"N_t={n_steps} L={n_layers} {m.name}: FAILED {row['error']}")
-                    continue
-                saved = torch.load(save)
-                if m.name == "direct":
-                    reference = saved
-                if reference is not None:
-                    row["output_rel_diff"] = _relative(saved["output"], reference["output"])
-                    row["grad_rel_diff"] = _relative(saved["grad"], reference["grad"])
-                    if m.exact:
-                        row["equal"] = row["output_rel_diff"] <= tol and row["grad_rel_diff"] <= tol
-                measured[m.name] = (row, m)
-                say(f"N_t={n_steps} L={n_layers} {m.name}: {row['peak_bytes'] / 2**20:.1f} MiB, "
-                    f"grad rel. diff {row.get('grad_rel_diff', float('nan')):.1e}")
-            if not measured:
-                continue
-            timing = {k: v for k, v in workload.items() if k != "save"}
-            try:
-                times = time_server.run(TIME_TARGET, n_steps=n_steps, layers=n_layers, **timing,
-                                        methods={name: m.options for name, (_, m) in measured.items()})
-            except RuntimeError as exc:
-                times = {name: {"error": str(exc).strip().splitlines()[-1]} for name in measured}
-            for name, (row, _) in measured.items():
-                if "error" in times[name]:
-                    row["error"] = "timing: " + times[name]["error"]
-                    continue
-                row.update(times[name])
-                row["time_s"] = row["cpu_seconds" if clock == "cpu" else "seconds"]
-            say(f"N_t={n_steps} L={n_layers} times ({clock}): " + ", ".join(
-                f"{name} {row['time_s']:.3f} s" for name, (row, _) in measured.items() if "time_s" in row))
+                entries.append(Entry(row, {**config, "measure": "memory", **workload, **m.options},
+                                     m.options, m.exact))
+            sweep.group(f"N_t={n_steps} L={n_layers}", entries, timing={**config, **workload})
     add_ratios(rows)
     return rows
 

@@ -25,7 +25,8 @@ TARGET_STEPS, TARGET_LAYERS = 16, 4
 class Target:
     """One target: ``measured`` (a ratio or a slope) against ``low <= measured <= high``.
 
-    ``measured`` is ``None`` (and ``met`` too) when the sweep lacks the configurations.
+    ``measured`` is ``None`` (and ``met`` too) when the sweep lacks the configurations;
+    ``unjudged`` says why a measured value is not judged (``met`` is then ``None``).
     """
 
     name: str
@@ -33,11 +34,15 @@ class Target:
     low: float
     high: float
     where: str
+    unjudged: str | None = None
 
     @property
     def met(self) -> bool | None:
-        """Whether the measured value is within the bounds; ``None`` when not measured."""
-        return None if self.measured is None else self.low <= self.measured <= self.high
+        """Whether the measured value is within the bounds; ``None`` when not measured or
+        not judged."""
+        if self.measured is None or self.unjudged:
+            return None
+        return self.low <= self.measured <= self.high
 
     @property
     def bound(self) -> str:
@@ -93,8 +98,13 @@ def growth(rows: list[dict], method: str) -> tuple[float | None, float | None]:
     return per_step, per_block
 
 
-def evaluate(rows: list[dict]) -> list[Target]:
-    """The targets of the module docstring, measured from one sweep's rows."""
+def evaluate(rows: list[dict], quick: bool = False) -> list[Target]:
+    """The targets of the module docstring, measured from one sweep's rows.
+
+    With ``quick`` (the sizes of ``anode bench --quick``: states of a few KiB, below the
+    resolution of resident-size memory figures, and too few steps and blocks for the target
+    configuration) no target is judged.
+    """
     rows = _measured(rows)
     at = {m: _find(rows, m, TARGET_STEPS, TARGET_LAYERS)
           for m in ("direct", "anode/store", "anode/recompute", TDQ_ADJOINT, TDQ_ODEINT)}
@@ -106,7 +116,7 @@ def evaluate(rows: list[dict]) -> list[Target]:
     inf = float("-inf")
     per_step, per_block = growth(rows, "anode/recompute")
     l_fixed, n_fixed = sweep_axes(rows)
-    return [
+    found = [
         Target("memory: anode/recompute / torchdiffeq odeint_adjoint",
                ratio("anode/recompute", TDQ_ADJOINT, "peak_bytes"), inf, 1.2, where),
         Target("memory: anode/recompute / direct",
@@ -122,3 +132,7 @@ def evaluate(rows: list[dict]) -> list[Target]:
         Target("time: direct / torchdiffeq odeint",
                ratio("direct", TDQ_ODEINT, "time_s"), inf, 1.1, where),
     ]
+    if quick:
+        for t in found:
+            t.unjudged = "quick sizes"
+    return found

@@ -1,7 +1,7 @@
 """Workloads measured in fresh processes: a stack of ODE blocks under one gradient method.
 
-:func:`ode_stack` is the target that :func:`anode.bench.measure.run_isolated` (or a
-:class:`~anode.bench.forkserver.ForkServer`) calls; it builds the model and input, runs one
+:func:`ode_stack` is the target that a fresh process (:mod:`anode.bench.isolation`) calls;
+it builds the model and input, runs one
 warm-up forward+backward (whose output and gradient it can save for comparison), measures
 one forward+backward's peak memory, then its median time, and returns a JSON-serialisable
 dict.
@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 import anode
 
-from .measure import interleaved_times, median_times, peak_memory, prepare
+from .measure import median_times, peak_memory, prepare, time_methods
 
 LIBRARIES = ("anode", "torchdiffeq")
 
@@ -151,7 +151,10 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
         ``cpu_seconds`` (median wall and CPU time of forward+backward, see
         :func:`~anode.bench.measure.median_times`), ``state_bytes`` (one state),
         ``function_evaluations`` (of the ODE function per forward+backward, counted with a
-        hook), ``grad_norm`` (of all parameter gradients) and ``parameters`` (their count).
+        hook), ``recomputed_steps`` (forward steps taken again in the backward, over all
+        blocks), ``schedule`` (what the first block's solve recorded, ``""`` without one of
+        this library's blocks), ``grad_norm`` (of all parameter gradients) and
+        ``parameters`` (their count).
 
     Raises:
         RuntimeError: ``device`` is CUDA but CUDA is not available.
@@ -187,10 +190,15 @@ def ode_stack(*, gradient: str, schedule: str = "recompute", schedule_options: d
     }
     if measure in ("both", "memory"):
         count, handles = _count_evaluations(model)
+        blocks = [m for m in model.modules() if isinstance(m, anode.ODEBlock)]
+        for b in blocks:
+            b.stats.reset()
         result["peak_bytes"] = peak_memory(step, dev)
         for h in handles:
             h.remove()
         result["function_evaluations"] = count[0]
+        result["recomputed_steps"] = sum(b.stats.recomputed_steps for b in blocks)
+        result["schedule"] = blocks[0].stats.schedule if blocks else ""
     if measure in ("both", "time"):
         times = median_times(step, dev, warmup=0, repeats=repeats)
         result["seconds"], result["cpu_seconds"] = times["wall"], times["cpu"]
@@ -219,27 +227,25 @@ def time_stack(*, methods: dict[str, dict], layers: int = 1, n_steps: int = 8,
     Returns:
         label → ``{"seconds", "cpu_seconds"}`` (median wall and CPU time, see
         :func:`~anode.bench.measure.median_times`), or ``{"error": message}`` for a method
-        whose warm-up raised.
+        whose build or warm-up raised.
     """
     dev = prepare(threads, device, seed)
     x = torch.randn(batch, channels, size, size, device=dev)
-    steps, results = {}, {}
-    for label, opts in methods.items():
-        opts = dict(opts)
-        torch.manual_seed(opts.pop("seed", seed))
-        model = build_stack(layers, channels, method, n_steps, opts.pop("gradient"),
-                            opts.pop("schedule", "recompute"), opts.pop("schedule_options", None),
-                            **opts).to(dev)
 
-        def step(model=model):
-            model.zero_grad(set_to_none=True)
-            model(x).square().sum().backward()
+    def builder(opts):
+        def build():
+            rest = dict(opts)
+            torch.manual_seed(rest.pop("seed", seed))
+            model = build_stack(layers, channels, method, n_steps, rest.pop("gradient"),
+                                rest.pop("schedule", "recompute"), rest.pop("schedule_options", None),
+                                **rest).to(dev)
 
-        try:
-            step()
-        except Exception as exc:  # one failing method must not lose the others' times
-            results[label] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        steps[label] = step
-    results.update(interleaved_times(steps, dev, repeats))
-    return results
+            def step():
+                model.zero_grad(set_to_none=True)
+                model(x).square().sum().backward()
+
+            return step
+
+        return build
+
+    return time_methods({label: builder(opts) for label, opts in methods.items()}, dev, repeats)

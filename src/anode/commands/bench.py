@@ -1,5 +1,6 @@
 """``anode bench``: memory and speed of gradient methods for a stack of ODE blocks (and
-``anode bench models``: one training step of every registered model).
+``anode bench models``: one training step of every registered model; ``anode bench revolve``:
+revolve(s) against store and recompute in one block).
 
 ``anode bench`` sweeps N_t and L for a stack of L blocks of the ANODE paper's ResNet ODE
 function on CIFAR-sized input, measuring every gradient method available (this library's,
@@ -13,34 +14,24 @@ function on CIFAR-sized input, measuring every gradient method available (this l
 
 Exit status: 0; 1 when an exact method's output or gradient differs from ``direct``'s; 2 on
 bad arguments; 3 when a measurement failed (its row says why).
-See ``docs/benchmarks.md``.
+See ``docs/benchmarks.md`` and ``docs/revolve.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
+from ._arguments import int_list, name_list
 
 QUICK = dict(steps=[1, 2], layers=[1, 2], fixed_layers=1, fixed_steps=2, batch=2, channels=4, size=8,
              repeats=1, snapshots=[1])
 
 
 def register(subparsers) -> None:
-    """Add the ``bench`` subcommand (and ``bench models``)."""
+    """Add the ``bench`` subcommand (and ``bench models``, ``bench revolve``)."""
     p = subparsers.add_parser(
         "bench", help="memory and speed of gradient methods (ANODE, direct, checkpointing, torchdiffeq)",
         description=__doc__.split("\n\n")[0],
@@ -49,11 +40,11 @@ def register(subparsers) -> None:
                    help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: N_t in {1, 2}, L in {1, 2}, 2 images of 4x8x8, one repeat, "
-                        "time and memory in the same process")
+                        "time and memory in the same process; no target is judged")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--steps", type=_ints, default=[1, 2, 4, 8, 16, 32],
+    p.add_argument("--steps", type=int_list(1), default=[1, 2, 4, 8, 16, 32],
                    help="N_t values (default: 1,2,4,8,16,32)")
-    p.add_argument("--layers", type=_ints, default=[1, 2, 4, 8], help="L values (default: 1,2,4,8)")
+    p.add_argument("--layers", type=int_list(1), default=[1, 2, 4, 8], help="L values (default: 1,2,4,8)")
     p.add_argument("--grid", choices=("cross", "full"), default="cross",
                    help="full: every (N_t, L); cross: every N_t at --fixed-layers and every L at "
                         "--fixed-steps (default: %(default)s)")
@@ -66,38 +57,66 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=32, help="height = width of the state (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed rounds, all methods interleaved (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per measurement (default: 1 on cpu, torch's default on cuda)")
-    p.add_argument("--snapshots", type=_ints, default=[2, 4],
+    p.add_argument("--snapshots", type=int_list(1), default=[2, 4],
                    help="snapshot counts of anode/revolve (default: 2,4)")
-    p.add_argument("--methods", default=None,
+    p.add_argument("--methods", type=name_list, default=None,
                    help="comma-separated method names to run (default: all available; direct is always run)")
     p.add_argument("--tol", type=float, default=1e-5,
                    help="relative difference up to which an exact method equals direct "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and input (default: %(default)s)")
+    _process_arguments(p)
+    p.set_defaults(run=run, command_line=None)
+    sub = p.add_subparsers(dest="bench_command", metavar="{models,revolve}")
+
+    m = sub.add_parser("models", help="training-step memory and images/s of every registered model",
+                       description="Training-step memory and throughput of every registered model, "
+                                   "by gradient method.")
+    m.add_argument("--out", type=Path, default=Path("runs/bench"),
+                   help="output folder (default: %(default)s)")
+    m.add_argument("--quick", action="store_true", help="small models only, batch 4, 16x16, one repeat")
+    m.add_argument("--models", type=name_list, default=("*",), help="shell pattern(s) of model names, "
+                   "comma-separated (default: all registered)")
+    m.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    m.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
+    m.add_argument("--size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    m.add_argument("--repeats", type=int, default=3, help="timed repeats (default: %(default)s)")
+    m.add_argument("--method", default=None,
+                   help="Runge–Kutta method of the ODE blocks (default: the models')")
+    m.add_argument("--n-steps", type=int, default=None, help="N_t of every ODE block (default: the models')")
+    _process_arguments(m)
+    m.set_defaults(run=run_models, command_line=None)
+
+    r = sub.add_parser("revolve", help="revolve(s) against direct, store and recompute in one block",
+                       description="Peak memory, function evaluations and time of revolve(s) against "
+                                   "direct, store and recompute, in one ODE block.")
+    r.add_argument("--quick", action="store_true", help="N_t = 8, tiny input, s in {1, 2, 4, 8}")
+    r.add_argument("--out", type=Path, default=None,
+                   help="folder; results go to OUT/img/revolve_* (default: print only)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--repeats", type=int, default=3, help="timed repeats (median) (default: %(default)s)")
+    r.set_defaults(run=run_revolve)
+
+
+def _process_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per measurement (default: 1 on cpu, torch's default on cuda)")
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork",
-                   help="fresh process per configuration: forked from a server that imported torch "
+                   help="fresh process per measurement: forked from a server that imported torch "
                         "once, or a new interpreter each (default: %(default)s)")
     p.add_argument("--clock", choices=("wall", "cpu"), default=None,
                    help="time compared: wall, or the measurement process's CPU time (default: cpu "
                         "with one thread on the cpu, where other work may share the cores; else wall)")
-    p.set_defaults(run=run)
-    sub = p.add_subparsers(dest="bench_command", metavar="{models}")
-    from ..bench import models
-
-    models.register(sub)
 
 
-def command_line() -> str:
-    """The ``anode bench ...`` command line of this process, for the head of the tables (from
-    ``sys.argv``; generic when the benchmark was called from Python)."""
-    argv = sys.argv
-    if "bench" in argv:
-        return "anode " + " ".join(shlex.quote(a) for a in argv[argv.index("bench"):])
-    if argv and argv[0].endswith("models.py"):
-        return "python -m anode.bench.models " + " ".join(shlex.quote(a) for a in argv[1:])
-    return "anode bench (called from Python)"
+def _threads_and_clock(args: argparse.Namespace) -> tuple[int, str]:
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    clock = args.clock or ("cpu" if args.device == "cpu" and threads == 1 else "wall")
+    return threads, clock
+
+
+def _clock_text(clock: str) -> str:
+    return "CPU time of the measurement process" if clock == "cpu" else "wall time"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,10 +130,14 @@ def run(args: argparse.Namespace) -> int:
     if min(args.batch, args.channels, args.size, args.repeats) < 1:
         print("error: --batch, --channels, --size and --repeats must be positive", file=sys.stderr)
         return 2
-    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    threads, clock = _threads_and_clock(args)
     methods = suite.available_methods(tuple(args.snapshots))
+    missing = None
+    if not any(m.options.get("library") == "torchdiffeq" for m in methods):
+        missing = "torchdiffeq not installed (pip install anode[compare]); its solvers are not measured"
+        print(missing, flush=True)
     if args.methods:
-        wanted = {m.strip() for m in args.methods.split(",")} | {"direct"}
+        wanted = set(args.methods) | {"direct"}
         unknown = wanted - {m.name for m in methods}
         if unknown:
             print(f"error: unknown or unavailable methods {sorted(unknown)}; available: "
@@ -125,13 +148,12 @@ def run(args: argparse.Namespace) -> int:
     workload = dict(method=args.method, channels=args.channels, batch=args.batch, size=args.size,
                     device=args.device, repeats=args.repeats, threads=threads, seed=args.seed)
     print(f"{len(pairs)} configurations x {len(methods)} methods: {[m.name for m in methods]}", flush=True)
-    clock = args.clock or ("cpu" if args.device == "cpu" and threads == 1 else "wall")
     rows = suite.run_sweep(pairs, methods, tol=args.tol, log=lambda s: print(s, flush=True),
                            isolation=args.isolation, clock=clock,
                            separate_timing=False if args.quick else None, **workload)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    command = command_line()
+    command = args.command_line or "anode bench"
     threads_text = threads or "torch's default"
     peak_text = "CUDA allocator peak" if args.device != "cpu" else "peak resident size minus the baseline"
     header = (
@@ -141,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
         f"measurement.  \n"
         f"Peak = extra peak memory of one forward+backward, a fresh process per configuration and "
         f"method ({peak_text}); "
-        f"time = median {'CPU time of the measurement process' if clock == 'cpu' else 'wall time'} "
+        f"time = median {_clock_text(clock)} "
         f"of {args.repeats} rounds after warm-up, a fresh process per configuration with the methods "
         f"interleaved. Exact methods equal direct when output and "
         f"parameter gradient agree to a relative difference of {args.tol:g}."
+        + (f"  \n{missing}." if missing else "")
     )
-    found = targets.evaluate(rows)
+    found = targets.evaluate(rows, quick=args.quick)
     (args.out / "bench_results.md").write_text(report.markdown(rows, found, header))
     report.write_csv(rows, args.out / "bench_results.csv")
     (args.out / "bench_results.json").write_text(json.dumps(
@@ -166,3 +189,65 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {r['method']} at N_t={r['n_steps']}, L={r['layers']} failed: {r['error']}",
               file=sys.stderr)
     return 3 if failed else (1 if inexact else 0)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Measure, print and write ``models_results.{md,csv,json}``; 1 if an exact method is not
+    exact or a measurement failed, 2 on bad input."""
+    from .. import models
+    from ..bench import models as bench_models
+    from ..bench.environment import machine
+
+    if args.quick:
+        args.batch, args.size, args.repeats = 4, 16, 1
+        if args.models == ("*",):
+            args.models = ("*small",)
+    names = sorted({n for pattern in args.models for n in models.list_models(pattern)})
+    if not names:
+        print(f"error: no registered model matches {','.join(args.models)!r}; registered: "
+              f"{models.list_models()}", file=sys.stderr)
+        return 2
+    threads, clock = _threads_and_clock(args)
+    ode_options = {k: v for k, v in (("method", args.method), ("n_steps", args.n_steps)) if v is not None}
+    workload = dict(batch=args.batch, size=args.size, device=args.device, repeats=args.repeats,
+                    threads=threads, ode_options=ode_options)
+    rows = bench_models.run_models(names, log=lambda s: print(s, flush=True), isolation=args.isolation,
+                                   clock=clock, separate_timing=False if args.quick else None, **workload)
+    command = args.command_line or "anode bench models"
+    header = (f"Command: `{command}`  \nMachine: {machine(args.device)}; "
+              f"{threads or 'torch default'} thread(s) per measurement; device {args.device}.  \n"
+              f"One SGD step (forward, cross-entropy, backward, update) on a random batch of "
+              f"[{args.batch}, 3, {args.size}, {args.size}]; peak = extra peak memory of one step; time = "
+              f"median {_clock_text(clock)} of {args.repeats} after warm-up; ratios to direct of the "
+              f"same model in this run.")
+    settings = {"command": command, "machine": machine(args.device), "clock": clock, "workload": workload}
+    print(bench_models.write_results(rows, args.out, header, settings))
+    bad = bench_models.failures(rows)
+    for r, why in bad:
+        print(f"error: {r['model']} {r['method']}: {why}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def run_revolve(args: argparse.Namespace) -> int:
+    """Measure revolve(s) against direct, store and recompute; print the table and, with
+    ``--out``, write it, the rows and the plot. 2 on bad input or a failed measurement."""
+    import torch
+
+    from ..bench import revolve_tradeoff
+
+    if args.repeats < 1:
+        print("error: --repeats must be positive", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    workload = dict(revolve_tradeoff.QUICK if args.quick else revolve_tradeoff.WORKLOAD)
+    snapshots = revolve_tradeoff.QUICK_SNAPSHOTS if args.quick else revolve_tradeoff.SNAPSHOTS
+    try:
+        rows = revolve_tradeoff.sweep(snapshots, workload, device, args.repeats,
+                                      log=lambda s: print(s, flush=True))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(revolve_tradeoff.table(rows))
+    if args.out:
+        revolve_tradeoff.write_results(rows, args.out, workload, device)
+    return 0

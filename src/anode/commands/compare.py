@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._arguments import int_list, name_list
+
 __all__ = ["register"]
 
 _EPILOG = """\
@@ -24,23 +26,6 @@ examples:
   anode compare --family sqnxt --method rk4 --n-steps 1 --epochs 10 --out runs/sq
   anode compare --report-only runs/compare-cpu
 """
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _names(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one name")
-    return values
 
 
 def register(subparsers) -> None:
@@ -65,16 +50,17 @@ def register(subparsers) -> None:
     m.add_argument("--size", choices=("small", "full"), default=S)
     m.add_argument("--method", metavar="NAME", default=S, help="euler, midpoint, rk4, ...")
     m.add_argument("--n-steps", dest="n_steps", type=int, metavar="N_t", default=S)
-    m.add_argument("--variants", type=_names, default=S, help="comma-separated among plain,anode,backsolve")
+    m.add_argument("--variants", type=name_list, default=S,
+                   help="comma-separated among plain,anode,backsolve")
     d = p.add_argument_group("data and training (the same for every run)")
     d.add_argument("--dataset", choices=("cifar10", "cifar100"), default=S)
     d.add_argument("--data-root", dest="data_root", metavar="DIR", default=S)
-    d.add_argument("--seeds", type=_ints, default=S, help="comma-separated, e.g. 0,1")
+    d.add_argument("--seeds", type=int_list(0), default=S, help="comma-separated, e.g. 0,1")
     d.add_argument("--epochs", type=int, default=S)
     d.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     d.add_argument("--lr", type=float, default=S)
     d.add_argument("--lr-schedule", dest="lr_schedule", choices=("step", "cosine", "constant"), default=S)
-    d.add_argument("--lr-milestones", dest="lr_milestones", type=_ints, default=S)
+    d.add_argument("--lr-milestones", dest="lr_milestones", type=int_list(0), default=S)
     d.add_argument("--weight-decay", dest="weight_decay", type=float, default=S)
     d.add_argument("--subset", type=int, default=S, help="training images (0 = all)")
     d.add_argument("--test-subset", dest="test_subset", type=int, default=S, help="test images (0 = all)")
@@ -93,6 +79,8 @@ def _log(msg: str) -> None:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
+    """Run (or only report) the comparison; 0 on success, 2 on bad settings or missing data,
+    130 when interrupted (after the report of the finished epochs is written)."""
     from ..compare import CompareSpec, preset, run_compare, write_report
     from ..data import DatasetError
 
@@ -112,6 +100,10 @@ def run_compare_command(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, DatasetError) as exc:
         print(f"anode compare: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        _log("anode compare: interrupted; the report covers the finished epochs, and running the "
+             "same command again resumes")
+        return 130
     bad = [f"{v}-seed{s}" for (v, s), st in statuses.items() if "diverged" in st]
     if bad:
         _log(f"diverged (loss NaN/inf): {', '.join(bad)}")

@@ -5,6 +5,7 @@ adjoint (``gradient="anode"``) and with the continuous adjoint of Chen et al.
 of backsolve's gradient on a fixed batch.
 
 * :class:`CompareSpec`, :func:`run_compare`: train (resume, skip) every run and report.
+* :mod:`~anode.compare.layout`: where a comparison keeps its files.
 * :func:`write_report`: curves, gradient-error plot, markdown table from the run folders.
 * :func:`gradient_error_record`, :class:`GradientErrorCallback`: the per-epoch measurement.
 * :data:`PRESETS`: ``cpu``, ``paper``, ``gpu-short``.
@@ -13,9 +14,11 @@ What ``anode compare`` runs; see ``docs/results.md``.
 """
 
 from .gradient_record import GradientErrorCallback, fixed_batch, gradient_error_record, parameter_gradient
+from .layout import run_folder
 from .presets import PRESETS, preset
 from .report import collect, markdown_table, summarize, write_report
-from .runner import VARIANTS, CompareSpec, load_spec, run_compare, run_folder, run_one, run_status
+from .runner import run_compare, run_one, run_status
+from .spec import VARIANTS, CompareSpec, load_spec
 
 __all__ = [
     "PRESETS",

@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "jobs": 1,
     },
 }
-"""Preset name → settings (field names of :class:`anode.compare.runner.CompareSpec`)."""
+"""Preset name → settings (field names of :class:`anode.compare.spec.CompareSpec`)."""
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .runner import DIVERGED_NAME, _read_metrics, load_spec, run_folder
+from .layout import CURVES_NAME, GRAD_NAME, SUMMARY_NAME, TABLE_NAME, diverged_epoch, read_metrics, run_folder
+from .spec import load_spec
 
 __all__ = ["collect", "summarize", "markdown_table", "plot_curves", "plot_gradient_error", "write_report"]
 
@@ -38,11 +39,6 @@ LABELS = {
     "anode": "ODE, anode (discrete adjoint)",
     "backsolve": "ODE, backsolve (continuous adjoint)",
 }
-
-CURVES_NAME = "compare_curves.png"
-GRAD_NAME = "compare_gradient_error.png"
-TABLE_NAME = "compare_table.md"
-SUMMARY_NAME = "summary.json"
 
 
 def collect(out: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
@@ -58,10 +54,8 @@ def collect(out: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
     for variant in spec.variants:
         for seed in spec.seeds:
             folder = run_folder(out, variant, seed)
-            records = _read_metrics(folder)
-            diverged = None
-            if (folder / DIVERGED_NAME).is_file():
-                diverged = json.loads((folder / DIVERGED_NAME).read_text()).get("epoch")
+            records = read_metrics(folder)
+            diverged = diverged_epoch(folder)
             if records or diverged is not None:
                 runs.setdefault(variant, []).append({"seed": seed, "records": records, "diverged": diverged})
     return runs

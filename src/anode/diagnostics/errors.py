@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .gradients import GRADIENTS
-from .gradients.backsolve import reverse_step_times
-from .grid import make_grid
-from .ivp import CheckedFunc
-from .odeint import odeint
-from .solvers import ButcherTableau, get_tableau, rk_step
+from ..gradients import GRADIENTS
+from ..gradients.backsolve import reverse_step_times
+from ..grid import make_grid
+from ..ivp import CheckedFunc
+from ..odeint import odeint
+from ..solvers import ButcherTableau, get_tableau, rk_step
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 

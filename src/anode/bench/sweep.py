@@ -1,0 +1,159 @@
+"""The measurement loop shared by the benchmarks: groups of methods measured in fresh processes.
+
+A group is what one table compares: the gradient methods of one configuration (an ODE-block
+stack at one ``(N_t, L)``, one registered model). For each method of a group, one process
+measures the peak memory of one step after a warm-up and saves the warm-up's result tensors
+(``torch.save`` of a dict of flat tensors, e.g. ``{"output", "grad"}``), which are compared
+with those of the group's first method (the reference, ``direct``); then one process times
+every method of the group, interleaved, so that changing load from other work on the machine
+does not fall on some methods only (see :func:`anode.bench.measure.interleaved_times`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..diagnostics import relative_error
+from .isolation import measurement_servers
+
+CLOCKS = ("wall", "cpu")
+
+
+@dataclass
+class Entry:
+    """One method of a group.
+
+    Attributes:
+        row: the table row to fill; ``row["method"]`` is the method's label.
+        memory: keyword arguments of the memory target (besides ``save``).
+        timing: the method's options, passed to the time target as ``methods[label]``.
+        exact: whether its results must equal the reference's (``row["equal"]``).
+    """
+
+    row: dict
+    memory: dict
+    timing: dict | None = field(default_factory=dict)
+    exact: bool = True
+
+
+def _last_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1]
+
+
+class Sweep:
+    """Measures groups of methods, each in fresh processes (see the module docstring).
+
+    Use as a context manager; the processes live as long as the ``with`` block.
+
+    Args:
+        memory_target: ``"module:function"`` returning ``{"peak_bytes", ...}`` and saving its
+            warm-up's results to the path given as ``save``.
+        time_target: ``"module:function"`` taking ``methods`` (label → options) and returning
+            label → ``{"seconds", "cpu_seconds"}`` or ``{"error"}``.
+        preload: modules the fork servers import once.
+        isolation: ``"fork"`` or ``"spawn"`` (see :class:`anode.bench.isolation.Isolated`).
+        clock: the time compared (``row["time_s"]``): ``"wall"``, or ``"cpu"`` (the
+            measurement process's CPU time, robust on a machine shared with other work when
+            each measurement runs one thread on the CPU; see
+            :func:`~anode.bench.measure.median_times`).
+        separate_timing: time in processes with glibc's default allocator settings rather
+            than those of the memory measurements, which slow CPU work (see
+            :mod:`anode.bench.measure`); default: unless ``device`` is CUDA.
+        device: where the workloads run.
+        tol: relative difference (2-norm) of every saved result up to which an exact method
+            equals the reference.
+        log: called with one line of progress per measurement.
+
+    Raises:
+        ValueError: unknown isolation or clock.
+    """
+
+    def __init__(self, memory_target: str, time_target: str, *, preload: list[str], isolation: str = "fork",
+                 clock: str = "wall", separate_timing: bool | None = None, device: str = "cpu",
+                 tol: float = 1e-5, log: Callable[[str], None] = print) -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
+        if separate_timing is None:
+            separate_timing = not str(device).startswith("cuda")
+        self.memory_target, self.time_target = memory_target, time_target
+        self.preload, self.isolation, self.separate_timing = preload, isolation, separate_timing
+        self.clock, self.tol, self.log = clock, tol, log
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Sweep:
+        self._started = time.perf_counter()
+        tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="anode-bench-"))
+        self._save = str(Path(tmp) / "results.pt")
+        try:
+            self._memory, self._time = measurement_servers(self._stack, self.isolation, self.preload,
+                                                           self.separate_timing)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def say(self, text: str) -> None:
+        """Log one line, prefixed with the seconds since the sweep started."""
+        self.log(f"[{time.perf_counter() - self._started:6.0f} s] {text}")
+
+    def group(self, name: str, entries: list[Entry], timing: dict, compare: bool = True) -> None:
+        """Measure one group; fills each entry's row in place.
+
+        Rows get ``peak_bytes`` and what else the memory target returns; with ``compare``,
+        ``<key>_rel_diff`` for every saved result and, for exact methods, ``equal``; then
+        ``seconds``, ``cpu_seconds`` and ``time_s`` (by the clock). A failed measurement
+        leaves its message in ``error``.
+
+        Args:
+            name: the group's name in the progress lines.
+            entries: the methods, the reference (``direct``) first.
+            timing: keyword arguments of the time target besides ``methods``.
+            compare: compare the saved results with the first entry's.
+        """
+        measured, reference = [], None
+        for entry in entries:
+            row, label = entry.row, entry.row["method"]
+            try:
+                row.update(self._memory.run(self.memory_target, save=self._save, **entry.memory))
+            except RuntimeError as exc:
+                row["error"] = _last_line(exc)
+                self.say(f"{name} {label}: FAILED {row['error']}")
+                continue
+            saved = torch.load(self._save)
+            if compare and entry is entries[0]:
+                reference = saved
+            if reference is not None:
+                for key in saved:
+                    row[f"{key}_rel_diff"] = relative_error([saved[key]], [reference[key]])
+                if entry.exact:
+                    row["equal"] = all(row[f"{key}_rel_diff"] <= self.tol for key in saved)
+            measured.append(entry)
+            diff = f", grad rel. diff {row['grad_rel_diff']:.1e}" if "grad_rel_diff" in row else ""
+            self.say(f"{name} {label}: {row['peak_bytes'] / 2**20:.1f} MiB{diff}")
+        if not measured:
+            return
+        methods = {e.row["method"]: e.timing for e in measured}
+        try:
+            times = self._time.run(self.time_target, **timing, methods=methods)
+        except RuntimeError as exc:
+            times = {label: {"error": _last_line(exc)} for label in methods}
+        for entry in measured:
+            row = entry.row
+            result = times[row["method"]]
+            if "error" in result:
+                row["error"] = "timing: " + result["error"]
+                continue
+            row.update(result)
+            row["time_s"] = row["cpu_seconds" if self.clock == "cpu" else "seconds"]
+        self.say(f"{name} times ({self.clock}): " + ", ".join(
+            f"{e.row['method']} {e.row['time_s']:.3f} s" for e in measured if "time_s" in e.row))
