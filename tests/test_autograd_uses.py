@@ -51,7 +51,7 @@ class Tanh(nn.Module):
 # 1. double backward
 
 
-def test_issue_example_closed_form():
+def test_gradient_penalty_closed_form():
     # y' = 3a y, Euler with h = 0.01, 10 steps: y1 = y0 (1 + 0.03 a)^10
     a0, y0 = 2.0, 4.0
     c = 1 + 0.03 * a0
