@@ -4,8 +4,10 @@ Columns (one row per ``(N_t, L, method)``): ``n_steps``, ``layers``, ``method``,
 ``exact_method`` (the method is discretize-then-optimize), ``equal`` (its output and gradient
 equal ``direct``'s to the sweep's tolerance; exact methods only), ``output_rel_diff`` and
 ``grad_rel_diff`` (relative 2-norm difference to ``direct``), ``peak_bytes`` (extra peak
-memory of one forward+backward), ``peak_states`` (the same in states of the ODE), ratios
-``mem_vs_direct``, ``mem_vs_adjoint`` (torchdiffeq ``odeint_adjoint``), ``mem_vs_odeint``,
+memory of one forward+backward, glibc's mmap threshold fixed), ``peak_states`` (the same in
+states of the ODE), ratios ``mem_vs_direct``, ``mem_vs_adjoint`` (torchdiffeq
+``odeint_adjoint``), ``mem_vs_odeint``, ``peak_default_bytes`` and
+``mem_default_vs_adjoint`` (the peak under glibc's default allocator, CPU only),
 ``time_s`` (median time of forward+backward by the sweep's clock), ``seconds`` and
 ``cpu_seconds`` (median wall and CPU time), ``time_vs_direct``, ``time_vs_adjoint``,
 ``time_vs_odeint``, ``function_evaluations``, ``grad_norm``, ``parameters``,
@@ -22,7 +24,8 @@ from .targets import Target, growth
 
 COLUMNS = [
     "n_steps", "layers", "method", "exact_method", "equal", "output_rel_diff", "grad_rel_diff",
-    "peak_bytes", "peak_states", "mem_vs_direct", "mem_vs_adjoint", "mem_vs_odeint", "time_s", "seconds",
+    "peak_bytes", "peak_states", "mem_vs_direct", "mem_vs_adjoint", "mem_vs_odeint", "peak_default_bytes",
+    "mem_default_vs_adjoint", "time_s", "seconds",
     "cpu_seconds",
     "time_vs_direct", "time_vs_adjoint", "time_vs_odeint", "function_evaluations", "grad_norm",
     "parameters", "state_bytes", "error",
@@ -43,6 +46,10 @@ def _x(value, fmt: str = ".2f") -> str:
     return f"{value:{fmt}}x"
 
 
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / 2**20:.1f}"
+
+
 def exactness(row: dict) -> str:
     """The "exact" column: ``yes`` / ``NO`` for exact methods, ``approx.`` for the others."""
     if "error" in row:
@@ -56,19 +63,21 @@ def results_table(rows: list[dict]) -> str:
     """Markdown table of every measurement."""
     lines = [
         "| N_t | L | method | exact | grad. rel. diff. vs direct | peak MiB | peak / state "
-        "| peak vs direct | peak vs tdq adjoint | time s | time vs direct | time vs tdq adjoint | f-evals |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak vs direct | peak vs tdq adjoint | peak MiB, default malloc | same vs tdq adjoint "
+        "| time s | time vs direct | time vs tdq adjoint | f-evals |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['n_steps']} | {r['layers']} | {r['method']} | failed | "
-                         f"{r['error'][:60]} | | | | | | | | |")
+                         f"{r['error'][:60]} | | | | | | | | | | |")
             continue
         diff = r.get("grad_rel_diff")
         lines.append(
             f"| {r['n_steps']} | {r['layers']} | {r['method']} | {exactness(r)} | "
             f"{'–' if diff is None else f'{diff:.1e}'} | {r['peak_bytes'] / 2**20:.1f} | "
             f"{r['peak_states']:.1f} | {_x(r.get('mem_vs_direct'))} | {_x(r.get('mem_vs_adjoint'))} | "
+            f"{_mib(r.get('peak_default_bytes'))} | {_x(r.get('mem_default_vs_adjoint'))} | "
             f"{r['time_s']:.3f} | {_x(r.get('time_vs_direct'))} | {_x(r.get('time_vs_adjoint'))} | "
             f"{r['function_evaluations']} |"
         )

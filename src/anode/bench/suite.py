@@ -173,6 +173,9 @@ def add_ratios(rows: list[dict]) -> None:
         for key, ref in (("direct", "direct"), ("adjoint", TDQ_ADJOINT), ("odeint", TDQ_ODEINT)):
             if ref in same:
                 r[f"mem_vs_{key}"] = _ratio(r["peak_bytes"], same[ref]["peak_bytes"])
+                default, ref_default = r.get("peak_default_bytes"), same[ref].get("peak_default_bytes")
+                if default is not None and ref_default is not None:
+                    r[f"mem_default_vs_{key}"] = _ratio(default, ref_default)
                 r[f"time_vs_{key}"] = _ratio(r["time_s"], same[ref]["time_s"])
 
 

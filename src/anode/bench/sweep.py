@@ -109,7 +109,8 @@ class Sweep:
     def group(self, name: str, entries: list[Entry], timing: dict, compare: bool = True) -> None:
         """Measure one group; fills each entry's row in place.
 
-        Rows get ``peak_bytes`` and what else the memory target returns; with ``compare``,
+        Rows get ``peak_bytes`` and what else the memory target returns (on CPU also
+        ``peak_default_bytes``, the peak under glibc's default allocator); with ``compare``,
         ``<key>_rel_diff`` for every saved result and, for exact methods, ``equal``; then
         ``seconds``, ``cpu_seconds`` and ``time_s`` (by the clock). A failed measurement
         leaves its message in ``error``.
@@ -130,6 +131,14 @@ class Sweep:
                 self.say(f"{name} {label}: FAILED {row['error']}")
                 continue
             saved = torch.load(self._save)
+            if self.separate_timing:
+                # Users measure with glibc's default allocator: the peak there too, from the
+                # runner that keeps the default settings.
+                try:
+                    default = self._time.run(self.memory_target, save=self._save, **entry.memory)
+                    row["peak_default_bytes"] = default["peak_bytes"]
+                except RuntimeError as exc:
+                    self.say(f"{name} {label}: default-allocator peak FAILED {_last_line(exc)}")
             if compare and entry is entries[0]:
                 reference = saved
             if reference is not None:
@@ -139,7 +148,9 @@ class Sweep:
                     row["equal"] = all(row[f"{key}_rel_diff"] <= self.tol for key in saved)
             measured.append(entry)
             diff = f", grad rel. diff {row['grad_rel_diff']:.1e}" if "grad_rel_diff" in row else ""
-            self.say(f"{name} {label}: {row['peak_bytes'] / 2**20:.1f} MiB{diff}")
+            default = (f" ({row['peak_default_bytes'] / 2**20:.1f} MiB default malloc)"
+                       if "peak_default_bytes" in row else "")
+            self.say(f"{name} {label}: {row['peak_bytes'] / 2**20:.1f} MiB{default}{diff}")
         if not measured:
             return
         methods = {e.row["method"]: e.timing for e in measured}
