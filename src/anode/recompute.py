@@ -129,7 +129,7 @@ class ForwardRecord:
 
         Also saves and restores the generators, so a backward draws no random numbers.
         """
-        saved_rng = self._get_rng() if self.rng else None
+        saved_rng = self._get_rng()
         m = self.module() if (self.modes or self.buffers) else None
         if m is None and (self.modes or self.buffers):
             raise RuntimeError(FREED)
@@ -155,5 +155,4 @@ class ForwardRecord:
                     named[name].copy_(value)
             for s, mode in zip(modules, saved_modes):
                 s.training = mode
-            if saved_rng is not None:
-                self._set_rng(saved_rng)
+            self._set_rng(saved_rng)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ from ..gradients.backsolve import reverse_step_times
 from ..grid import make_grid
 from ..ivp import CheckedFunc
 from ..odeint import odeint
+from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, get_tableau, rk_step
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
@@ -74,22 +75,10 @@ def relative_error(value: Sequence[torch.Tensor], reference: Sequence[torch.Tens
     return math.sqrt(diff / ref)
 
 
-@contextlib.contextmanager
-def preserved(func: Callable) -> Iterator[None]:
-    """Put back ``func``'s module modes and buffers and the CPU generator on exit."""
-    modules = list(func.modules()) if isinstance(func, nn.Module) else []
-    modes = [m.training for m in modules]
-    buffers = [(b, b.detach().clone()) for b in func.buffers()] if modules else []
-    rng = torch.get_rng_state()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, value in buffers:
-                b.copy_(value)
-        for m, mode in zip(modules, modes):
-            m.training = mode
-        torch.set_rng_state(rng)
+def preserved(func: Callable) -> contextlib.AbstractContextManager:
+    """Put back ``func``'s module modes and buffers and the CPU generator on exit: a
+    :class:`~anode.recompute.ForwardRecord` of the present state, replayed."""
+    return ForwardRecord(CheckedFunc(func, False).module, ()).replaying()
 
 
 def _as_tuple(y0: Tensors) -> tuple[tuple[torch.Tensor, ...], bool]:
