@@ -63,7 +63,7 @@ def results_table(rows: list[dict]) -> str:
     """Markdown table of every measurement."""
     lines = [
         "| N_t | L | method | exact | grad. rel. diff. vs direct | peak MiB | peak / state "
-        "| peak vs direct | peak vs tdq adjoint | peak MiB, default malloc | same vs tdq adjoint "
+        "| peak vs direct | peak vs tdq adjoint | first-step peak MiB, default malloc | same vs tdq adjoint "
         "| time s | time vs direct | time vs tdq adjoint | f-evals |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -139,7 +139,7 @@ def run_sweep(pairs: list[tuple[int, int]], methods: list[Method], *, tol: float
     if any(m.options.get("library") == "torchdiffeq" for m in methods):
         preload.append("torchdiffeq")
     rows = []
-    with Sweep(TARGET, TIME_TARGET, preload=preload, isolation=isolation, clock=clock,
+    with Sweep(TARGET, TIME_TARGET, preload=preload, isolation=isolation, clock=clock, default_malloc=True,
                separate_timing=separate_timing, device=workload.get("device", "cpu"), tol=tol,
                log=log) as sweep:
         for n_steps, n_layers in pairs:

@@ -69,6 +69,8 @@ class Sweep:
         device: where the workloads run.
         tol: relative difference (2-norm) of every saved result up to which an exact method
             equals the reference.
+        default_malloc: on CPU also measure each method's first-step peak under glibc's
+            default allocator (the memory target must take ``measure="first"``).
         log: called with one line of progress per measurement.
 
     Raises:
@@ -77,14 +79,14 @@ class Sweep:
 
     def __init__(self, memory_target: str, time_target: str, *, preload: list[str], isolation: str = "fork",
                  clock: str = "wall", separate_timing: bool | None = None, device: str = "cpu",
-                 tol: float = 1e-5, log: Callable[[str], None] = print) -> None:
+                 tol: float = 1e-5, default_malloc: bool = False, log: Callable[[str], None] = print) -> None:
         if clock not in CLOCKS:
             raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
         if separate_timing is None:
             separate_timing = not str(device).startswith("cuda")
         self.memory_target, self.time_target = memory_target, time_target
         self.preload, self.isolation, self.separate_timing = preload, isolation, separate_timing
-        self.clock, self.tol, self.log = clock, tol, log
+        self.clock, self.tol, self.log, self.default_malloc = clock, tol, log, default_malloc
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Sweep:
@@ -131,11 +133,11 @@ class Sweep:
                 self.say(f"{name} {label}: FAILED {row['error']}")
                 continue
             saved = torch.load(self._save)
-            if self.separate_timing:
+            if self.separate_timing and self.default_malloc:
                 # Users measure with glibc's default allocator: the peak there too, from the
                 # runner that keeps the default settings.
                 try:
-                    default = self._time.run(self.memory_target, save=self._save, **entry.memory)
+                    default = self._time.run(self.memory_target, **{**entry.memory, "measure": "first"})
                     row["peak_default_bytes"] = default["peak_bytes"]
                 except RuntimeError as exc:
                     self.say(f"{name} {label}: default-allocator peak FAILED {_last_line(exc)}")
