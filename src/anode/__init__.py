@@ -7,6 +7,7 @@ from .gradients import Anode, Backsolve, Direct, GradientMethod
 from .ivp import SolveStats
 from .nn import Autonomous, ConvODEFunc, ODEBlock
 from .odeint import odeint
+from .controllers import Adaptive
 from .options import FixedGrid, SolveOptions
 from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
 from .solvers import TABLEAUS, ButcherTableau, get_tableau
@@ -20,6 +21,7 @@ __all__ = [
     "Autonomous",
     "SolveOptions",
     "FixedGrid",
+    "Adaptive",
     "GradientMethod",
     "Anode",
     "Direct",

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .controllers import Adaptive
 from .gradients import GradientMethod
-from .gradients.direct import plain_solve
+from .gradients.direct import forward_solve
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
@@ -170,9 +171,15 @@ def solve(
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
-    grid = options.stepping.grid(times)
+    adaptive = isinstance(options.stepping, Adaptive)
+    if adaptive and transforms:
+        raise ValueError(
+            f"adaptive stepping cannot run under torch.func {'/'.join(sorted(transforms))}: its step "
+            "sizes depend on the values of the state; use a FixedGrid (n_steps= or step_size=)")
+    # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
+    grid = None if adaptive else options.stepping.grid(times)
     stats = stats if stats is not None else SolveStats()
-    if grid.n_steps == 0:
+    if (grid.n_steps if grid is not None else sum(a != b for a, b in zip(times, times[1:]))) == 0:
         return state, is_tuple, [state] * len(times)
     inference = torch.is_inference_mode_enabled()
     if inference:
@@ -189,11 +196,12 @@ def solve(
         tableau=options.method,
         params=_default_params(func, params),
         stats=stats,
+        controller=options.stepping if adaptive else None,
+        times=tuple(times),
     )
     if inference:
         with torch.inference_mode(False), torch.no_grad():
-            outputs = plain_solve(ivp)
-        stats.forward_steps += grid.n_steps
+            outputs = forward_solve(ivp)
     elif transforms or not torch.is_grad_enabled():
         # torch.func transforms differentiate plain operations only. For an exact method
         # that is the same gradient; an approximate one cannot be had there.
@@ -205,12 +213,12 @@ def solve(
                     "run; use gradient='anode' or 'direct'"
                 )
             with torch.no_grad():
-                outputs = plain_solve(ivp)
+                outputs = forward_solve(ivp)
         else:
-            outputs = plain_solve(ivp)
-        stats.forward_steps += grid.n_steps
+            outputs = forward_solve(ivp)
     else:
         outputs = options.gradient.solve(ivp)
+    grid = ivp.grid
     by_step = dict(zip(grid.solve_outputs, outputs))
     by_step[0] = state
     return state, is_tuple, [state, *(by_step[s] for s in grid.output_steps)]

@@ -319,9 +319,10 @@ def embedded_step(
             of the previous step of an FSAL pair, or a rejected attempt from the same state).
 
     Returns:
-        ``(y1, error, k_last)``: the state at the end of the step; the local error estimate
-        ``h * sum_i b_error[i] * k_i`` (same structure as ``y``); the last stage, which for an
-        FSAL pair equals ``func(t + h, y1)``.
+        ``(y1, error, k_first, k_last)``: the state at the end of the step; the local error
+        estimate ``h * sum_i b_error[i] * k_i`` (same structure as ``y``, computed without a
+        graph: step sizes are not differentiated); the first stage; the last stage, which for
+        an FSAL pair equals ``func(t + h, y1)``.
     """
     ks: list[State] = [] if k0 is None else [k0]
     for i in range(len(ks), tableau.stages):
@@ -329,8 +330,9 @@ def embedded_step(
         ks.append(func(stage_times[i], yi))
     y1 = _combine(y, h, list(zip(tableau.b, ks)))
     terms = [(w, k) for w, k in zip(tableau.b_error, ks) if w != 0.0]
-    error = tuple(
-        sum((k[idx] * (w * h) for w, k in terms[1:]), terms[0][1][idx] * (terms[0][0] * h))
-        for idx in range(len(y))
-    )
-    return y1, error, ks[-1]
+    with torch.no_grad():
+        error = tuple(
+            sum((k[idx] * (w * h) for w, k in terms[1:]), terms[0][1][idx] * (terms[0][0] * h))
+            for idx in range(len(y))
+        )
+    return y1, error, ks[0], ks[-1]
