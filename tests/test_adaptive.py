@@ -7,6 +7,8 @@ from functools import lru_cache
 import pytest
 import torch
 import torchdiffeq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import anode
 from anode.solvers import EMBEDDED_TABLEAUS, ButcherTableau
@@ -238,3 +240,152 @@ def test_float32_state_and_default_options():
     assert anode.SolveOptions("dopri5").stepping == anode.Adaptive()
     assert anode.SolveOptions.make("dopri5", n_steps=3).stepping == anode.FixedGrid(3)
     assert anode.SolveOptions("rk4").stepping == anode.FixedGrid()
+
+
+# ---------------------------------------------------------------- gradients of the accepted grid
+
+SCHEDULES = {"store": anode.Store, "recompute": anode.Recompute,
+             "revolve1": lambda: anode.Revolve(1), "revolve3": lambda: anode.Revolve(3)}
+
+
+def _grads(gradient, method, rtol, t_list, seed, t_grad, stats=None):
+    func, y0, net = _mlp(seed)
+    y0 = y0[:2, :].clone().requires_grad_()
+    t = torch.tensor(t_list, dtype=torch.float64, requires_grad=t_grad)
+    params = list(net.parameters())
+    out = anode.odeint(func, y0, t, options=_adaptive(method, rtol, rtol * 1e-2, gradient),
+                       params=params, stats=stats)
+    wrt = [y0, *params] + ([t] if t_grad else [])
+    return out, torch.autograd.grad((out**2).sum() + out[-1].sum(), wrt)
+
+
+@settings(max_examples=25, deadline=None)
+@given(method=st.sampled_from(sorted(PAIRS)), rtol=st.sampled_from([1e-2, 1e-4, 1e-6]),
+       schedule=st.sampled_from(sorted(SCHEDULES)), seed=st.integers(0, 3),
+       t_list=st.sampled_from([[0.0, 1.0], [0.0, 0.4, 0.4, 1.5], [1.0, 0.2]]), t_grad=st.booleans())
+def test_anode_equals_autograd_through_the_accepted_steps(method, rtol, schedule, seed, t_list, t_grad):
+    """The discrete adjoint on the accepted grid equals autograd through the same solve
+    with its step sizes held fixed (direct), to rounding, for every schedule."""
+    if method == "adaptive_heun":
+        rtol = max(rtol, 1e-4)
+    s_direct, s_anode = anode.SolveStats(), anode.SolveStats()
+    out0, g0 = _grads("direct", method, rtol, t_list, seed, t_grad, s_direct)
+    out1, g1 = _grads(anode.Anode(SCHEDULES[schedule]()), method, rtol, t_list, seed, t_grad, s_anode)
+    assert s_anode.forward_steps == s_direct.forward_steps == s_anode.backward_steps
+    assert torch.allclose(out0, out1, rtol=0, atol=1e-14)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10 * max(1.0, a.abs().max().item()))
+
+
+@pytest.mark.parametrize("gradient, tol", [("direct", 1e-6), ("anode", 1e-6), ("backsolve", 1e-5)])
+def test_linear_closed_form_gradients(gradient, tol):
+    """y' = a y: y(T) = exp(aT) y0, dy/da = T exp(aT) y0, dy/dy0 = exp(aT)."""
+    a = torch.tensor(-0.7, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([1.3, -0.4], dtype=torch.float64, requires_grad=True)
+    T = 2.0
+    t = torch.tensor([0.0, T], dtype=torch.float64)
+    y = anode.odeint(lambda t, y: a * y, y0, t, params=[a],
+                     options=_adaptive("dopri5", 1e-10, 1e-12, gradient))[-1]
+    d_a, d_y0 = torch.autograd.grad(y.sum(), [a, y0])
+    e = math.exp(-0.7 * T)
+    assert abs(d_a.item() - T * e * 0.9) <= tol * abs(T * e * 0.9)
+    assert torch.allclose(d_y0, torch.full_like(d_y0, e), rtol=tol, atol=0)
+
+
+def test_replay_of_random_numbers_is_exact_with_rejected_steps():
+    """A function drawing random numbers: every schedule replays the accepted steps with
+    the generator states they had (rejected steps drew too), so all agree exactly."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+
+    def func(t, y):
+        return net(y) * (1 + 1e-4 * torch.rand(1, dtype=torch.float64)) + 3 * torch.sin(5 * t)
+
+    y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    results = []
+    for schedule in [anode.Store(), anode.Recompute(), anode.Revolve(2)]:
+        stats = anode.SolveStats()
+        torch.manual_seed(7)
+        out = anode.odeint(func, y0, t, options=_adaptive("bosh3", 1e-3, 1e-5, anode.Anode(schedule)),
+                           params=list(net.parameters()), stats=stats)
+        after = torch.rand(1)
+        grads = torch.autograd.grad(out.sum(), [y0, *net.parameters()])
+        results.append((out, grads, after, stats))
+    assert results[0][3].rejected_steps > 0
+    for out, grads, after, _ in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(after, results[0][2])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
+# ---------------------------------------------------------------- errors
+
+def test_max_num_steps_error():
+    func, y0 = PROBLEMS["mlp"]()
+    with pytest.raises(anode.AdaptiveSolveError, match=r"max_num_steps=3 exceeded at t=0\.\d+"):
+        anode.odeint(func, y0, torch.tensor([0.0, 5.0], dtype=torch.float64),
+                     options=_adaptive("dopri5", 1e-9, 1e-11, max_num_steps=3))
+
+
+@pytest.mark.parametrize("gradient", ["direct", "anode"])
+def test_blow_up_names_the_time(gradient):
+    """y' = y², y(0) = 1 blows up at t = 1: the step size underflows just before."""
+    y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(anode.AdaptiveSolveError, match=r"underflow at t=") as info:
+        anode.odeint(lambda t, y: y**2, y0, torch.tensor([0.0, 2.0], dtype=torch.float64),
+                     options=_adaptive("dopri5", 1e-7, 1e-9, gradient))
+    reached = float(str(info.value).split("at t=")[1].split(":")[0])
+    assert abs(reached - 1.0) < 1e-6 and "blow up" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rtol": -1e-3}, "rtol must be >= 0"),
+    ({"atol": float("nan")}, "atol must be >= 0"),
+    ({"rtol": 0.0, "atol": 0.0}, "both 0"),
+    ({"first_step": 0.0}, "first_step must be > 0"),
+    ({"safety": 1.5}, "safety"),
+    ({"dfactor": 0.0}, "dfactor"),
+    ({"ifactor": 0.5}, "ifactor"),
+    ({"max_num_steps": 0}, "max_num_steps must be >= 1"),
+])
+def test_adaptive_option_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        anode.Adaptive(**kwargs)
+
+
+def test_stepping_and_method_errors():
+    with pytest.raises(TypeError, match="max_num_steps must be an int"):
+        anode.Adaptive(max_num_steps=10.0)
+    with pytest.raises(ValueError, match="'rk4' has none"):
+        anode.SolveOptions("rk4", anode.Adaptive())
+    with pytest.raises(ValueError, match="not both"):
+        anode.SolveOptions.make("dopri5", n_steps=2, stepping=anode.Adaptive())
+    with pytest.raises(ValueError, match="NaN or Inf at the initial state"):
+        anode.odeint(lambda t, y: y * float("nan"), torch.ones(2), torch.tensor([0.0, 1.0]),
+                     method="dopri5")
+    with pytest.raises(ValueError, match="cannot run under torch.func"):
+        torch.func.vmap(lambda y: anode.odeint(lambda t, z: -z, y, torch.tensor([0.0, 1.0]),
+                                               method="dopri5"))(torch.ones(3, 2))
+
+
+# ---------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("first_step", [None, 0.05])
+def test_stats_count_fsal_rejections_and_the_backward(first_step):
+    func, y0, net = _mlp()
+    y0 = y0.requires_grad_()
+    counted = Counting(func)
+    stats = anode.SolveStats()
+    out = anode.odeint(counted, y0, torch.tensor([0.0, 3.0], dtype=torch.float64), stats=stats,
+                       params=list(net.parameters()),
+                       options=_adaptive("dopri5", 1e-8, 1e-10, anode.Anode(anode.Recompute()),
+                                         first_step=first_step))
+    attempts = stats.forward_steps + stats.rejected_steps
+    start = 2 if first_step is None else 1  # f(t0, y0), and the initial-step probe
+    assert stats.forward_evaluations == counted.calls == start + 6 * attempts  # FSAL
+    if first_step is not None:
+        assert stats.rejected_steps > 0  # a too-large first step was rejected and retried
+    out.sum().backward()
+    n = stats.forward_steps
+    assert (stats.recomputed_steps, stats.backward_steps, stats.stages) == (n - 1, n, 6)
+    assert stats.function_evaluations == counted.calls  # replays skip the 7th (error) stage

@@ -99,7 +99,7 @@ def integrate(
         evals += 1
     if record is not None and record.after_unreplayed():
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
-    previous, last_ratio = 1.0, 0.0
+    previous, last_ratio, retried = 1.0, 0.0, None
     for i in range(first, len(counts)):
         t_i, t_next = times[i], times[i + 1]
         if t_i == t_next:
@@ -118,7 +118,9 @@ def integrate(
             cut = (target - t_next) * direction >= 0
             f1 = 1.0 if cut else (target - t_i) / length
             stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c)
-            if not f1 > f or start + size == start:
+            # Time has a finite resolution: a proposal below it rounds to the same step as
+            # the attempt just rejected, or to none at all.
+            if not f1 > f or start + size == start or (f, f1) == retried:
                 why = ("the last error estimate was NaN or Inf" if not math.isfinite(last_ratio)
                        else f"the last scaled error was {last_ratio:.3g}")
                 raise AdaptiveSolveError(
@@ -143,6 +145,7 @@ def integrate(
                 k0 = None if moved or not tab.fsal else k_last
             else:
                 rejected += 1
+                retried = (f, f1)
                 h = controller.next_step(abs(size), ratio, previous, tab.order)
                 # the retry starts from the same state and time: reuse its first stage
                 moved = record is not None and record.after_unreplayed()
