@@ -389,3 +389,41 @@ def test_stats_count_fsal_rejections_and_the_backward(first_step):
     n = stats.forward_steps
     assert (stats.recomputed_steps, stats.backward_steps, stats.stages) == (n - 1, n, 6)
     assert stats.function_evaluations == counted.calls  # replays skip the 7th (error) stage
+
+
+# ---------------------------------------------------------------- the rest of the API
+
+def test_double_backward_auto_and_a_second_backward():
+    func, y0, net = _mlp(1)
+    y0 = y0.requires_grad_()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    hvps = []
+    for gradient in ["direct", anode.Anode(anode.Recompute())]:
+        out = anode.odeint(func, y0, t, params=list(net.parameters()),
+                           options=_adaptive("tsit5", 1e-6, 1e-8, gradient))
+        (g,) = torch.autograd.grad(out[-1].pow(2).sum(), y0, create_graph=True)
+        hvps.append(torch.autograd.grad(g.sum(), y0)[0])
+    assert torch.allclose(hvps[0], hvps[1], rtol=0, atol=1e-10)
+    auto, stats = anode.Auto(memory_budget=3 * y0.numel() * 8), anode.SolveStats()
+    out = anode.odeint(func, y0, t, params=list(net.parameters()), stats=stats,
+                       options=_adaptive("dopri5", 1e-8, 1e-10, anode.Anode(auto)))
+    assert stats.schedule == auto.choice and auto.choice.startswith("revolve")
+    first = torch.autograd.grad(out.sum(), y0, retain_graph=True)[0]
+    assert torch.equal(first, torch.autograd.grad(out.sum(), y0)[0])  # snapshots written again
+
+
+def test_ode_block_inference_and_autocast():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    block = anode.ODEBlock(anode.Autonomous(net), options=anode.SolveOptions(
+        "bosh3", anode.Adaptive(rtol=1e-4, atol=1e-6)))
+    x = torch.randn(2, 3, requires_grad=True)
+    assert "adaptive(rtol=0.0001" in repr(block)
+    y = block(x)
+    with torch.inference_mode():
+        assert torch.equal(block(x), y.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = block(x)
+    z.sum().backward()
+    assert z.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert block.stats.forward_steps > 0 and block.stats.backward_steps > 0

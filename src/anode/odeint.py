@@ -95,7 +95,12 @@ def odeint(
     options: SolveOptions | None = None,
     **schedule_options,
 ) -> Tensors:
-    """Solve dy/dt = func(t, y), y(t[0]) = y0, on a fixed grid; return y at every time in t.
+    """Solve dy/dt = func(t, y), y(t[0]) = y0; return y at every time in t.
+
+    Steps are taken on a fixed grid (``n_steps``, ``step_size``) or, for an embedded pair
+    such as ``dopri5``, chosen by a step-size controller (:class:`~anode.controllers.Adaptive`,
+    given through ``options``); every gradient method then differentiates the accepted steps
+    with their sizes held fixed (see :mod:`anode.adaptive`).
 
     The API follows torchdiffeq's ``odeint`` so that code can switch: ``func(t, y)`` takes a
     0-d time tensor and the state and returns dy/dt with the state's structure.
@@ -110,7 +115,9 @@ def odeint(
             ``t[0]`` is the initial time. A repeated time (a zero-length interval) takes no
             step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
         method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
-            ``rk4``, ``rk38``) or any explicit :class:`ButcherTableau`.
+            ``rk4``, ``rk38``), an embedded pair (``dopri5``, ``bosh3``, ``tsit5``,
+            ``adaptive_heun``; adaptive with default tolerances unless ``n_steps`` or
+            ``step_size`` is given) or any explicit :class:`ButcherTableau`.
         n_steps: number of equal steps in each interval between consecutive output times.
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
             equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither,
@@ -130,7 +137,8 @@ def odeint(
             some other way raises ValueError rather than lose its gradient.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
-            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options.
+            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options; the
+            way to set tolerances: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8))``.
         **schedule_options: options of the named schedule (e.g. ``snapshots``).
 
     Returns:
@@ -149,7 +157,10 @@ def odeint(
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
             gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, options
-            given twice, func returns a wrong shape.
+            given twice, func returns a wrong shape; adaptive stepping under a ``torch.func``
+            transform or with func NaN/Inf at y0.
+        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
+            size underflows; the message names the time reached.
     """
     check_signature(func)
     if options is None:

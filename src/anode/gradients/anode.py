@@ -15,6 +15,16 @@ backward then rebuilds the whole solve with a graph from the saved inputs and di
 it with ``create_graph=True``, so the first derivative is itself differentiable and exact.
 That backward holds what ``direct`` holds (every step's graph) plus the graph of the
 derivative; the memory saving applies to first-order gradients only.
+
+Adaptive stepping (:mod:`anode.adaptive`): the forward of this Function *is* the controller
+loop, rejected steps included; it records the accepted grid (Python floats) on the problem
+and keeps the states the schedule can name before N_t is known: every state for ``Store``,
+the input for ``Recompute``, and the input only for ``Revolve``, whose snapshots depend on
+N_t: its backward first sweeps forward once from the input writing them (N_t - 1 more
+recomputed steps than on a fixed grid). ``Auto`` chooses at the end of the forward sweep,
+when N_t is known. The backward replays the accepted steps with their sizes held fixed, so
+the gradient is exactly that of the accepted discrete solve, as ``direct`` computes it (ACA,
+Zhuang et al., ICML 2020); rejected steps are never replayed.
 """
 
 from __future__ import annotations

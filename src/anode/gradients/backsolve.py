@@ -199,10 +199,13 @@ class Backsolve(GradientMethod):
     """The continuous adjoint of Chen et al. (NeurIPS 2018), as torchdiffeq's ``odeint_adjoint``.
 
     Keeps only the outputs and gets the gradient by solving the augmented adjoint system
-    backwards in time on the forward's grid: O(1) states in N_t, but optimize-then-
-    discretize, so the gradient is approximate and the reverse solve is unstable for
-    contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use it to compare
-    with torchdiffeq or to measure that error; train with :class:`~anode.gradients.Anode`.
+    backwards in time on the forward's grid (for adaptive stepping: the forward's accepted
+    steps, reversed, with the same tableau; the reverse solve has no error control of its
+    own, unlike torchdiffeq's, which steps the augmented system adaptively): O(1) states in
+    N_t, but optimize-then-discretize, so the gradient is approximate and the reverse solve
+    is unstable for contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use
+    it to compare with torchdiffeq or to measure that error; train with
+    :class:`~anode.gradients.Anode`.
     Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
     """
 
