@@ -427,3 +427,23 @@ def test_ode_block_inference_and_autocast():
     z.sum().backward()
     assert z.dtype == torch.float32 and torch.isfinite(x.grad).all()
     assert block.stats.forward_steps > 0 and block.stats.backward_steps > 0
+
+
+def test_pi_coefficients_max_step_and_tuple_gradients():
+    func, y0 = _oscillator()
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    exact = y0[0] * math.cos(6.0) + y0[1] / 2 * math.sin(6.0)
+    counts = {}
+    for name, kw in {"i": {}, "pi": {"pcoeff": 0.2, "icoeff": 0.4}, "max": {"max_step": 0.05}}.items():
+        stats = anode.SolveStats()
+        with torch.no_grad():
+            out = anode.odeint(func, y0, t, options=_adaptive("dopri5", 1e-7, 1e-9, **kw), stats=stats)
+        assert _scaled_error(out[0][-1], exact, 1e-7, 1e-9) < 20
+        counts[name] = stats.forward_steps
+    assert counts["pi"] != counts["i"] and counts["max"] >= 60 > counts["i"]
+    leaves = tuple(y.clone().requires_grad_() for y in y0)
+    grads = []
+    for gradient in ["direct", anode.Anode(anode.Revolve(2))]:
+        out = anode.odeint(func, leaves, t, options=_adaptive("bosh3", 1e-5, 1e-7, gradient))
+        grads.append(torch.autograd.grad(out[0][-1].sum() + out[1].pow(2).sum(), leaves))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(*grads))
