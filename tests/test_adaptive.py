@@ -137,7 +137,7 @@ class Counting(torch.nn.Module):
 
     def forward(self, t, y):
         self.calls += 1
-        self.times.append(float(t))
+        self.times.append(float(t.detach()))
         return self.func(t, y)
 
 
@@ -447,3 +447,22 @@ def test_pi_coefficients_max_step_and_tuple_gradients():
         out = anode.odeint(func, leaves, t, options=_adaptive("bosh3", 1e-5, 1e-7, gradient))
         grads.append(torch.autograd.grad(out[0][-1].sum() + out[1].pow(2).sum(), leaves))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(*grads))
+
+
+def test_backsolve_solves_the_adjoint_adaptively_as_torchdiffeq():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    func = Counting(lambda t, y: net(y) * torch.cos(t))
+    func.net = net  # parameters of the module, for torchdiffeq's odeint_adjoint
+    y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.7, 1.5], dtype=torch.float64)
+    wrt = [y0, *net.parameters()]
+    stats = anode.SolveStats()
+    out = anode.odeint(func, y0, t, options=_adaptive("dopri5", 1e-7, 1e-9, "backsolve"), stats=stats)
+    ours = torch.autograd.grad(out.pow(2).sum(), wrt)
+    assert stats.reverse_evaluations > 0 and stats.recomputed_steps == 0
+    assert stats.function_evaluations == func.calls
+    ref = torchdiffeq.odeint_adjoint(func, y0, t, method="dopri5", rtol=1e-7, atol=1e-9)
+    theirs = torch.autograd.grad(ref.pow(2).sum(), wrt)
+    for a, b in zip(ours, theirs):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()

@@ -35,6 +35,8 @@ class SolveStats:
     vector–Jacobian product. Both replay accepted steps, ``stages`` evaluations each: the
     tableau's stage count of the last solve, less a trailing stage that only an error
     estimate uses (:attr:`~anode.solvers.ButcherTableau.solution_stages`).
+    ``reverse_evaluations`` are those of the adaptive reverse solve of ``backsolve`` after an
+    adaptive forward (its own steps, not replays).
     """
 
     forward_steps: int = 0
@@ -44,11 +46,13 @@ class SolveStats:
     schedule: str = ""
     rejected_steps: int = 0
     forward_evaluations: int = 0
+    reverse_evaluations: int = 0
 
     @property
     def function_evaluations(self) -> int:
         """All evaluations of ``func`` in forward and backward."""
-        return self.forward_evaluations + (self.recomputed_steps + self.backward_steps) * self.stages
+        replayed = (self.recomputed_steps + self.backward_steps) * self.stages
+        return self.forward_evaluations + replayed + self.reverse_evaluations
 
     def count_fixed_forward(self, n_steps: int, stages: int) -> None:
         """Count a forward pass of ``n_steps`` steps on a given grid, ``stages`` evaluations each."""
@@ -59,7 +63,7 @@ class SolveStats:
     def reset(self) -> None:
         """Set every count to zero."""
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
-        self.rejected_steps = self.forward_evaluations = 0
+        self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
 
 
 def _reference(func: Callable) -> Callable[[], Callable | None]:
