@@ -322,9 +322,11 @@ def test_replay_of_random_numbers_is_exact_with_rejected_steps():
 
 def test_max_num_steps_error():
     func, y0 = PROBLEMS["mlp"]()
+    stats = anode.SolveStats()
     with pytest.raises(anode.AdaptiveSolveError, match=r"max_num_steps=3 exceeded at t=0\.\d+"):
-        anode.odeint(func, y0, torch.tensor([0.0, 5.0], dtype=torch.float64),
+        anode.odeint(func, y0, torch.tensor([0.0, 5.0], dtype=torch.float64), stats=stats,
                      options=_adaptive("dopri5", 1e-9, 1e-11, max_num_steps=3))
+    assert stats.forward_steps + stats.rejected_steps == 3  # counted up to the failure
 
 
 @pytest.mark.parametrize("gradient", ["direct", "anode"])

@@ -100,63 +100,65 @@ def integrate(
     if record is not None and record.after_unreplayed():
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
     previous, last_ratio, retried = 1.0, 0.0, None
-    for i in range(first, len(counts)):
-        t_i, t_next = times[i], times[i + 1]
-        if t_i == t_next:
-            continue
-        length = t_next - t_i
-        f, bounds = 0.0, [0.0]
-        while f < 1.0:
-            start = t_i + f * length
-            if accepted + rejected >= controller.max_num_steps:
-                raise AdaptiveSolveError(
-                    f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g} "
-                    f"({accepted} accepted, {rejected} rejected steps) before reaching "
-                    f"t={t_next:.17g}; raise max_num_steps or loosen rtol/atol")
-            proposal = min(h, controller.max_step)
-            target = start + direction * proposal
-            cut = (target - t_next) * direction >= 0
-            f1 = 1.0 if cut else (target - t_i) / length
-            stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c)
-            # Time has a finite resolution: a proposal below it rounds to the same step as
-            # the attempt just rejected, or to none at all.
-            if not f1 > f or start + size == start or (f, f1) == retried:
-                why = ("the last error estimate was NaN or Inf" if not math.isfinite(last_ratio)
-                       else f"the last scaled error was {last_ratio:.3g}")
-                raise AdaptiveSolveError(
-                    f"step size underflow at t={start:.17g}: a step of {proposal:.3g} no longer "
-                    f"advances time ({why}); the solution may blow up near this time, or the "
-                    "problem is stiff or discontinuous there")
-            y1, error, k_first, k_last = embedded_step(func, y, time(stage_times), size, tab, k0)
-            evals += tab.stages - (k0 is not None)
-            with torch.no_grad():
-                ratio = controller.error_ratio(error, y, y1)
-            last_ratio = ratio
-            if ratio <= 1.0:  # False for NaN
-                if keep is not None:
-                    keep(accepted, y)
-                moved = record is not None and record.after_step(accepted)
-                accepted += 1
-                h_next = controller.next_step(abs(size), ratio, previous, tab.order)
-                h = max(h_next, proposal) if cut else h_next  # a cut step keeps the proposal
-                previous = ratio
-                y, f = y1, f1
-                bounds.append(f1)
-                k0 = None if moved or not tab.fsal else k_last
-            else:
-                rejected += 1
-                retried = (f, f1)
-                h = controller.next_step(abs(size), ratio, previous, tab.order)
-                # the retry starts from the same state and time: reuse its first stage
-                moved = record is not None and record.after_unreplayed()
-                k0 = None if moved else k_first
-            del y1, error, k_first, k_last
-        counts[i] = len(bounds) - 1
-        fractions[i] = tuple(bounds)
-        outputs.append(y)
-    stats = ivp.stats
-    stats.forward_steps += accepted
-    stats.rejected_steps += rejected
-    stats.forward_evaluations += evals
-    stats.stages = tab.solution_stages
+    try:
+        for i in range(first, len(counts)):
+            t_i, t_next = times[i], times[i + 1]
+            if t_i == t_next:
+                continue
+            length = t_next - t_i
+            f, bounds = 0.0, [0.0]
+            while f < 1.0:
+                start = t_i + f * length
+                if accepted + rejected >= controller.max_num_steps:
+                    raise AdaptiveSolveError(
+                        f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g} "
+                        f"({accepted} accepted, {rejected} rejected steps) before reaching "
+                        f"t={t_next:.17g}; raise max_num_steps or loosen rtol/atol")
+                proposal = min(h, controller.max_step)
+                target = start + direction * proposal
+                cut = (target - t_next) * direction >= 0
+                f1 = 1.0 if cut else (target - t_i) / length
+                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c)
+                # Time has a finite resolution: a proposal below it rounds to the same step as
+                # the attempt just rejected, or to none at all.
+                if not f1 > f or start + size == start or (f, f1) == retried:
+                    why = ("the last error estimate was NaN or Inf" if not math.isfinite(last_ratio)
+                           else f"the last scaled error was {last_ratio:.3g}")
+                    raise AdaptiveSolveError(
+                        f"step size underflow at t={start:.17g}: a step of {proposal:.3g} no longer "
+                        f"advances time ({why}); the solution may blow up near this time, or the "
+                        "problem is stiff or discontinuous there")
+                y1, error, k_first, k_last = embedded_step(func, y, time(stage_times), size, tab, k0)
+                evals += tab.stages - (k0 is not None)
+                with torch.no_grad():
+                    ratio = controller.error_ratio(error, y, y1)
+                last_ratio = ratio
+                if ratio <= 1.0:  # False for NaN
+                    if keep is not None:
+                        keep(accepted, y)
+                    moved = record is not None and record.after_step(accepted)
+                    accepted += 1
+                    h_next = controller.next_step(abs(size), ratio, previous, tab.order)
+                    h = max(h_next, proposal) if cut else h_next  # a cut step keeps the proposal
+                    previous = ratio
+                    y, f = y1, f1
+                    bounds.append(f1)
+                    k0 = None if moved or not tab.fsal else k_last
+                else:
+                    rejected += 1
+                    retried = (f, f1)
+                    h = controller.next_step(abs(size), ratio, previous, tab.order)
+                    # the retry starts from the same state and time: reuse its first stage
+                    moved = record is not None and record.after_unreplayed()
+                    k0 = None if moved else k_first
+                del y1, error, k_first, k_last
+            counts[i] = len(bounds) - 1
+            fractions[i] = tuple(bounds)
+            outputs.append(y)
+    finally:  # counted also when the solve fails, to show how far it got
+        stats = ivp.stats
+        stats.forward_steps += accepted
+        stats.rejected_steps += rejected
+        stats.forward_evaluations += evals
+        stats.stages = tab.solution_stages
     return outputs, TimeGrid(tuple(times), tuple(counts), tuple(fractions))
