@@ -468,3 +468,10 @@ def test_backsolve_solves_the_adjoint_adaptively_as_torchdiffeq():
     theirs = torch.autograd.grad(ref.pow(2).sum(), wrt)
     for a, b in zip(ours, theirs):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_nan_error_estimates_shrink_the_step_then_name_the_time():
+    """sqrt(1 - t) is NaN past t = 1: steps across it are rejected until time stops."""
+    with pytest.raises(anode.AdaptiveSolveError, match=r"underflow at t=1\b.*NaN or Inf"):
+        anode.odeint(lambda t, y: y * torch.sqrt(1 - t), torch.ones(1, dtype=torch.float64),
+                     torch.tensor([0.0, 2.0], dtype=torch.float64), method="dopri5")

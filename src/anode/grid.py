@@ -110,7 +110,9 @@ class TimeGrid:
         Returns:
             ``(stage_times, step_sizes)``: float64 tensors of shapes ``[N_t, s]`` and
             ``[N_t]`` on ``t``'s device. Step ``j`` in interval ``i`` with ``k`` steps before it
-            in that interval starts at ``t[i] + k * (t[i+1] - t[i]) / n_i``.
+            in that interval starts at ``t[i] + k * (t[i+1] - t[i]) / n_i`` on a uniform grid,
+            at ``t[i] + f[k] * (t[i+1] - t[i])`` on a grid with fractions ``f`` (see the
+            class; its step sizes are end minus start).
         """
         t64 = t.to(torch.float64)
         nodes = nodes.to(t.device)
