@@ -475,3 +475,26 @@ def test_nan_error_estimates_shrink_the_step_then_name_the_time():
     with pytest.raises(anode.AdaptiveSolveError, match=r"underflow at t=1\b.*NaN or Inf"):
         anode.odeint(lambda t, y: y * torch.sqrt(1 - t), torch.ones(1, dtype=torch.float64),
                      torch.tensor([0.0, 2.0], dtype=torch.float64), method="dopri5")
+
+
+def test_module_modes_and_buffers_are_replayed_on_the_accepted_steps():
+    """BatchNorm in training mode (buffers updated by every evaluation, rejected ones too):
+    the backward replays the forward's mode and buffers even after a switch to eval."""
+    torch.manual_seed(1)
+    func = anode.Autonomous(torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(), torch.nn.Linear(6, 3))).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grads, buffers = [], []
+    for gradient in ["direct", anode.Anode(anode.Recompute())]:
+        state = {k: v.clone() for k, v in func.state_dict().items()}
+        out = anode.odeint(func, x, t, options=_adaptive("bosh3", 1e-4, 1e-6, gradient))
+        after_forward = [b.clone() for b in func.buffers()]
+        func.eval()
+        grads.append(torch.autograd.grad(out[-1].pow(2).sum(), [x, *func.parameters()]))
+        func.train()
+        buffers.append(after_forward)
+        assert all(torch.equal(a, b) for a, b in zip(after_forward, func.buffers()))
+        func.load_state_dict(state)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*buffers))
