@@ -498,3 +498,15 @@ def test_module_modes_and_buffers_are_replayed_on_the_accepted_steps():
         func.load_state_dict(state)
     assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(*grads))
     assert all(torch.equal(a, b) for a, b in zip(*buffers))
+
+
+def test_odeint_with_method_and_options():
+    func, y0 = PROBLEMS["linear"]()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = anode.SolveOptions(stepping=anode.Adaptive(rtol=1e-6, atol=1e-8))
+    assert options.method.name == "dopri5"
+    assert anode.SolveOptions.make(stepping=anode.Adaptive()).method.name == "dopri5"
+    out = anode.odeint(func, y0, t, method="dopri5", options=options)
+    assert torch.equal(out, anode.odeint(func, y0, t, options=options))
+    with pytest.raises(ValueError, match="not both"):
+        anode.odeint(func, y0, t, method="bosh3", options=options)

@@ -14,7 +14,7 @@ from .gradients.direct import forward_solve
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
-from .solvers import ButcherTableau, State
+from .solvers import ButcherTableau, State, get_tableau
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -165,7 +165,10 @@ def odeint(
     check_signature(func)
     if options is None:
         options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
-    elif schedule_options or (method, n_steps, step_size, gradient, schedule) != _UNSET:
+    elif schedule_options or (n_steps, step_size, gradient, schedule) != _UNSET[1:] or (
+            method != _UNSET[0] and get_tableau(method) != options.method):
+        # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
+        # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
         raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
     state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
     stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))

@@ -50,6 +50,8 @@ class SolveOptions:
 
     Attributes:
         method: the Runge–Kutta method (a name is resolved to its :class:`ButcherTableau`).
+            None (the default): ``"dopri5"`` for adaptive stepping (torchdiffeq's default),
+            else ``"rk4"``.
         stepping: the time stepping: a :class:`FixedGrid`, or :class:`~anode.controllers.Adaptive`
             for steps chosen by the error estimate of an embedded pair. None (the default):
             adaptive with default tolerances for an embedded pair (``dopri5``, ...), as in
@@ -57,7 +59,8 @@ class SolveOptions:
         gradient: the gradient method object (a name is resolved by
             :func:`anode.gradients.resolve`, with the ``"recompute"`` schedule for ``"anode"``).
 
-    Example: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8), Anode(Revolve(4)))``.
+    Example: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8), Anode(Revolve(4)))``, or
+    ``SolveOptions(stepping=Adaptive(rtol=1e-6))`` for dopri5 with the default gradient.
 
     Raises:
         ValueError: adaptive stepping with a method that has no error estimate (no
@@ -66,12 +69,15 @@ class SolveOptions:
         TypeError: a stepping that is neither; as the above.
     """
 
-    method: ButcherTableau = "rk4"
+    method: ButcherTableau | str | None = None
     stepping: FixedGrid | Adaptive | None = None
     gradient: GradientMethod = "anode"
 
     def __post_init__(self) -> None:
-        method = get_tableau(self.method)
+        method = self.method
+        if method is None:
+            method = "dopri5" if isinstance(self.stepping, Adaptive) else "rk4"
+        method = get_tableau(method)
         object.__setattr__(self, "method", method)
         stepping = self.stepping
         if stepping is None:
@@ -88,7 +94,7 @@ class SolveOptions:
         object.__setattr__(self, "gradient", resolve(self.gradient))
 
     @classmethod
-    def make(cls, method="rk4", n_steps=None, step_size=None, gradient="anode", schedule=None, *,
+    def make(cls, method=None, n_steps=None, step_size=None, gradient="anode", schedule=None, *,
              stepping: FixedGrid | Adaptive | None = None, **schedule_options) -> SolveOptions:
         """The record from :func:`anode.odeint`'s keyword arguments (names or objects).
 
@@ -103,4 +109,4 @@ class SolveOptions:
             raise ValueError("give stepping= or n_steps/step_size, not both")
         if stepping is None and (n_steps is not None or step_size is not None):
             stepping = FixedGrid(n_steps, step_size)
-        return cls(get_tableau(method), stepping, resolve(gradient, schedule, **schedule_options))
+        return cls(method, stepping, resolve(gradient, schedule, **schedule_options))
