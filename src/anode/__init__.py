@@ -3,13 +3,15 @@
 Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298).
 """
 
+from .adaptive import AdaptiveSolveError
+from .controllers import Adaptive
 from .gradients import Anode, Backsolve, Direct, GradientMethod
 from .ivp import SolveStats
 from .nn import Autonomous, ConvODEFunc, ODEBlock
 from .odeint import odeint
 from .options import FixedGrid, SolveOptions
 from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
-from .solvers import TABLEAUS, ButcherTableau, get_tableau
+from .solvers import EMBEDDED_TABLEAUS, TABLEAUS, ButcherTableau, get_tableau
 
 __version__ = "0.1.0"
 
@@ -20,12 +22,15 @@ __all__ = [
     "Autonomous",
     "SolveOptions",
     "FixedGrid",
+    "Adaptive",
+    "AdaptiveSolveError",
     "GradientMethod",
     "Anode",
     "Direct",
     "Backsolve",
     "ButcherTableau",
     "TABLEAUS",
+    "EMBEDDED_TABLEAUS",
     "get_tableau",
     "Schedule",
     "Store",

@@ -1,10 +1,16 @@
-"""The fixed time grid on which every solve runs.
+"""The time grid on which every solve runs (and every backward replays it).
 
 The grid splits each interval ``[t[i], t[i+1]]`` between consecutive output times into
-``n_i`` equal steps. All grid arithmetic is done in float64 so that the grid does not
+``n_i`` steps: equal steps (a fixed grid, :func:`make_grid`), or steps given as fractions of
+the interval's length (the accepted steps of an adaptive solve, see
+:mod:`anode.controllers`). All grid arithmetic is done in float64 so that the grid does not
 depend on the dtype of ``t`` and every output time is hit exactly (the last step of an
 interval ends *at* the output time because the next interval starts from it, never from
 an accumulated sum of step sizes).
+
+Non-uniform steps are held as fractions so that the stage times stay functions of the
+output times (gradients with respect to ``t`` scale the steps of an interval with its
+length) while the step pattern itself is a constant of the solve.
 """
 
 from __future__ import annotations
@@ -21,16 +27,45 @@ _STEP_COUNT_RTOL = 1e-6
 
 @dataclass(frozen=True)
 class TimeGrid:
-    """Equal steps inside each interval between output times.
+    """Steps inside each interval between output times: equal, or at given fractions.
 
     Attributes:
         times: the output times as Python floats (float64), length M >= 1.
         steps_per_interval: ``n_i`` for each of the ``M - 1`` intervals: ``>= 1``, or 0 for
             a zero-length interval (a repeated output time), where no step is taken.
+        fractions: None for equal steps; else, per interval, the ``n_i + 1`` increasing
+            step boundaries as fractions of the interval (dimensionless, ``0.0`` first and
+            ``1.0`` last; an empty tuple for a zero-length interval). Step ``k`` of interval
+            ``i`` starts at ``t[i] + f[k] (t[i+1] - t[i])`` and ends where step ``k + 1``
+            starts, the last one at ``t[i+1]`` itself; a stage with node ``c = 1`` is
+            evaluated at the step's end (as for an FSAL pair, whose last stage is then the
+            next step's first, bit for bit).
+
+    Raises:
+        ValueError: fractions that do not match ``steps_per_interval``, do not run from 0
+            to 1, or do not increase.
     """
 
     times: tuple[float, ...]
     steps_per_interval: tuple[int, ...]
+    fractions: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fractions is None:
+            return
+        if len(self.fractions) != len(self.steps_per_interval):
+            raise ValueError("fractions needs one entry per interval")
+        for i, (n, f) in enumerate(zip(self.steps_per_interval, self.fractions)):
+            ok = len(f) == 0 if n == 0 else (
+                len(f) == n + 1 and f[0] == 0.0 and f[-1] == 1.0 and all(a < b for a, b in zip(f, f[1:])))
+            if not ok:
+                raise ValueError(
+                    f"interval {i}: {n} steps need {n + 1} increasing fractions from 0.0 to 1.0, got {f}")
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every interval is split into equal steps."""
+        return self.fractions is None
 
     @property
     def n_steps(self) -> int:
@@ -57,7 +92,12 @@ class TimeGrid:
         """The step size of every step as Python floats (time units; negative backwards)."""
         sizes = []
         for i, n in enumerate(self.steps_per_interval):
-            sizes += [(self.times[i + 1] - self.times[i]) / n] * n if n else []
+            if self.fractions is not None:
+                f = self.fractions[i]
+                sizes += [step_geometry(self.times[i], self.times[i + 1], f[k], f[k + 1], ())[1]
+                          for k in range(n)]
+            else:
+                sizes += [(self.times[i + 1] - self.times[i]) / n] * n if n else []
         return sizes
 
     def step_times(self, t: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +110,25 @@ class TimeGrid:
         Returns:
             ``(stage_times, step_sizes)``: float64 tensors of shapes ``[N_t, s]`` and
             ``[N_t]`` on ``t``'s device. Step ``j`` in interval ``i`` with ``k`` steps before it
-            in that interval starts at ``t[i] + k * (t[i+1] - t[i]) / n_i``.
+            in that interval starts at ``t[i] + k * (t[i+1] - t[i]) / n_i`` on a uniform grid,
+            at ``t[i] + f[k] * (t[i+1] - t[i])`` on a grid with fractions ``f`` (see the
+            class; its step sizes are end minus start).
         """
         t64 = t.to(torch.float64)
-        starts, sizes = [], []
+        nodes = nodes.to(t.device)
+        starts, sizes, ends = [], [], []
         for i, n in enumerate(self.steps_per_interval):
             if n == 0:
+                continue
+            if self.fractions is not None:
+                # the same operations as step_geometry, which the adaptive forward uses
+                f = torch.tensor(self.fractions[i], dtype=torch.float64, device=t.device)
+                length = t64[i + 1] - t64[i]
+                start = t64[i] + f[:-1] * length
+                end = torch.cat([t64[i] + f[1:-1] * length, t64[i + 1 : i + 2]])
+                starts.append(start)
+                ends.append(end)
+                sizes.append(end - start)
                 continue
             h = (t64[i + 1] - t64[i]) / n
             k = torch.arange(n, dtype=torch.float64, device=t.device)
@@ -86,8 +139,32 @@ class TimeGrid:
             return empty.new_zeros(0, nodes.numel()), empty
         start = torch.cat(starts)
         size = torch.cat(sizes)
-        stage_times = start[:, None] + nodes.to(t.device)[None, :] * size[:, None]
+        stage_times = start[:, None] + nodes[None, :] * size[:, None]
+        if self.fractions is not None:
+            stage_times = torch.where(nodes[None, :] == 1.0, torch.cat(ends)[:, None], stage_times)
         return stage_times, size
+
+
+def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes) -> tuple[list[float], float]:
+    """Stage times and size of one step between fractions ``f0 < f1`` of the interval
+    ``[t_start, t_end]``, as Python floats, by exactly the operations that
+    :meth:`TimeGrid.step_times` applies to a grid with fractions (so a step taken with these
+    times is replayed bit for bit).
+
+    Args:
+        t_start, t_end: the interval's output times (time units).
+        f0, f1: the step's boundaries as fractions of the interval; ``f1 == 1.0`` ends at
+            ``t_end`` exactly.
+        nodes: the tableau's nodes ``c``.
+
+    Returns:
+        ``([t + c_i h for each node, t + h for c_i == 1], h)``, h signed (time units).
+    """
+    length = t_end - t_start
+    start = t_start + f0 * length
+    end = t_end if f1 == 1.0 else t_start + f1 * length
+    h = end - start
+    return [end if c == 1.0 else start + c * h for c in nodes], h
 
 
 def make_grid(times: list[float], n_steps: int | None, step_size: float | None) -> TimeGrid:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .controllers import Adaptive
 from .grid import TimeGrid
 from .recompute import FREED, autocast_state
 from .solvers import ButcherTableau, State
@@ -24,11 +25,18 @@ from .solvers import ButcherTableau, State
 class SolveStats:
     """Counts of the work done by solves, accumulated over calls.
 
-    Function evaluations = steps x stages. ``forward_steps`` are taken in the forward pass;
-    ``recomputed_steps`` are forward steps taken again in the backward without a graph (to
-    recover states a schedule did not keep, or, for the continuous adjoint, the reverse solve
-    of the augmented system); ``backward_steps`` are steps whose graph the backward rebuilt to
-    take a vector–Jacobian product. ``stages`` is the tableau's stage count of the last solve.
+    ``forward_steps`` are the (accepted) steps of the forward pass and
+    ``forward_evaluations`` its evaluations of ``func``: ``forward_steps x stages`` on a
+    fixed grid; for an adaptive solve also those of ``rejected_steps`` and of the initial
+    step-size probe, less the first stages an FSAL pair reuses. ``recomputed_steps`` are
+    forward steps taken again in the backward without a graph (to recover states a schedule
+    did not keep, or, for the continuous adjoint, the reverse solve of the augmented
+    system); ``backward_steps`` are steps whose graph the backward rebuilt to take a
+    vector–Jacobian product. Both replay accepted steps, ``stages`` evaluations each: the
+    tableau's stage count of the last solve, less a trailing stage that only an error
+    estimate uses (:attr:`~anode.solvers.ButcherTableau.solution_stages`).
+    ``reverse_evaluations`` are those of the adaptive reverse solve of ``backsolve`` after an
+    adaptive forward (its own steps, not replays).
     """
 
     forward_steps: int = 0
@@ -36,15 +44,26 @@ class SolveStats:
     backward_steps: int = 0
     stages: int = 0
     schedule: str = ""
+    rejected_steps: int = 0
+    forward_evaluations: int = 0
+    reverse_evaluations: int = 0
 
     @property
     def function_evaluations(self) -> int:
         """All evaluations of ``func`` in forward and backward."""
-        return (self.forward_steps + self.recomputed_steps + self.backward_steps) * self.stages
+        replayed = (self.recomputed_steps + self.backward_steps) * self.stages
+        return self.forward_evaluations + replayed + self.reverse_evaluations
+
+    def count_fixed_forward(self, n_steps: int, stages: int) -> None:
+        """Count a forward pass of ``n_steps`` steps on a given grid, ``stages`` evaluations each."""
+        self.forward_steps += n_steps
+        self.forward_evaluations += n_steps * stages
+        self.stages = stages
 
     def reset(self) -> None:
         """Set every count to zero."""
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
+        self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
 
 
 def _reference(func: Callable) -> Callable[[], Callable | None]:
@@ -142,25 +161,37 @@ class CheckedFunc:
 
 @dataclass
 class IVP:
-    """An initial value problem on a fixed grid, as gradient methods receive it.
+    """An initial value problem and its time stepping, as gradient methods receive it.
 
     Attributes:
         func: checked function on tuple states, ``func(t, y) -> dy/dt``.
         y0: the initial state, a tuple of tensors.
         t: the output times, 1-D tensor of length M.
-        grid: the time grid.
+        grid: the time grid; for an adaptive solve None until its forward sweep
+            (:func:`anode.adaptive.integrate`) sets the accepted grid, which the backward
+            then replays.
         tableau: the Runge–Kutta method.
         params: tensors ``func`` depends on whose gradients are wanted.
         stats: counts to accumulate into.
+        controller: the step-size options of an adaptive solve
+            (:class:`~anode.controllers.Adaptive`), else None.
+        times: the output times as Python floats (float64).
     """
 
     func: CheckedFunc
     y0: State
     t: torch.Tensor
-    grid: TimeGrid
+    grid: TimeGrid | None
     tableau: ButcherTableau
     params: tuple[torch.Tensor, ...]
     stats: SolveStats = field(default_factory=SolveStats)
+    controller: Adaptive | None = None
+    times: tuple[float, ...] = ()
+
+    @property
+    def adaptive_pending(self) -> bool:
+        """Whether the steps are still to be chosen by the controller (no grid yet)."""
+        return self.grid is None
 
     def step_times(self, t: torch.Tensor | None = None):
         """``(stage_times [N_t, s] in t's dtype, step_sizes)`` from ``t`` (default self.t).

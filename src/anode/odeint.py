@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .controllers import Adaptive
 from .gradients import GradientMethod
-from .gradients.direct import plain_solve
+from .gradients.direct import forward_solve
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
-from .solvers import ButcherTableau, State
+from .solvers import ButcherTableau, State, get_tableau
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -94,7 +95,12 @@ def odeint(
     options: SolveOptions | None = None,
     **schedule_options,
 ) -> Tensors:
-    """Solve dy/dt = func(t, y), y(t[0]) = y0, on a fixed grid; return y at every time in t.
+    """Solve dy/dt = func(t, y), y(t[0]) = y0; return y at every time in t.
+
+    Steps are taken on a fixed grid (``n_steps``, ``step_size``) or, for an embedded pair
+    such as ``dopri5``, chosen by a step-size controller (:class:`~anode.controllers.Adaptive`,
+    given through ``options``); every gradient method then differentiates the accepted steps
+    with their sizes held fixed (see :mod:`anode.adaptive`).
 
     The API follows torchdiffeq's ``odeint`` so that code can switch: ``func(t, y)`` takes a
     0-d time tensor and the state and returns dy/dt with the state's structure.
@@ -109,7 +115,9 @@ def odeint(
             ``t[0]`` is the initial time. A repeated time (a zero-length interval) takes no
             step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
         method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
-            ``rk4``, ``rk38``) or any explicit :class:`ButcherTableau`.
+            ``rk4``, ``rk38``), an embedded pair (``dopri5``, ``bosh3``, ``tsit5``,
+            ``adaptive_heun``; adaptive with default tolerances unless ``n_steps`` or
+            ``step_size`` is given) or any explicit :class:`ButcherTableau`.
         n_steps: number of equal steps in each interval between consecutive output times.
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
             equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither,
@@ -129,7 +137,8 @@ def odeint(
             some other way raises ValueError rather than lose its gradient.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
-            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options.
+            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options; the
+            way to set tolerances: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8))``.
         **schedule_options: options of the named schedule (e.g. ``snapshots``).
 
     Returns:
@@ -148,12 +157,18 @@ def odeint(
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
             gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, options
-            given twice, func returns a wrong shape.
+            given twice, func returns a wrong shape; adaptive stepping under a ``torch.func``
+            transform or with func NaN/Inf at y0.
+        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
+            size underflows; the message names the time reached.
     """
     check_signature(func)
     if options is None:
         options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
-    elif schedule_options or (method, n_steps, step_size, gradient, schedule) != _UNSET:
+    elif schedule_options or (n_steps, step_size, gradient, schedule) != _UNSET[1:] or (
+            method != _UNSET[0] and get_tableau(method) != options.method):
+        # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
+        # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
         raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
     state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
     stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))
@@ -170,9 +185,15 @@ def solve(
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
-    grid = options.stepping.grid(times)
+    adaptive = isinstance(options.stepping, Adaptive)
+    if adaptive and transforms:
+        raise ValueError(
+            f"adaptive stepping cannot run under torch.func {'/'.join(sorted(transforms))}: its step "
+            "sizes depend on the values of the state; use a FixedGrid (n_steps= or step_size=)")
+    # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
+    grid = None if adaptive else options.stepping.grid(times)
     stats = stats if stats is not None else SolveStats()
-    if grid.n_steps == 0:
+    if len(set(times)) == 1:  # no step to take (one output time, or only repeats of it)
         return state, is_tuple, [state] * len(times)
     inference = torch.is_inference_mode_enabled()
     if inference:
@@ -189,11 +210,12 @@ def solve(
         tableau=options.method,
         params=_default_params(func, params),
         stats=stats,
+        controller=options.stepping if adaptive else None,
+        times=tuple(times),
     )
     if inference:
         with torch.inference_mode(False), torch.no_grad():
-            outputs = plain_solve(ivp)
-        stats.forward_steps += grid.n_steps
+            outputs = forward_solve(ivp)
     elif transforms or not torch.is_grad_enabled():
         # torch.func transforms differentiate plain operations only. For an exact method
         # that is the same gradient; an approximate one cannot be had there.
@@ -205,12 +227,12 @@ def solve(
                     "run; use gradient='anode' or 'direct'"
                 )
             with torch.no_grad():
-                outputs = plain_solve(ivp)
+                outputs = forward_solve(ivp)
         else:
-            outputs = plain_solve(ivp)
-        stats.forward_steps += grid.n_steps
+            outputs = forward_solve(ivp)
     else:
         outputs = options.gradient.solve(ivp)
+    grid = ivp.grid
     by_step = dict(zip(grid.solve_outputs, outputs))
     by_step[0] = state
     return state, is_tuple, [state, *(by_step[s] for s in grid.output_steps)]

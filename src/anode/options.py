@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .grid import TimeGrid, make_grid
 from .solvers import ButcherTableau, get_tableau
@@ -49,28 +50,63 @@ class SolveOptions:
 
     Attributes:
         method: the Runge–Kutta method (a name is resolved to its :class:`ButcherTableau`).
-        stepping: the time stepping, a :class:`FixedGrid`.
+            None (the default): ``"dopri5"`` for adaptive stepping (torchdiffeq's default),
+            else ``"rk4"``.
+        stepping: the time stepping: a :class:`FixedGrid`, or :class:`~anode.controllers.Adaptive`
+            for steps chosen by the error estimate of an embedded pair. None (the default):
+            adaptive with default tolerances for an embedded pair (``dopri5``, ...), as in
+            torchdiffeq, else one step per interval.
         gradient: the gradient method object (a name is resolved by
             :func:`anode.gradients.resolve`, with the ``"recompute"`` schedule for ``"anode"``).
 
+    Example: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8), Anode(Revolve(4)))``, or
+    ``SolveOptions(stepping=Adaptive(rtol=1e-6))`` for dopri5 with the default gradient.
+
     Raises:
-        ValueError, TypeError: as :func:`~anode.solvers.get_tableau`, :class:`FixedGrid`
-            and :func:`~anode.gradients.resolve`.
+        ValueError: adaptive stepping with a method that has no error estimate (no
+            ``b_error``); and as :func:`~anode.solvers.get_tableau`, :class:`FixedGrid`,
+            :class:`~anode.controllers.Adaptive` and :func:`~anode.gradients.resolve`.
+        TypeError: a stepping that is neither; as the above.
     """
 
-    method: ButcherTableau = "rk4"
-    stepping: FixedGrid = FixedGrid()
+    method: ButcherTableau | str | None = None
+    stepping: FixedGrid | Adaptive | None = None
     gradient: GradientMethod = "anode"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", get_tableau(self.method))
-        if not isinstance(self.stepping, FixedGrid):
-            raise TypeError(f"stepping must be a FixedGrid, not {type(self.stepping).__name__}")
+        method = self.method
+        if method is None:
+            method = "dopri5" if isinstance(self.stepping, Adaptive) else "rk4"
+        method = get_tableau(method)
+        object.__setattr__(self, "method", method)
+        stepping = self.stepping
+        if stepping is None:
+            stepping = Adaptive() if method.embedded else FixedGrid()
+            object.__setattr__(self, "stepping", stepping)
+        if not isinstance(stepping, (FixedGrid, Adaptive)):
+            raise TypeError(f"stepping must be a FixedGrid or an Adaptive, not {type(stepping).__name__}")
+        if isinstance(stepping, Adaptive) and not method.embedded:
+            raise ValueError(
+                f"adaptive stepping needs an embedded pair with an error estimate; method "
+                f"{method.name!r} has none (no b_error). Use dopri5, bosh3, tsit5 or "
+                "adaptive_heun, or a FixedGrid"
+            )
         object.__setattr__(self, "gradient", resolve(self.gradient))
 
     @classmethod
-    def make(cls, method="rk4", n_steps=None, step_size=None, gradient="anode", schedule=None,
-             **schedule_options) -> SolveOptions:
-        """The record from :func:`anode.odeint`'s keyword arguments (names or objects)."""
-        return cls(get_tableau(method), FixedGrid(n_steps, step_size),
-                   resolve(gradient, schedule, **schedule_options))
+    def make(cls, method=None, n_steps=None, step_size=None, gradient="anode", schedule=None, *,
+             stepping: FixedGrid | Adaptive | None = None, **schedule_options) -> SolveOptions:
+        """The record from :func:`anode.odeint`'s keyword arguments (names or objects).
+
+        ``stepping`` (e.g. ``Adaptive(rtol=1e-6)``) replaces ``n_steps``/``step_size``; with
+        none of the three, an embedded pair steps adaptively and any other method takes one
+        step per interval.
+
+        Raises:
+            ValueError: ``stepping`` given with ``n_steps`` or ``step_size``; as the class.
+        """
+        if stepping is not None and (n_steps is not None or step_size is not None):
+            raise ValueError("give stepping= or n_steps/step_size, not both")
+        if stepping is None and (n_steps is not None or step_size is not None):
+            stepping = FixedGrid(n_steps, step_size)
+        return cls(method, stepping, resolve(gradient, schedule, **schedule_options))

@@ -105,12 +105,25 @@ class ForwardRecord:
         for d, s in zip(self.devices, cuda):
             torch.cuda.set_rng_state(s, d)
 
-    def after_step(self, j: int) -> None:
-        """Note forward step ``j`` as taken; keep its starting generator state if it drew."""
+    def after_step(self, j: int) -> bool:
+        """Note forward step ``j`` as taken; keep its starting generator state if it drew.
+
+        Returns whether the step drew random numbers."""
         now = self._get_rng()
         if not _same_rng(now, self._current):
             self.rng[j] = self._current
             self._current = now
+            return True
+        return False
+
+    def after_unreplayed(self) -> bool:
+        """Note evaluations that the backward does not replay (an adaptive solve's rejected
+        steps and initial step-size probe): the next step starts from the generator state
+        they left. Returns whether they drew random numbers."""
+        now = self._get_rng()
+        moved = not _same_rng(now, self._current)
+        self._current = now
+        return moved
 
     def finish(self) -> None:
         """End of the forward sweep: the running generator state is no longer needed."""

@@ -15,6 +15,16 @@ backward then rebuilds the whole solve with a graph from the saved inputs and di
 it with ``create_graph=True``, so the first derivative is itself differentiable and exact.
 That backward holds what ``direct`` holds (every step's graph) plus the graph of the
 derivative; the memory saving applies to first-order gradients only.
+
+Adaptive stepping (:mod:`anode.adaptive`): the forward of this Function *is* the controller
+loop, rejected steps included; it records the accepted grid (Python floats) on the problem
+and keeps the states the schedule can name before N_t is known: every state for ``Store``,
+the input for ``Recompute``, and the input only for ``Revolve``, whose snapshots depend on
+N_t: its backward first sweeps forward once from the input writing them (N_t - 1 more
+recomputed steps than on a fixed grid). ``Auto`` chooses at the end of the forward sweep,
+when N_t is known. The backward replays the accepted steps with their sizes held fixed, so
+the gradient is exactly that of the accepted discrete solve, as ``direct`` computes it (ACA,
+Zhuang et al., ICML 2020); rejected steps are never replayed.
 """
 
 from __future__ import annotations
@@ -37,15 +47,24 @@ class _DiscreteAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ivp: IVP, schedule: Schedule, *tensors):
         n_y = len(ivp.y0)
-        n_steps = ivp.grid.n_steps
         record = ForwardRecord(ivp.func.module, tensors[:n_y])
         kept: dict[int, State] = {}
+        pending = ivp.grid is None
+        # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
+        # decide without it (Store: all, Recompute: the input), else the input only; the
+        # backward sweeps forward once for the rest (Schedule.forward_needs_length).
+        during = schedule if not pending or (
+            isinstance(schedule, Schedule) and not schedule.forward_needs_length) else Recompute()
+        n_known = None if pending else ivp.grid.n_steps
 
         def keep(j: int, y: State) -> None:
-            if schedule.keeps(j, n_steps):
-                kept[j] = schedule.hold(j, n_steps, y)
+            if during.keeps(j, n_known):
+                kept[j] = during.hold(j, n_known, y)
 
         result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep)
+        if pending:  # a policy (Auto) chooses now that N_t is known
+            state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
+            schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to
         # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
@@ -115,6 +134,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
             return y_next
 
         with record.replaying():
+            _fill_missing(schedule, kept, n_steps, advance)
             for j, y_j in schedule.reversed_states(kept, n_steps, advance):
                 if j + 1 in output_index:
                     k = output_index[j + 1]
@@ -178,6 +198,20 @@ def _differentiable_backward(ctx, grad_outputs):
     return (None, None, *(next(grads) if n else None for n in need))
 
 
+def _fill_missing(schedule: Schedule, kept: dict, n_steps: int, advance) -> None:
+    """Recompute, from the input, the states ``schedule`` keeps that the forward did not:
+    after an adaptive forward, which learnt N_t only at its end, the states of a schedule
+    that needs N_t to choose them (revolve's snapshots). None are missing otherwise."""
+    missing = {j for j in range(1, n_steps) if j not in kept and schedule.keeps(j, n_steps)}
+    if not missing:
+        return
+    y = kept[0]
+    for j in range(max(missing)):
+        y = advance(j, y)
+        if j + 1 in missing:
+            kept[j + 1] = schedule.hold(j + 1, n_steps, y)
+
+
 def _value(h):
     return h.detach() if isinstance(h, torch.Tensor) else h
 
@@ -217,8 +251,10 @@ class Anode(GradientMethod):
 
     def solve(self, ivp: IVP) -> list[State]:
         n_y = len(ivp.y0)
-        state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
-        schedule = self.schedule.choose(ivp.grid.n_steps, state_bytes)
+        schedule = self.schedule
+        if ivp.grid is not None:  # else chosen at the end of the adaptive forward
+            state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
+            schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
         flat = _DiscreteAdjoint.apply(ivp, schedule, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, n_y)
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import torch
 
+from ..adaptive import integrate
 from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
@@ -126,7 +127,11 @@ class _ContinuousAdjoint(torch.autograd.Function):
         n_w = len(wanted)
         dynamics = _AugmentedDynamics(ivp, wanted_params, need_t)
 
-        stage_times, sizes = reverse_step_times(ivp.grid, t, ivp.tableau)
+        adaptive = ivp.controller is not None
+        if adaptive:
+            seg_times = _output_times(ivp.grid)
+        else:
+            stage_times, sizes = reverse_step_times(ivp.grid, t, ivp.tableau)
         bounds = (0, *ivp.grid.solve_outputs)
         t_values = t.detach()
         time_grads = torch.zeros_like(t_values) if need_t else None
@@ -145,7 +150,9 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     dl_dti = sum((fk * gk).sum() for fk, gk in zip(f, g_outs[i - 1])).to(t.dtype)
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)
-                for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1):
+                if adaptive:
+                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1])
+                for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ():
                     with record.step(j):
                         aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
                     ivp.stats.recomputed_steps += 1
@@ -163,6 +170,27 @@ class _ContinuousAdjoint(torch.autograd.Function):
             all_param_grads[i] = g
         y0_grads = tuple(a if need[k] else None for k, a in enumerate(adjoint))
         return (None, *y0_grads, time_grads, *all_param_grads)
+
+
+def _output_times(grid: TimeGrid) -> list[float]:
+    """The initial time and the time of each of ``grid.solve_outputs``, as Python floats."""
+    steps = grid.output_steps
+    return [grid.times[0], *(grid.times[steps.index(s) + 1] for s in grid.solve_outputs)]
+
+
+def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float) -> State:
+    """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
+    adaptive steps (the forward's controller options and tableau), as torchdiffeq's
+    ``odeint_adjoint`` does: the error norm is the largest RMS over the augmented state's
+    components (torchdiffeq's default adjoint norm). Its evaluations count into
+    ``ivp.stats.reverse_evaluations``."""
+    t = ivp.t
+    sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
+              grid=None, tableau=ivp.tableau, params=(), controller=ivp.controller,
+              times=(t_from, t_to))
+    outputs, _ = integrate(sub, ivp.controller)
+    ivp.stats.reverse_evaluations += sub.stats.forward_evaluations
+    return outputs[-1]
 
 
 class _AugmentedDynamics:
@@ -199,10 +227,14 @@ class Backsolve(GradientMethod):
     """The continuous adjoint of Chen et al. (NeurIPS 2018), as torchdiffeq's ``odeint_adjoint``.
 
     Keeps only the outputs and gets the gradient by solving the augmented adjoint system
-    backwards in time on the forward's grid: O(1) states in N_t, but optimize-then-
-    discretize, so the gradient is approximate and the reverse solve is unstable for
-    contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use it to compare
-    with torchdiffeq or to measure that error; train with :class:`~anode.gradients.Anode`.
+    backwards in time: on the forward's grid reversed for fixed stepping; with adaptive
+    stepping, with its own adaptive steps between output times (the forward's tolerances and
+    tableau; torchdiffeq's default adjoint norm), as torchdiffeq does; those steps are not
+    the forward's, so random numbers are not replayed per step there. O(1) states in
+    N_t, but optimize-then-discretize, so the gradient is approximate and the reverse solve
+    is unstable for contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use
+    it to compare with torchdiffeq or to measure that error; train with
+    :class:`~anode.gradients.Anode`.
     Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
     """
 

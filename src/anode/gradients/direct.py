@@ -8,6 +8,9 @@ L blocks. It is the reference every other gradient method is tested against.
 
 from __future__ import annotations
 
+import torch
+
+from ..adaptive import integrate
 from ..ivp import IVP
 from ..solvers import State, rk_step
 from .base import GradientMethod
@@ -21,7 +24,21 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
     ``torch.no_grad`` it is a graph-free forward. ``y0`` and ``t`` default to the problem's;
     ``record`` (a :class:`~anode.recompute.ForwardRecord`) replays each step's generator
     state when a backward rebuilds the solve.
+
+    An adaptive problem whose steps are not chosen yet (``ivp.grid is None``) is solved by
+    the controller loop (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the
+    accepted grid and counts its own forward work; with grad enabled autograd then records
+    the accepted steps with their step sizes as constants. When ``t`` requires grad, the
+    loop runs without a graph and the accepted grid is then stepped through with one, so
+    that the stage times are functions of ``t`` (one extra forward pass).
     """
+    if ivp.grid is None:
+        if not (torch.is_grad_enabled() and (ivp.t if t is None else t).requires_grad):
+            outputs, ivp.grid = integrate(ivp, ivp.controller)
+            return outputs
+        with torch.no_grad():
+            _, ivp.grid = integrate(ivp, ivp.controller)
+        ivp.stats.recomputed_steps += ivp.grid.n_steps
     stage_times, sizes = ivp.step_times(t)
     outputs = set(ivp.grid.solve_outputs)
     y, result = (ivp.y0 if y0 is None else y0), []
@@ -33,7 +50,16 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
                 y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
         if j + 1 in outputs:
             result.append(y)
-    ivp.stats.stages = ivp.tableau.stages
+    ivp.stats.stages = ivp.tableau.solution_stages
+    return result
+
+
+def forward_solve(ivp: IVP) -> list[State]:
+    """:func:`plain_solve` as a solve's forward pass, counting its steps into ``ivp.stats``."""
+    pending = ivp.grid is None
+    result = plain_solve(ivp)
+    if not pending:
+        ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
 
 
@@ -42,12 +68,17 @@ class Direct(GradientMethod):
 
     The reference gradient; fastest (F + B) when the activations of all steps fit. Supports
     everything autograd supports (double backward, ``torch.func`` transforms).
+
+    With adaptive stepping, autograd records the accepted steps of the controller loop (its
+    rejected steps leave no graph behind): the gradient is that of the accepted discrete
+    solve with every step size a constant, i.e. each step held fixed as a fraction of its
+    interval between output times, so only the interval's length depends on ``t``. How the
+    controller's choice of steps would change with the inputs is not differentiated.
     """
 
     name = "direct"
 
     def solve(self, ivp: IVP) -> list[State]:
-        result = plain_solve(ivp)
-        ivp.stats.forward_steps += ivp.grid.n_steps
+        result = forward_solve(ivp)
         ivp.stats.schedule = "direct"
         return result

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..adaptive import integrate
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import State, rk_step
@@ -65,10 +66,28 @@ def forward_sweep(
     Returns:
         The output states, output major, state component minor.
 
+    An adaptive problem (``ivp.grid is None``) is solved by the controller loop
+    (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the accepted grid and
+    calls ``keep`` for the accepted steps only; the closure check is then made on the first
+    evaluation of ``func``.
+
     Raises:
         ValueError: func reaches a tensor that requires grad but is not in ``params``
             (checked on the first step, which is the only one taken with a graph).
+        anode.adaptive.AdaptiveSolveError: as :func:`anode.adaptive.integrate`.
     """
+    if ivp.grid is None:
+        def first_eval(t0: torch.Tensor, y: State) -> State:
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
+                y_leaf = tuple(v.detach().requires_grad_() for v in y)
+                k = ivp.func(t0, y_leaf)
+            check_closed(k, [*y_leaf, *params])
+            return tuple(v.detach() for v in k)
+
+        outputs, ivp.grid = integrate(ivp, ivp.controller, record=record, keep=keep,
+                                      first_eval=first_eval)
+        record.finish()
+        return [y for state in outputs for y in state]
     stage_times, sizes = ivp.step_times(ivp.t.detach())
     outputs = set(ivp.grid.solve_outputs)
     y, result = tuple(ivp.y0), []
@@ -95,8 +114,7 @@ def forward_sweep(
         if j + 1 in outputs:
             result.extend(y)
     record.finish()
-    ivp.stats.forward_steps += ivp.grid.n_steps
-    ivp.stats.stages = ivp.tableau.stages
+    ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
 
 

@@ -32,7 +32,9 @@ class Auto:
     snapshots that fit is the fastest, as a snapshot left unused costs nothing, so it is
     the only revolve considered.
 
-    The choice is made per solve in :meth:`choose`, recorded in ``SolveStats.schedule``
+    The choice is made per solve in :meth:`choose` (for an adaptive solve at the end of its
+    forward sweep, when N_t is known; states a chosen ``Store`` or ``Revolve`` did not keep
+    then are recomputed from the input), recorded in ``SolveStats.schedule``
     (e.g. ``ODEBlock.stats.schedule == "revolve(4)"``) and in :attr:`choice`.
 
     Args:

@@ -26,14 +26,21 @@ class Schedule:
     #: backward (revolve); the solve then holds them for it, and can be differentiated once.
     autograd_holds_kept = True
 
+    #: Whether :meth:`keeps` needs ``n_steps``. An adaptive solve learns N_t only at the end
+    #: of its forward sweep: there a schedule that needs it keeps only the block input, and
+    #: the backward first sweeps forward once to write the rest of its states (N_t - 1
+    #: extra recomputed steps); one that does not is asked with ``n_steps=None``.
+    forward_needs_length = True
+
     def choose(self, n_steps: int, state_bytes: int) -> Schedule:
         """The schedule for a solve of ``n_steps`` steps whose state takes ``state_bytes``
         bytes: this one. (A policy such as :class:`~anode.schedules.Auto` has the same
         method and returns the schedule it picks.)"""
         return self
 
-    def keeps(self, j: int, n_steps: int) -> bool:
-        """Whether the forward must keep the state at the start of step ``j`` (0-based)."""
+    def keeps(self, j: int, n_steps: int | None) -> bool:
+        """Whether the forward must keep the state at the start of step ``j`` (0-based);
+        ``n_steps`` is None during an adaptive forward (see :attr:`forward_needs_length`)."""
         raise NotImplementedError
 
     def hold(self, j: int, n_steps: int, state: State) -> Any:

@@ -13,6 +13,7 @@ class Store(Schedule):
     """
 
     name = "store"
+    forward_needs_length = False
 
     def keeps(self, j: int, n_steps: int) -> bool:
         return True
@@ -37,6 +38,7 @@ class Recompute(Schedule):
     """
 
     name = "recompute"
+    forward_needs_length = False
 
     def keeps(self, j: int, n_steps: int) -> bool:
         return j == 0

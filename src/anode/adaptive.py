@@ -1,0 +1,164 @@
+"""The adaptive forward sweep: step by an embedded pair's error estimate, record the grid.
+
+For an adaptive solve this sweep *is* the forward pass of every gradient method (not an
+extra pass): it runs the controller loop of :class:`~anode.controllers.Adaptive`, hands
+each accepted step's start state to the caller (a schedule keeps what it needs), and
+returns the accepted steps as a :class:`~anode.grid.TimeGrid` with per-interval step
+fractions. The backward then works on that grid as on a fixed one: the accepted steps are
+replayed with their sizes held fixed, so the gradient is that of the discrete solve that
+was accepted (ACA, Zhuang et al., ICML 2020; diffrax's ``RecursiveCheckpointAdjoint``).
+Rejected steps and the initial step-size probe are never replayed.
+
+Each accepted step is computed with the times :func:`~anode.grid.step_geometry` gives, the
+operations :meth:`TimeGrid.step_times` repeats, and its solution by the arithmetic of
+:func:`~anode.solvers.rk_step`: a replayed step reproduces the forward's state bit for bit.
+
+FSAL pairs (dopri5, bosh3, tsit5) reuse the last stage of an accepted step as the next
+step's first stage, and a rejected step's first stage for the retry. When the forward is
+recorded for a replay (``record`` given), a first stage is reused only if the generator
+state did not move since it was evaluated: a function that draws random numbers (dropout)
+gets a fresh first stage, which a replay reproduces exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .controllers import Adaptive
+from .grid import TimeGrid, step_geometry
+from .ivp import IVP
+from .recompute import ForwardRecord
+from .solvers import State, embedded_step
+
+
+class AdaptiveSolveError(RuntimeError):
+    """An adaptive solve could not reach its end time (too many steps, or a step size that
+    no longer advances time); the message names the time reached."""
+
+
+def _finite(state: State) -> bool:
+    return bool(torch.stack([torch.isfinite(x).all() for x in state]).all()) if state else True
+
+
+def integrate(
+    ivp: IVP,
+    controller: Adaptive,
+    *,
+    record: ForwardRecord | None = None,
+    keep: Callable[[int, State], None] | None = None,
+    first_eval: Callable[[torch.Tensor, State], State] | None = None,
+) -> tuple[list[State], TimeGrid]:
+    """Solve ``ivp`` with adaptive steps under the current grad mode.
+
+    Args:
+        ivp: the problem; ``ivp.times`` are the output times, ``ivp.tableau`` an embedded
+            pair. ``ivp.grid`` is not read.
+        controller: the step-size options.
+        record: notes each accepted step's generator state for replay; rejected steps and
+            the initial probe are noted as not replayed.
+        keep: called as ``keep(j, y_j)`` with the start state of every accepted step ``j``.
+        first_eval: evaluates ``func(t0, y0)`` in place of a plain call (the caller's
+            closure check, see :func:`~anode.gradients.forward.forward_sweep`).
+
+    Returns:
+        ``(outputs, grid)``: the states at the grid's ``solve_outputs`` and the accepted
+        grid. Counts accepted and rejected steps and function evaluations into
+        ``ivp.stats``.
+
+    Raises:
+        AdaptiveSolveError: more than ``max_num_steps`` steps, or the step size underflows
+            (time stops advancing; the message says where and why that may be).
+        ValueError: func returns NaN or Inf at the initial state.
+    """
+    tab, func, times = ivp.tableau, ivp.func, ivp.times
+    t_dtype, device = ivp.t.dtype, ivp.t.device
+
+    def time(x):
+        return torch.tensor(x, dtype=t_dtype, device=device)
+
+    counts = [0] * (len(times) - 1)
+    fractions: list[tuple[float, ...]] = [()] * (len(times) - 1)
+    outputs: list[State] = []
+    y = tuple(ivp.y0)
+    first = next((i for i in range(len(counts)) if times[i + 1] != times[i]), None)
+    if first is None:
+        return outputs, TimeGrid(tuple(times), tuple(counts), tuple(fractions))
+    direction = math.copysign(1.0, times[first + 1] - times[first])
+    evals, accepted, rejected = 1, 0, 0
+    k0 = (first_eval or func)(time(times[0]), y)
+    if not _finite(k0):
+        raise ValueError(f"func returned NaN or Inf at the initial state (t={times[0]})")
+    if controller.first_step is not None:
+        h = controller.first_step
+    else:
+        with torch.no_grad():  # step sizes are held fixed, never differentiated
+            h = controller.initial_step(func, times[0], y, k0, tab.order, direction, time)
+        evals += 1
+    if record is not None and record.after_unreplayed():
+        k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
+    previous, last_ratio, retried = 1.0, 0.0, None
+    try:
+        for i in range(first, len(counts)):
+            t_i, t_next = times[i], times[i + 1]
+            if t_i == t_next:
+                continue
+            length = t_next - t_i
+            f, bounds = 0.0, [0.0]
+            while f < 1.0:
+                start = t_i + f * length
+                if accepted + rejected >= controller.max_num_steps:
+                    raise AdaptiveSolveError(
+                        f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g} "
+                        f"({accepted} accepted, {rejected} rejected steps) before reaching "
+                        f"t={t_next:.17g}; raise max_num_steps or loosen rtol/atol")
+                proposal = min(h, controller.max_step)
+                target = start + direction * proposal
+                cut = (target - t_next) * direction >= 0
+                f1 = 1.0 if cut else (target - t_i) / length
+                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c)
+                # Time has a finite resolution: a proposal below it rounds to the same step as
+                # the attempt just rejected, or to none at all.
+                if not f1 > f or start + size == start or (f, f1) == retried:
+                    why = ("the last error estimate was NaN or Inf" if not math.isfinite(last_ratio)
+                           else f"the last scaled error was {last_ratio:.3g}")
+                    raise AdaptiveSolveError(
+                        f"step size underflow at t={start:.17g}: a step of {proposal:.3g} no longer "
+                        f"advances time ({why}); the solution may blow up near this time, or the "
+                        "problem is stiff or discontinuous there")
+                y1, error, k_first, k_last = embedded_step(func, y, time(stage_times), size, tab, k0)
+                evals += tab.stages - (k0 is not None)
+                with torch.no_grad():
+                    ratio = controller.error_ratio(error, y, y1)
+                last_ratio = ratio
+                if ratio <= 1.0:  # False for NaN
+                    if keep is not None:
+                        keep(accepted, y)
+                    moved = record is not None and record.after_step(accepted)
+                    accepted += 1
+                    h_next = controller.next_step(abs(size), ratio, previous, tab.order)
+                    h = max(h_next, proposal) if cut else h_next  # a cut step keeps the proposal
+                    previous = ratio
+                    y, f = y1, f1
+                    bounds.append(f1)
+                    k0 = None if moved or not tab.fsal else k_last
+                else:
+                    rejected += 1
+                    retried = (f, f1)
+                    h = controller.next_step(abs(size), ratio, previous, tab.order)
+                    # the retry starts from the same state and time: reuse its first stage
+                    moved = record is not None and record.after_unreplayed()
+                    k0 = None if moved else k_first
+                del y1, error, k_first, k_last
+            counts[i] = len(bounds) - 1
+            fractions[i] = tuple(bounds)
+            outputs.append(y)
+    finally:  # counted also when the solve fails, to show how far it got
+        stats = ivp.stats
+        stats.forward_steps += accepted
+        stats.rejected_steps += rejected
+        stats.forward_evaluations += evals
+        stats.stages = tab.solution_stages
+    return outputs, TimeGrid(tuple(times), tuple(counts), tuple(fractions))

@@ -1,0 +1,169 @@
+"""Adaptive step-size control: the options record and the controller's arithmetic.
+
+An embedded Runge–Kutta pair (a :class:`~anode.solvers.ButcherTableau` with ``b_error``)
+estimates the local error of each step; the controller accepts a step whose scaled error
+is at most 1 and proposes the next step size from it (Hairer, Nørsett, Wanner, *Solving
+ODEs I*, 2nd ed., §II.4, "Automatic Step Size Control"). Everything here follows
+torchdiffeq 0.2.5 (``torchdiffeq/_impl/misc.py``, ``rk_common.py``) so that the two accept
+the same steps: the meaning of ``rtol``/``atol``, the error norm, the initial step, the
+safety factor and the step-change limits. The PI coefficients follow diffrax's
+``PIDController`` (Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29,
+2003); their defaults give torchdiffeq's pure integral controller.
+
+The sweep that takes the steps is :func:`anode.adaptive.integrate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .solvers import State
+
+
+def _check(name: str, value, low: float, *, strict: bool = False, high: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Adaptive: {name} must be a number, not {type(value).__name__}")
+    ok = (value > low if strict else value >= low) and value <= high
+    if not ok or math.isnan(value):
+        bound = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+        raise ValueError(f"Adaptive: {name} must be {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Time stepping chosen by an embedded pair's error estimate (torchdiffeq's meaning).
+
+    A step from ``y0`` to ``y1`` with error estimate ``e`` is accepted when
+    ``norm(e / (atol + rtol * max(|y0|, |y1|))) <= 1``, where ``norm`` is the root mean
+    square over the elements of a tensor and, for a tuple state, the largest such value
+    over its components (torchdiffeq's default norms). The next step size is
+    ``h * clip(safety * r**(-(pcoeff + icoeff) / order) * r_prev**(pcoeff / order),
+    dfactor, ifactor)`` with ``r`` this step's scaled error and ``r_prev`` the last accepted
+    one (``order`` is the tableau's; HNW I §II.4, eq. (4.13)); after an accepted step the
+    size never shrinks (torchdiffeq), after a rejected one it shrinks by at least
+    ``dfactor``; a NaN or Inf error estimate rejects the step with the factor ``dfactor``.
+
+    Output times are hit exactly: a step that would pass the next output time is cut to
+    end on it (and the uncut proposal is kept for the step after). The state at an output
+    time is then the state of the accepted grid itself, a function of the accepted steps
+    only, so the gradient of the discrete solve is well defined; torchdiffeq instead steps
+    past output times and interpolates, which costs no extra steps but makes outputs
+    depend on an interpolant. With many output times this takes more steps than
+    torchdiffeq; with one interval ``[t0, t1]`` about as many (it stops at ``t1`` instead of
+    passing it).
+
+    Args:
+        rtol: relative tolerance, >= 0 (dimensionless).
+        atol: absolute tolerance, >= 0 (state units); ``rtol + atol > 0``.
+        first_step: the first step size to try (time units, > 0), or None for Hairer's
+            initial step selection (HNW I §II.4, "Starting Step Size"; torchdiffeq's
+            ``_select_initial_step``), which costs one function evaluation.
+        safety: factor < 1 on the optimal step size, in (0, 1].
+        ifactor: largest growth of the step size per step, >= 1.
+        dfactor: smallest shrink factor per rejected step, in (0, 1].
+        pcoeff, icoeff: proportional and integral coefficients of the PI controller
+            (``icoeff > 0``); ``0, 1`` is the integral controller of torchdiffeq and HNW.
+        max_step: largest step size (time units), > 0.
+        max_num_steps: most steps (accepted and rejected) one solve may take, >= 1.
+
+    Raises:
+        ValueError: an option out of its range or NaN, naming it.
+        TypeError: an option that is not a number (``max_num_steps`` not an int).
+        anode.adaptive.AdaptiveSolveError (at solve time): ``max_num_steps`` exceeded, or
+            the step size underflows (a finite-time blow-up, or a stiff problem).
+    """
+
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    first_step: float | None = None
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    max_step: float = math.inf
+    max_num_steps: int = 2**31 - 1
+
+    def __post_init__(self) -> None:
+        _check("rtol", self.rtol, 0.0, high=1e300)
+        _check("atol", self.atol, 0.0, high=1e300)
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("Adaptive: rtol and atol are both 0; give at least one positive tolerance")
+        if self.first_step is not None:
+            _check("first_step", self.first_step, 0.0, strict=True, high=1e300)
+        _check("safety", self.safety, 0.0, strict=True, high=1.0)
+        _check("ifactor", self.ifactor, 1.0, high=1e300)
+        _check("dfactor", self.dfactor, 0.0, strict=True, high=1.0)
+        _check("pcoeff", self.pcoeff, -1e300, high=1e300)
+        _check("icoeff", self.icoeff, 0.0, strict=True, high=1e300)
+        _check("max_step", self.max_step, 0.0, strict=True)
+        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, int):
+            kind = type(self.max_num_steps).__name__
+            raise TypeError(f"Adaptive: max_num_steps must be an int, not {kind}")
+        if self.max_num_steps < 1:
+            raise ValueError(f"Adaptive: max_num_steps must be >= 1, got {self.max_num_steps}")
+
+    def describe(self) -> str:
+        """``"adaptive(rtol=..., atol=...)"``."""
+        return f"adaptive(rtol={self.rtol:g}, atol={self.atol:g})"
+
+    def error_ratio(self, error: State, y0: State, y1: State) -> float:
+        """The scaled error ``r`` of a step (accept when ``r <= 1``); NaN or Inf when the
+        estimate is. One device synchronisation."""
+        return _mixed([e / (self.atol + self.rtol * torch.maximum(a.abs(), b.abs()))
+                       for e, a, b in zip(error, y0, y1)])
+
+    def next_step(self, h: float, ratio: float, previous: float, order: int) -> float:
+        """The next step size magnitude after a step of magnitude ``h`` (time units) with
+        scaled error ``ratio``; ``previous`` is the last accepted step's ratio (1 at first).
+        """
+        if not math.isfinite(ratio):
+            return h * self.dfactor
+        if ratio == 0:
+            return h * self.ifactor
+        factor = self.safety * ratio ** (-(self.pcoeff + self.icoeff) / order)
+        if self.pcoeff:
+            factor *= max(previous, 1e-10) ** (self.pcoeff / order)
+        floor = 1.0 if ratio < 1 else self.dfactor  # an accepted step never shrinks the next
+        return h * min(self.ifactor, max(factor, floor))
+
+    def initial_step(self, func, t0: float, y0: State, f0: State, order: int, direction: float,
+                     time) -> float:
+        """Hairer's starting step size (HNW I §II.4; torchdiffeq's ``_select_initial_step``
+        with its ``order - 1`` argument): one evaluation of ``func`` at ``t0 + h0``.
+
+        Args:
+            func: ``func(t, y)`` on tuple states; ``time(x)`` makes its time argument.
+            t0: initial time; ``y0``, ``f0``: the state and ``func(t0, y0)``.
+            order: the tableau's ``order``; ``direction``: +1 or -1.
+
+        Returns:
+            The step size magnitude (time units), > 0.
+        """
+        scale = [self.atol + self.rtol * y.abs() for y in y0]
+        d0 = _mixed([y / s for y, s in zip(y0, scale)])
+        d1 = _mixed([f / s for f, s in zip(f0, scale)])
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        y1 = tuple(y + (direction * h0) * f for y, f in zip(y0, f0))
+        f1 = func(time(t0 + direction * h0), y1)
+        d2 = _mixed([(b - a) / s for a, b, s in zip(f0, f1, scale)]) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+        return min(100 * h0, h1)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().pow(2).mean().sqrt() if x.numel() else x.new_zeros(())
+
+
+def _mixed(xs: list[torch.Tensor]) -> float:
+    """torchdiffeq's norm of a tuple: the largest root mean square over its components."""
+    if len(xs) == 1:
+        return float(_rms(xs[0]))
+    device = xs[0].device
+    return float(torch.stack([_rms(x).to(device, torch.float64) for x in xs]).max())
