@@ -10,7 +10,7 @@ from torch import nn
 
 from .gradients import GradientMethod
 from .ivp import SolveStats, check_signature
-from .odeint import solve
+from .odeint import check_options_record, solve
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau
@@ -28,10 +28,13 @@ class ODEBlock(nn.Module):
             as a submodule so its parameters train with the network). A module of ``z``
             alone (e.g. ``nn.Sequential``) goes in :class:`Autonomous`.
         end_time: T (time units), a nonzero float; the block integrates over [0, T].
-        method, n_steps, step_size, gradient, schedule, params, **schedule_options: as in
-            :func:`anode.odeint`.
+        method, n_steps, step_size, rtol, atol, gradient, schedule, params,
+            **schedule_options: as in :func:`anode.odeint`; e.g.
+            ``ODEBlock(func, method="dopri5", rtol=1e-3, atol=1e-4)`` steps adaptively, and
+            every gradient method differentiates the accepted steps exactly.
         options: a :class:`~anode.options.SolveOptions` record instead of ``method`` ...
-            ``schedule`` and schedule options.
+            ``schedule`` and schedule options, e.g. ``SolveOptions("dopri5",
+            Adaptive(rtol=1e-3, atol=1e-4, max_num_steps=100))``.
 
     Shapes:
         input ``[*S]`` (a tensor, or a tuple of tensors), output the same.
@@ -44,8 +47,9 @@ class ODEBlock(nn.Module):
             function evaluations (forward, recomputation and backward); reset it at will.
 
     Raises:
-        ValueError, TypeError: unknown method, gradient or schedule (or its options), or a
-            func that cannot be called as ``func(t, z)``, at construction; the rest as
+        ValueError, TypeError: unknown method, gradient or schedule (or its options), a fixed
+            grid given with tolerances, options not a SolveOptions, or a func that cannot be
+            called as ``func(t, z)``, at construction; the rest as
             :func:`anode.odeint`, at the first forward call.
     """
 
@@ -54,9 +58,11 @@ class ODEBlock(nn.Module):
         func: Callable,
         end_time: float = 1.0,
         *,
-        method: str | ButcherTableau = "rk4",
+        method: str | ButcherTableau | None = None,
         n_steps: int | None = None,
         step_size: float | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         gradient: str | GradientMethod = "anode",
         schedule: str | Schedule | Auto | None = None,
         params=None,
@@ -65,10 +71,10 @@ class ODEBlock(nn.Module):
     ) -> None:
         super().__init__()
         check_signature(func)
+        check_options_record(options)
         if options is None:
-            options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
-        elif not isinstance(options, SolveOptions):
-            raise TypeError(f"options must be a SolveOptions, not {type(options).__name__}")
+            options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
+                                        atol=atol, **schedule_options)
         self.func = func
         self.end_time = float(end_time)
         if not (self.end_time != 0 and math.isfinite(self.end_time)):

@@ -77,7 +77,20 @@ def _default_params(func, params) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-_UNSET = ("rk4", None, None, "anode", None)  # odeint's defaults for the options' arguments
+_UNSET = (None, None, None, None, None, "anode", None)  # odeint's defaults for the options' arguments
+
+
+def check_options_record(options) -> None:
+    """Raise TypeError unless ``options`` is a :class:`SolveOptions` (or None); a dict gets
+    a pointer to :mod:`anode.dropin`, which takes torchdiffeq's options dicts."""
+    if options is None or isinstance(options, SolveOptions):
+        return
+    if isinstance(options, dict):
+        raise TypeError(
+            f"options is a dict ({sorted(options)}); here options= takes an anode.SolveOptions. "
+            "For torchdiffeq's options dicts use anode.dropin.odeint, or give step_size=, "
+            "rtol=, atol= ... as keyword arguments")
+    raise TypeError(f"options must be an anode.SolveOptions, not {type(options).__name__}")
 
 
 def odeint(
@@ -85,9 +98,11 @@ def odeint(
     y0: Tensors,
     t: torch.Tensor,
     *,
-    method: str | ButcherTableau = "rk4",
+    method: str | ButcherTableau | None = None,
     n_steps: int | None = None,
     step_size: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
     gradient: str | GradientMethod = "anode",
     schedule: str | Schedule | Auto | None = None,
     params: Sequence[torch.Tensor] | None = None,
@@ -115,13 +130,20 @@ def odeint(
             ``t[0]`` is the initial time. A repeated time (a zero-length interval) takes no
             step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
         method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
-            ``rk4``, ``rk38``), an embedded pair (``dopri5``, ``bosh3``, ``tsit5``,
-            ``adaptive_heun``; adaptive with default tolerances unless ``n_steps`` or
-            ``step_size`` is given) or any explicit :class:`ButcherTableau`.
+            ``rk4`` (the classic one; torchdiffeq's ``rk4`` is ``rk38``), ``rk38``), an
+            embedded pair (``dopri5``, ``bosh3``, ``tsit5``, ``adaptive_heun``; adaptive with
+            default tolerances unless ``n_steps`` or ``step_size`` is given) or any explicit
+            :class:`ButcherTableau`. None (the default): ``dopri5`` when ``rtol``/``atol``
+            are given, else ``rk4``.
         n_steps: number of equal steps in each interval between consecutive output times.
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
-            equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither,
-            one step per interval.
+            equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither
+            (and no tolerances), one step per interval.
+        rtol, atol: relative (dimensionless) and absolute (state units) tolerances of adaptive
+            stepping, :class:`~anode.controllers.Adaptive`'s meaning (torchdiffeq's); giving
+            either selects adaptive steps (default method dopri5), the other at its default
+            (``1e-7``, ``1e-9``). Not with ``n_steps``/``step_size``. Other controller options
+            (``first_step``, ``max_num_steps``, ...) go through ``options``.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
             ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
@@ -137,8 +159,10 @@ def odeint(
             some other way raises ValueError rather than lose its gradient.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
-            ``n_steps``, ``step_size``, ``gradient``, ``schedule`` and schedule options; the
-            way to set tolerances: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8))``.
+            ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
+            schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
+            max_num_steps=1000))``. Not a dict: torchdiffeq's options dicts (and its method
+            names) are taken by :func:`anode.dropin.odeint`.
         **schedule_options: options of the named schedule (e.g. ``snapshots``).
 
     Returns:
@@ -153,20 +177,24 @@ def odeint(
     raises under ``grad``, ``jacrev``, ``jvp``.
 
     Raises:
-        TypeError: y0, t or params of the wrong type or dtype; func returns a wrong type,
+        TypeError: y0, t or params of the wrong type or dtype; options not a SolveOptions
+            (a dict is pointed to :mod:`anode.dropin`); func returns a wrong type,
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
-            gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, options
-            given twice, func returns a wrong shape; adaptive stepping under a ``torch.func``
-            transform or with func NaN/Inf at y0.
+            gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
+            grid and tolerances both given, tolerances with a method that has no error
+            estimate, options given twice, func returns a wrong shape; adaptive stepping
+            under a ``torch.func`` transform or with func NaN/Inf at y0.
         anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
             size underflows; the message names the time reached.
     """
     check_signature(func)
+    check_options_record(options)
     if options is None:
-        options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, **schedule_options)
-    elif schedule_options or (n_steps, step_size, gradient, schedule) != _UNSET[1:] or (
-            method != _UNSET[0] and get_tableau(method) != options.method):
+        options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
+                                    atol=atol, **schedule_options)
+    elif schedule_options or (n_steps, step_size, rtol, atol, gradient, schedule) != _UNSET[1:] or (
+            method is not None and get_tableau(method) != options.method):
         # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
         # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
         raise ValueError("give either options= or the separate method/step/gradient arguments, not both")

@@ -95,18 +95,31 @@ class SolveOptions:
 
     @classmethod
     def make(cls, method=None, n_steps=None, step_size=None, gradient="anode", schedule=None, *,
-             stepping: FixedGrid | Adaptive | None = None, **schedule_options) -> SolveOptions:
+             stepping: FixedGrid | Adaptive | None = None, rtol: float | None = None,
+             atol: float | None = None, **schedule_options) -> SolveOptions:
         """The record from :func:`anode.odeint`'s keyword arguments (names or objects).
 
-        ``stepping`` (e.g. ``Adaptive(rtol=1e-6)``) replaces ``n_steps``/``step_size``; with
-        none of the three, an embedded pair steps adaptively and any other method takes one
-        step per interval.
+        ``n_steps``/``step_size`` make a :class:`FixedGrid`; ``rtol``/``atol`` an
+        :class:`~anode.controllers.Adaptive` (the other tolerance at its default) and, with
+        ``method`` None, dopri5; ``stepping`` (e.g. ``Adaptive(rtol=1e-6, max_step=0.1)``)
+        is any stepping object. With none of them, an embedded pair steps adaptively and any
+        other method takes one step per interval.
 
         Raises:
-            ValueError: ``stepping`` given with ``n_steps`` or ``step_size``; as the class.
+            ValueError: more than one of ``stepping``, ``n_steps``/``step_size`` and
+                ``rtol``/``atol``, naming them; as the class.
         """
-        if stepping is not None and (n_steps is not None or step_size is not None):
-            raise ValueError("give stepping= or n_steps/step_size, not both")
-        if stepping is None and (n_steps is not None or step_size is not None):
+        groups = {"stepping": stepping is not None,
+                  "n_steps/step_size": n_steps is not None or step_size is not None,
+                  "rtol/atol": rtol is not None or atol is not None}
+        given = [name for name, present in groups.items() if present]
+        if len(given) > 1:
+            raise ValueError(
+                f"give {' or '.join(given)}, not {'both' if len(given) == 2 else 'all three'}: "
+                "n_steps/step_size set a fixed grid, rtol/atol adaptive steps, stepping= either")
+        if groups["n_steps/step_size"]:
             stepping = FixedGrid(n_steps, step_size)
+        elif groups["rtol/atol"]:
+            tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+            stepping = Adaptive(**tolerances)
         return cls(method, stepping, resolve(gradient, schedule, **schedule_options))

@@ -1,8 +1,8 @@
 """ODE options of a model: defaults, checking, and changing them on an existing model.
 
 A model's ODE blocks are all :class:`anode.ODEBlock` objects; the options that pick the
-solver and the gradient (``method``, ``n_steps``, ``step_size``, ``gradient``, ``schedule``,
-``end_time``, and any options of the schedule such as ``snapshots``) are those of
+solver and the gradient (``method``, ``n_steps``, ``step_size``, ``rtol``, ``atol``,
+``gradient``, ``schedule``, ``end_time``, and any options of the schedule such as ``snapshots``) are those of
 :class:`anode.ODEBlock` and :func:`anode.odeint`. This module gives them model-wide defaults,
 checks them when a model is built (rather than at its first forward pass), and sets them on
 every ODE block of a built model, e.g. to take a second gradient of the same weights with
@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ..controllers import Adaptive
 from ..gradients import Anode, resolve
 from ..nn import ODEBlock
 from ..options import FixedGrid, SolveOptions
@@ -34,7 +35,7 @@ DEFAULT_ODE_OPTIONS: dict[str, Any] = {
 script of Gholami et al. 2019 runs ``--method Euler --Nt 2`` by default), gradients by the
 discrete adjoint with the paper's recompute schedule."""
 
-BLOCK_OPTIONS = ("method", "n_steps", "step_size", "gradient", "schedule", "end_time")
+BLOCK_OPTIONS = ("method", "n_steps", "step_size", "rtol", "atol", "gradient", "schedule", "end_time")
 """The named options of an ODE block; any other option is a schedule option (``snapshots``,
 ``host_snapshots``, ``memory_budget``)."""
 
@@ -43,7 +44,9 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     """Merge user options into :data:`DEFAULT_ODE_OPTIONS` and check them.
 
     An option given as ``None`` means "the default" (so a command line can pass unset flags
-    through). Giving ``step_size`` without ``n_steps`` drops the default ``n_steps``.
+    through). Giving ``step_size``, ``rtol`` or ``atol`` without ``n_steps`` drops the default
+    ``n_steps``; tolerances without ``method`` also drop the default ``euler``, which has no
+    error estimate, for ``dopri5`` (as in :func:`anode.odeint`).
 
     Returns:
         The keyword arguments for :class:`anode.ODEBlock` (besides ``func``).
@@ -53,8 +56,10 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     """
     given = {k: v for k, v in options.items() if v is not None}
     merged = dict(DEFAULT_ODE_OPTIONS)
-    if "step_size" in given and "n_steps" not in given:
+    if given.keys() & {"step_size", "rtol", "atol"} and "n_steps" not in given:
         merged.pop("n_steps")
+    if given.keys() & {"rtol", "atol"} and "method" not in given:
+        merged.pop("method")  # the default euler has no error estimate: dopri5, as odeint
     merged.update(given)
     check_ode_options(merged)
     return merged
@@ -78,8 +83,11 @@ def check_ode_options(options: dict[str, Any]) -> None:
 
     Raises:
         ValueError, TypeError: unknown method, gradient or schedule; ``n_steps < 1``;
-            ``step_size <= 0``; both ``n_steps`` and ``step_size``; options the schedule does
-            not take; schedule options with a gradient other than ``"anode"``.
+            ``step_size <= 0``; both ``n_steps`` and ``step_size``; a fixed grid
+            (``n_steps``/``step_size``) and tolerances (``rtol``/``atol``) both; tolerances with
+            a method that has no error estimate (``euler``, the default: name an embedded pair
+            such as ``dopri5``); options the schedule does not take; schedule options with a
+            gradient other than ``"anode"``.
     """
     solve_options(options)
 
@@ -104,6 +112,10 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[tuple[SolveOptions
     * ``method``: a name or :class:`~anode.ButcherTableau`.
     * ``n_steps`` / ``step_size``: a new :class:`~anode.options.FixedGrid` (giving one
       clears the other).
+    * ``rtol`` / ``atol``: adaptive steps (:class:`~anode.controllers.Adaptive`); on a block
+      that already steps adaptively the tolerance not named and the other controller
+      options are kept, else it takes its default. The method must be an embedded pair
+      (``set_ode_options(model, method="dopri5", rtol=1e-3)``).
     * ``gradient``, ``schedule`` and schedule options (``snapshots``, ...): a new gradient
       method. Schedule options alone keep the block's schedule and replace its options; a
       ``schedule`` alone replaces the schedule; a gradient other than ``"anode"`` has no
@@ -114,16 +126,16 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[tuple[SolveOptions
 
     Args:
         model: a model containing :class:`anode.ODEBlock` submodules.
-        **options: ``method``, ``n_steps``, ``step_size``, ``gradient``, ``schedule``,
-            ``end_time`` and schedule options.
+        **options: ``method``, ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``,
+            ``schedule``, ``end_time`` and schedule options.
 
     Returns:
         The previous ``(options, end_time)`` of each block (in :func:`ode_blocks` order), for
         :func:`restore_ode_options`.
 
     Raises:
-        ValueError: ``model`` has no ODE blocks while options are given; invalid options
-            (then no block has changed).
+        ValueError: ``model`` has no ODE blocks while options are given; invalid options, or
+            a fixed grid and tolerances both (then no block has changed).
         TypeError: as :func:`check_ode_options`.
     """
     blocks = ode_blocks(model)
@@ -176,8 +188,17 @@ def _updated(old: SolveOptions, end_time: float, options: dict[str, Any]) -> tup
         end_time = solve_options({"end_time": options.pop("end_time")})[1]
     if "method" in options:
         changes["method"] = options.pop("method")
-    if "n_steps" in options or "step_size" in options:
-        changes["stepping"] = FixedGrid(options.pop("n_steps", None), options.pop("step_size", None))
+    fixed = {k: options.pop(k) for k in ("n_steps", "step_size") if k in options}
+    tolerances = {k: options.pop(k) for k in ("rtol", "atol") if k in options}
+    if fixed and tolerances:
+        raise ValueError(
+            f"give {'/'.join(fixed)} or {'/'.join(tolerances)}, not both: n_steps/step_size set a "
+            "fixed grid, rtol/atol adaptive steps")
+    if fixed:
+        changes["stepping"] = FixedGrid(fixed.get("n_steps"), fixed.get("step_size"))
+    elif tolerances:
+        base = old.stepping if isinstance(old.stepping, Adaptive) else Adaptive()
+        changes["stepping"] = dataclasses.replace(base, **tolerances)
     if options:  # gradient, schedule, schedule options
         gradient = options.pop("gradient", old.gradient.name)
         schedule = options.pop("schedule", None)
