@@ -257,3 +257,60 @@ def test_reference_initialisation():
             assert m.bias is None
             bound = 1 / math.sqrt(m.in_channels * m.kernel_size[0] * m.kernel_size[1])
             assert bound * 0.95 < m.weight.abs().max() <= bound
+
+
+def test_ode_block_with_adaptive_steps_has_exact_gradients():
+    torch.manual_seed(0)
+    func = anode.Autonomous(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for gradient in ["anode", "direct"]:
+        block = anode.ODEBlock(func, method="dopri5", rtol=1e-3, atol=1e-4, gradient=gradient)
+        assert block.options.stepping == anode.Adaptive(rtol=1e-3, atol=1e-4)
+        grads[gradient] = torch.autograd.grad(block(x).pow(2).sum(), [x, *func.parameters()])
+    assert all(rel_err(a, b) <= F64_RTOL for a, b in zip(grads["anode"], grads["direct"]))
+    same = anode.ODEBlock(func, options=anode.SolveOptions("dopri5", anode.Adaptive(1e-3, 1e-4)))
+    assert same.options == anode.SolveOptions("dopri5", anode.Adaptive(1e-3, 1e-4), "anode")
+    assert block.stats.forward_steps >= 2  # more than one step: the controller chose them
+    with pytest.raises(ValueError, match="not both"):
+        anode.ODEBlock(func, n_steps=2, rtol=1e-3)
+    with pytest.raises(TypeError, match="anode.dropin"):
+        anode.ODEBlock(func, options={"rtol": 1e-3})
+
+
+def test_models_take_tolerances_and_train_a_step():
+    torch.manual_seed(0)
+    model = models.create("resnet_ode_small", num_classes=3, method="dopri5", rtol=1e-2, atol=1e-3)
+    assert all(b.options == anode.SolveOptions("dopri5", anode.Adaptive(rtol=1e-2, atol=1e-3))
+               for b in model.ode_blocks())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 2]))
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(loss.item())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(b.stats.forward_steps >= 1 for b in model.ode_blocks())
+
+    # tolerances alone pick dopri5 over the default euler, which has no error estimate
+    assert models.create("resnet_ode_small", atol=1e-3).ode_blocks()[0].options.method.name == "dopri5"
+    with pytest.raises(ValueError, match="not both"):
+        models.create("resnet_ode_small", n_steps=3, rtol=1e-3)
+    with pytest.raises(ValueError, match="'euler' has none"):
+        models.create("resnet_ode_small", method="euler", rtol=1e-3)
+
+
+def test_set_ode_options_with_tolerances():
+    model = models.create("sqnxt_ode_small")
+    with pytest.raises(ValueError, match="'euler' has none"):
+        models.set_ode_options(model, rtol=1e-3)
+    previous = models.set_ode_options(model, method="dopri5", rtol=1e-3)
+    assert all(b.options.stepping == anode.Adaptive(rtol=1e-3) for b in model.ode_blocks())
+    models.set_ode_options(model, atol=1e-5)  # keeps the block's rtol
+    assert all(b.options.stepping == anode.Adaptive(rtol=1e-3, atol=1e-5) for b in model.ode_blocks())
+    with pytest.raises(ValueError, match="not both"):
+        models.set_ode_options(model, n_steps=2, atol=1e-5)
+    models.set_ode_options(model, n_steps=3)  # back to a fixed grid of the same method
+    assert all(b.options.stepping == anode.FixedGrid(3) for b in model.ode_blocks())
+    models.restore_ode_options(model, previous)
+    assert all(b.options.stepping == anode.FixedGrid(2) for b in model.ode_blocks())

@@ -1,8 +1,11 @@
 """anode: neural ODEs with exact discretize-then-optimize gradients at O(L) + O(N_t) memory.
 
-Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298).
+Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298). Code written for
+torchdiffeq switches with ``from anode.dropin import odeint, odeint_adjoint``
+(:mod:`anode.dropin`).
 """
 
+from . import dropin
 from .adaptive import AdaptiveSolveError
 from .controllers import Adaptive
 from .gradients import Anode, Backsolve, Direct, GradientMethod
@@ -17,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "odeint",
+    "dropin",
     "ODEBlock",
     "ConvODEFunc",
     "Autonomous",
