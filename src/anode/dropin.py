@@ -47,7 +47,7 @@ from .ivp import SolveStats
 from .odeint import Tensors
 from .odeint import odeint as _odeint
 from .options import FixedGrid, SolveOptions
-from .solvers import ButcherTableau
+from .solvers import ButcherTableau, get_tableau
 
 # Heun's third-order method, torchdiffeq's "heun3" (fixed_grid.py, Heun3).
 HEUN3 = ButcherTableau("heun3", ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75), (0.0, 1 / 3, 2 / 3))
@@ -152,8 +152,8 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of torchdiffeq options, not {type(options).__name__}")
     opts = dict(options or {})
-    embedded = SolveOptions(tableau).method.embedded
-    name = method if isinstance(method, str) else SolveOptions(tableau).method.name
+    resolved = get_tableau(tableau)
+    embedded, name = resolved.embedded, method if isinstance(method, str) else resolved.name
     supported = ADAPTIVE_OPTIONS if embedded else FIXED_OPTIONS
     for key in opts:
         if key in _NOT_SUPPORTED_OPTIONS:
@@ -170,7 +170,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
             raise ValueError(f"option interp must be 'linear' or 'cubic', got {opts['interp']!r}")
         step = opts.get("step_size")
         stepping = FixedGrid(step_size=None if step is None else _number("step_size", step))
-        return SolveOptions(tableau, stepping, gradient)
+        return SolveOptions(resolved, stepping, gradient)
     if _number("min_step", opts.pop("min_step", 0.0)) != 0:
         raise NotImplementedError("option 'min_step' other than 0 is not supported: anode's "
                                   "controller has no lower bound on the step size")
@@ -184,7 +184,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
         raise ValueError("per-component tolerances (a tuple rtol/atol) are not supported; give numbers")
     kwargs = {k: _number(k, v, int if k == "max_num_steps" else float) for k, v in opts.items()}
     stepping = Adaptive(rtol=_number("rtol", rtol), atol=_number("atol", atol), **kwargs)
-    return SolveOptions(tableau, stepping, gradient)
+    return SolveOptions(resolved, stepping, gradient)
 
 
 def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9,
