@@ -192,3 +192,7 @@ def test_argument_errors():
     dropin.odeint_adjoint(f, y0, t, rtol=1e-5, adjoint_rtol=1e-5, adjoint_method="dopri5", adjoint_params=())
     with pytest.raises(TypeError, match="anode.dropin"):
         anode.odeint(f, y0, t, options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="n_steps/step_size or rtol/atol, not both"):
+        anode.odeint(f, y0, t, n_steps=2, rtol=1e-3)
+    with pytest.raises(ValueError, match="'rk4' has none"):
+        anode.odeint(f, y0, t, method="rk4", atol=1e-3)

@@ -46,7 +46,8 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     An option given as ``None`` means "the default" (so a command line can pass unset flags
     through). Giving ``step_size``, ``rtol`` or ``atol`` without ``n_steps`` drops the default
     ``n_steps``; tolerances without ``method`` also drop the default ``euler``, which has no
-    error estimate, for ``dopri5`` (as in :func:`anode.odeint`).
+    error estimate, for ``dopri5`` (as in :func:`anode.odeint`). ``method="dopri5"`` without
+    tolerances keeps the default fixed grid of ``n_steps=2``.
 
     Returns:
         The keyword arguments for :class:`anode.ODEBlock` (besides ``func``).
