@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from .runner import DIVERGED_NAME, _read_metrics, load_spec, run_folder
 
 __all__ = ["collect", "summarize", "markdown_table", "plot_curves", "plot_gradient_error", "write_report"]
@@ -173,8 +174,6 @@ def _figure(n: int, width: float = 4.6):
 
 
 def _save(fig, path: Path) -> Path:
-    from ..train import atomic_write
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     data = buf.getvalue()
@@ -266,8 +265,6 @@ def write_report(
     Raises:
         FileNotFoundError: no comparison in ``out``.
     """
-    from ..train import atomic_write
-
     out = Path(out)
     spec = load_spec(out)
     runs = collect(out)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
+
 __all__ = [
     "CompareSpec",
     "VARIANTS",
@@ -218,8 +220,6 @@ def run_status(folder: str | os.PathLike[str], epochs: int) -> str:
 
 
 def _save_spec(spec: CompareSpec, out: Path) -> None:
-    from ..train import atomic_write
-
     path = out / SPEC_NAME
     if path.is_file():
         old = CompareSpec.from_dict(json.loads(path.read_text())).to_dict()
@@ -253,7 +253,7 @@ def run_one(spec: CompareSpec, variant: str, seed: int, out: str | os.PathLike[s
     Raises:
         ValueError, FileNotFoundError, anode.data.DatasetError: as :func:`anode.train.train`.
     """
-    from ..train import atomic_write, train
+    from ..train import train
 
     folder = run_folder(out, variant, seed)
     status = run_status(folder, spec.epochs)

@@ -11,8 +11,11 @@ Keys written by the training loop (units in the name or stated here):
 * ``train_loss``, ``train_acc``: mean cross-entropy (nats) and accuracy (fraction in [0, 1])
   over the epoch's training batches, measured during training (weights changing,
   augmentation on);
-* ``test_loss``, ``test_acc``: the same on the test set after the epoch, weights fixed;
-* ``lr``: learning rate used during the epoch;
+* ``test_loss``, ``test_acc``: plain cross-entropy and accuracy on the test set after the
+  epoch, weights fixed; ``test_images``: how many test images they cover (fewer than the
+  run's test set after the epochs before the last when ``epoch_test_subset`` is set);
+* ``lr``: mean learning rate of the epoch's steps (the epoch's rate, for schedules that
+  change it once per epoch);
 * ``train_time_s``: wall time of the epoch's training steps; ``epoch_time_s``: wall time of
   the whole epoch including evaluation and callbacks, excluding the checkpoint write;
 * ``images_per_s``: training images processed per second by all processes together;
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
 __all__ = ["CpuPeakMemory", "plot_metrics", "write_metrics"]
 
@@ -57,11 +60,15 @@ def _columns(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_metrics(
-    run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]], plots: bool = True
+    run_dir: str | os.PathLike[str],
+    records: Sequence[dict[str, Any]],
+    plots: bool = True,
+    title: str | None = None,
 ) -> None:
     """Write ``metrics.jsonl`` (one JSON object per epoch), ``metrics.csv`` (a header with
     the union of keys in first-seen order; empty cells for missing keys) and, with
-    ``plots``, ``curves.png`` (see :func:`plot_metrics`) into ``run_dir``."""
+    ``plots``, ``curves.png`` (see :func:`plot_metrics`, which gets ``title``) into
+    ``run_dir``."""
     run_dir = Path(run_dir)
     lines = "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in records)
     atomic_write(run_dir / JSONL_NAME, lambda f: f.write(lines.encode()))
@@ -71,23 +78,37 @@ def write_metrics(
     writer.writerows(records)
     atomic_write(run_dir / CSV_NAME, lambda f: f.write(buf.getvalue().encode()))
     if plots and records:
-        plot_metrics(run_dir, records)
+        plot_metrics(run_dir, records, title=title)
 
 
-def plot_metrics(run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> Path:
+def _test_label(records: Sequence[dict[str, Any]], key: str) -> str:
+    label = key.replace("_", " ")
+    sizes = [r.get("test_images") for r in records if r.get("test_images")]
+    if len(set(sizes)) > 1:
+        # Epochs evaluated on a part of the test set: say so next to the curve.
+        label += f" ({min(sizes)} images; last: {sizes[-1]})"
+    return label
+
+
+def plot_metrics(
+    run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]], title: str | None = None
+) -> Path:
     """Plot loss (training and test) and accuracy (training and test) against the epoch,
     side by side, into ``run_dir/curves.png`` with matplotlib's Agg renderer (no display
-    needed).
+    needed). The epoch axis has whole-number ticks; ``title`` (e.g. the run's name and
+    model) heads the figure; default: the run folder's name.
 
     Returns:
         The path written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
-    fig = Figure(figsize=(9.0, 3.5), layout="constrained")
+    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
+    fig.suptitle(title if title is not None else Path(run_dir).resolve().name)
     panels = (
         ("Loss", "cross-entropy (nats)", ("train_loss", "test_loss"), 1.0),
         ("Accuracy", "accuracy (%)", ("train_acc", "test_acc"), 100.0),
@@ -96,8 +117,10 @@ def plot_metrics(run_dir: str | os.PathLike[str], records: Sequence[dict[str, An
         for key in keys:
             pts = [(e, r[key] * scale) for e, r in zip(epochs, records) if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=key.replace("_", " "))
+                label = _test_label(records, key) if key.startswith("test") else key.replace("_", " ")
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
