@@ -39,7 +39,7 @@ from typing import Any
 
 from ..files import atomic_write
 
-__all__ = ["CpuPeakMemory", "plot_metrics", "write_metrics"]
+__all__ = ["CpuPeakMemory", "curves_figure", "plot_metrics", "write_metrics"]
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
@@ -93,13 +93,27 @@ def _test_label(records: Sequence[dict[str, Any]], key: str) -> str:
 def plot_metrics(
     run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]], title: str | None = None
 ) -> Path:
-    """Plot loss (training and test) and accuracy (training and test) against the epoch,
-    side by side, into ``run_dir/curves.png`` with matplotlib's Agg renderer (no display
-    needed). The epoch axis has whole-number ticks; ``title`` (e.g. the run's name and
-    model) heads the figure; default: the run folder's name.
+    """Draw :func:`curves_figure` into ``run_dir/curves.png`` (atomically) with matplotlib's
+    Agg renderer (no display needed). ``title`` defaults to the run folder's name.
 
     Returns:
         The path written.
+    """
+    fig = curves_figure(records, title if title is not None else Path(run_dir).resolve().name)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    data = buf.getvalue()
+    return atomic_write(Path(run_dir) / PLOT_NAME, lambda f: f.write(data))
+
+
+def curves_figure(records: Sequence[dict[str, Any]], title: str = ""):
+    """Loss (training and test) and accuracy (training and test) against the epoch, side by
+    side, under ``title`` (e.g. the run's name and model); the epoch axes have whole-number
+    ticks only. Test curves evaluated partly on a subset of the test set say so in their
+    legend.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (Agg canvas attached).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -108,12 +122,13 @@ def plot_metrics(
     epochs = [r["epoch"] for r in records]
     fig = Figure(figsize=(9.0, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(title if title is not None else Path(run_dir).resolve().name)
+    if title:
+        fig.suptitle(title)
     panels = (
         ("Loss", "cross-entropy (nats)", ("train_loss", "test_loss"), 1.0),
         ("Accuracy", "accuracy (%)", ("train_acc", "test_acc"), 100.0),
     )
-    for ax, (title, ylabel, keys, scale) in zip(fig.subplots(1, 2), panels):
+    for ax, (heading, ylabel, keys, scale) in zip(fig.subplots(1, 2), panels):
         for key in keys:
             pts = [(e, r[key] * scale) for e, r in zip(epochs, records) if r.get(key) is not None]
             if pts:
@@ -122,14 +137,11 @@ def plot_metrics(
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(heading)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    data = buf.getvalue()
-    return atomic_write(Path(run_dir) / PLOT_NAME, lambda f: f.write(data))
+    return fig
 
 
 class CpuPeakMemory:
