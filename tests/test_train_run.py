@@ -119,13 +119,15 @@ def test_config_json_states_the_ode_defaults(data_root, tmp_path):
     assert all(saved[k] is None for k in ("method", "n_steps", "gradient", "schedule"))
 
 
-def test_cpu_preset_recipe_belongs_to_its_model():
+def test_cpu_preset_values_tied_to_other_settings():
     cpu = resolve_config(TrainConfig(), "cpu")
     assert (cpu.model, cpu.label_smoothing, cpu.lr_schedule) == ("resnet_ode_tiny", 0.1, "onecycle")
     assert cpu.epoch_test_subset == CPU_PRESET["epoch_test_subset"] > 0 and cpu.test_subset == 0
-    mine = resolve_config(TrainConfig(model="resnet_ode_small", test_subset=1000), "cpu")
-    assert (mine.method, mine.n_steps, mine.label_smoothing) == (None, None, 0.0)
+    mine = resolve_config(TrainConfig(model="resnet_tiny", test_subset=1000), "cpu")
+    assert (mine.method, mine.n_steps, mine.label_smoothing) == (None, None, 0.1)
     assert mine.epoch_test_subset == 0  # a chosen test set is evaluated whole every epoch
+    mine = resolve_config(TrainConfig(lr_schedule="cosine"), "cpu")
+    assert (mine.model, mine.label_smoothing) == ("resnet_ode_tiny", 0.0)
     gpu = resolve_config(TrainConfig(), "cuda")
     assert (gpu.label_smoothing, gpu.epoch_test_subset) == (0.0, 0)
 

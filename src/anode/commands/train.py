@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from ..train.lr_schedule import LR_SCHEDULES
 
@@ -17,16 +18,16 @@ __all__ = ["register"]
 
 _TRAIN_EPILOG = """\
 Unset flags take the defaults of the device: on a CPU a demonstration of about five
-minutes on two cores (resnet_ode_tiny, Euler with 2 steps, anode gradients, 3 epochs of
-all 50,000 images, batch 128, one-cycle lr peaking at 0.2, label smoothing 0.1; 2,000 test
-images after each epoch, all 10,000 after the last); on a GPU the ANODE paper's settings
-(resnet18_ode, Euler with 2 steps, 350 epochs, batch 256, lr 0.1 x0.1 after epochs 150 and
-250, all 50,000 images).
+minutes on two cores (resnet_ode_tiny, Euler with 2 steps, anode gradients, 3 epochs of a
+class-balanced 40,000-image subset, batch 128, one-cycle lr peaking at 0.2, label
+smoothing 0.1; 2,000 test images after epochs 1 and 2, all 10,000 after the last); on a
+GPU the ANODE paper's settings (resnet18_ode, Euler with 2 steps, 350 epochs, batch 256,
+lr 0.1 x0.1 after epochs 150 and 250, all 50,000 images).
 
 examples:
   anode train                                      # the device's defaults
   anode train --gradient direct --name direct      # the same run with autograd gradients
-  anode train --model resnet_small --name baseline # the plain residual network
+  anode train --model resnet_tiny --name baseline  # the plain residual network
   anode train --out runs/x --resume                # continue a killed run
   torchrun --nproc_per_node 4 -m anode.cli train   # data parallel on 4 GPUs
 """
@@ -69,7 +70,7 @@ def _add_train_parser(sub) -> None:
     )
     data.add_argument("--download", action="store_true", default=S, help="fetch the dataset if missing")
     data.add_argument("--subset", type=int, metavar="N", default=S,
-                      help="train on N class-balanced images; 0 = all (default: all)")
+                      help="train on N class-balanced images; 0 = all (default: 40000 on CPU, all on GPU)")
     data.add_argument("--test-subset", dest="test_subset", type=int, metavar="N", default=S,
                       help="the run's test set: N class-balanced test images (default: all)")
     data.add_argument("--epoch-test-subset", dest="epoch_test_subset", type=int, metavar="N", default=S,
@@ -112,8 +113,8 @@ def _add_train_parser(sub) -> None:
     opt.add_argument("--weight-decay", dest="weight_decay", type=float, default=S, help="(5e-4)")
     opt.add_argument("--nesterov", action="store_true", default=S)
     opt.add_argument("--label-smoothing", dest="label_smoothing", type=float, metavar="EPS", default=S,
-                     help="label smoothing of the training loss, in [0, 1) (default: 0.1 with the CPU "
-                     "default model, else 0)")
+                     help="label smoothing of the training loss, in [0, 1) (default: 0.1 on CPU "
+                     "unless --lr-schedule is given, else 0)")
     opt.add_argument("--seed", type=int, default=S, help="seeds weights, data order, augmentation (0)")
 
     run = p.add_argument_group("execution")
@@ -187,15 +188,20 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    start = time.perf_counter()
     try:
         result = train(TrainConfig(**given))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
         return _fail("train", exc)
+    wall = time.perf_counter() - start
     last = result.metrics[-1] if result.metrics else None
     if last is not None and result.config.progress:
+        images = last.get("test_images")
+        on = f" on {images} test images" if images else ""
         print(
-            f"done: {last['epoch']} epochs, test accuracy {100 * last['test_acc']:.2f}%, "
-            f"test loss {last['test_loss']:.4f}; run folder {result.run_dir}"
+            f"done: {last['epoch']} epochs, test accuracy {100 * last['test_acc']:.2f}%{on}, "
+            f"test loss {last['test_loss']:.4f}; {wall // 60:.0f} min {wall % 60:.0f} s; "
+            f"run folder {result.run_dir}"
         )
     return 0
 

@@ -76,6 +76,7 @@ def run_epoch(run: Run, epoch: int, callbacks: list[EpochCallback]) -> dict[str,
         "train_time_s": train_time,
         "epoch_time_s": time.perf_counter() - epoch_start,
         "images_per_s": n_train / train_time if train_time > 0 else float("nan"),
+        "threads": torch.get_num_threads(),
         "peak_memory_mb": peak / 2**20,
         **extra,
     }

@@ -20,6 +20,7 @@ the same number of threads).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,26 @@ def _announce(run: Run, resumed: bool) -> None:
         f"-> {run.run_dir}",
         file=sys.stderr,
     )
+    busy = _busy_cores() if run.ctx.device.type == "cpu" and cfg.threads is None else None
+    if busy is not None and torch.get_num_threads() > 1:
+        # Threads that share busy cores wait on each other at every operation; on a loaded
+        # two-core machine one thread was measured 4-5 times faster than two.
+        print(
+            f"note: the machine is busy (load average {busy[0]:.1f} on {busy[1]} cores); "
+            "if training is slow, --threads 1 may be faster",
+            file=sys.stderr,
+        )
+
+
+def _busy_cores() -> tuple[float, int] | None:
+    """``(load average over the last minute, cores)`` when the load is at least one core's
+    worth of other work, else ``None`` (also where the load is unknown)."""
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return None
+    return (load, cores) if load >= 1.0 else None
 
 
 def _record(run: Run, record: dict[str, Any]) -> None:

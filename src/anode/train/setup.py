@@ -55,7 +55,11 @@ class Run:
 
 def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None, ctx: D.DistContext) -> Run:
     """Resolve the settings, pick the run folder, build model, data, optimizer and
-    learning-rate schedule (in their initial state; :func:`_restore` loads a checkpoint)."""
+    learning-rate schedule (in their initial state; :func:`restore` loads a checkpoint).
+
+    Raises:
+        ValueError, anode.data.DatasetError: as :func:`anode.train.train`.
+    """
     from ..data import CIFAR_SPECS, CifarLoader, class_balanced_subset
 
     cfg = resolve_config(config, ctx.device.type)
