@@ -104,7 +104,7 @@ def test_config_json_states_the_ode_defaults(data_root, tmp_path):
     assert (saved["method"], saved["n_steps"], saved["gradient"], saved["schedule"]) == (
         "euler", 2, "anode", "recompute"
     )
-    assert saved["label_smoothing"] == 0.0 and saved["test_subset"] == 0
+    assert saved["label_smoothing"] == CPU_PRESET["label_smoothing"] and saved["test_subset"] == 0
     assert saved["epoch_test_subset"] == CPU_PRESET["epoch_test_subset"]  # larger than the test set here
     assert r.metrics[0]["test_images"] == 20
     # The checkpoint keeps the options that were given to create(), as before.
@@ -234,7 +234,7 @@ def test_onecycle_and_label_smoothing_resume_exactly(data_root, tmp_path):
 
 
 def test_label_smoothing_changes_the_training_loss_only(data_root, tmp_path):
-    plain = train(_config(data_root, tmp_path / "a", epochs=1))
+    plain = train(_config(data_root, tmp_path / "a", epochs=1, label_smoothing=0.0))
     smooth = train(_config(data_root, tmp_path / "b", epochs=1, label_smoothing=0.5))
     # Same first step, different loss value: the smoothed loss of near-uniform predictions
     # is close to the plain one but not equal; the weights then differ.
