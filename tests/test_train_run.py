@@ -324,6 +324,28 @@ def test_evaluate_weights_only_files_and_plain_state_dicts(data_root, tmp_path, 
     assert "holds no model weights" in capsys.readouterr().err
 
 
+def test_evaluate_a_checkpoint_as_its_plain_baseline(data_root, tmp_path):
+    r = train(_config(data_root, tmp_path / "run", epochs=1, method="midpoint"))
+    res = evaluate_checkpoint(r.run_dir, device="cpu", model=PLAIN)  # same parameter names
+    assert res["model_name"] == PLAIN and 0.0 <= res["test_acc"] <= 1.0
+
+
+def test_cli_passes_the_new_training_flags(data_root, tmp_path):
+    out = tmp_path / "run"
+    assert main([
+        "train", "--data-root", str(data_root), "--model", TINY, "--epochs", "2", "--batch-size", "16",
+        "--subset", "32", "--epoch-test-subset", "10", "--label-smoothing", "0.2", "--threads", "1",
+        "--lr-schedule", "onecycle", "--out", str(out), "--device", "cpu", "--no-progress",
+    ]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["epoch_test_subset"], saved["label_smoothing"], saved["threads"], saved["lr_schedule"]) == (
+        10, 0.2, 1, "onecycle"
+    )
+    assert [m["test_images"] for m in load_checkpoint(out)["metrics"]] == [10, 20]
+    with pytest.raises(SystemExit):
+        main(["train", "--lr-schedule", "linear"])
+
+
 # --- the CPU default model ----------------------------------------------------------------------
 
 

@@ -7,9 +7,10 @@
 * :mod:`~anode.train.checkpoint`: the checkpoint format; :mod:`~anode.train.metrics`:
   metric files and plots; :mod:`~anode.train.distributed`: torchrun/DDP setup;
   :mod:`~anode.train.lr_schedule`: learning-rate schedules; :mod:`~anode.train.resume`:
-  run folders and resumed settings; :mod:`~anode.train.evaluation`: test metrics and
-  reading model files. Files are written with :func:`anode.files.atomic_write` (also
-  available here).
+  run folders and resumed settings; :mod:`~anode.train.setup` and
+  :mod:`~anode.train.epoch`: the parts of :func:`train`; :mod:`~anode.train.evaluation`:
+  test metrics and reading model files; :mod:`~anode.train.progress`: progress bars.
+  Files are written with :func:`anode.files.atomic_write` (also available here).
 
 See ``docs/training.md``.
 """

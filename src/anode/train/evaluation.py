@@ -225,7 +225,9 @@ def evaluate_checkpoint(
     if data_root is None:
         saved = args.get("data_root")
         data_root = saved if saved and Path(saved).exists() else default_data_root(dataset)
-    net = build_model(name, num_classes, info["ode_options"])
+    # The saved ODE options describe the saved model; another model keeps its defaults.
+    ode_options = info["ode_options"] if name == info["model_name"] else {}
+    net = build_model(name, num_classes, ode_options)
     _load_weights(net, info["model_state"], name, info["path"])
     arrays = load_cifar(dataset, data_root, train=False, download=download)
     if len(arrays.classes) != num_classes:
