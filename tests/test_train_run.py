@@ -346,6 +346,17 @@ def test_cli_passes_the_new_training_flags(data_root, tmp_path):
         main(["train", "--lr-schedule", "linear"])
 
 
+def test_cli_interrupt_says_how_to_resume(monkeypatch, capsys):
+    import anode.train
+
+    def interrupted(config, callbacks=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(anode.train, "train", interrupted)
+    assert main(["train", "--out", "runs/x"]) == 130
+    assert "continue with: anode train --out runs/x --resume" in capsys.readouterr().err
+
+
 # --- the CPU default model ----------------------------------------------------------------------
 
 

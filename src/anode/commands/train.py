@@ -193,6 +193,14 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(TrainConfig(**given))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
         return _fail("train", exc)
+    except KeyboardInterrupt:
+        folder = given.get("out") or (f"runs/{given['name']}" if given.get("name") else "<run folder>")
+        print(
+            f"\nanode train: interrupted; last.pt keeps the last finished epoch, "
+            f"continue with: anode train --out {folder} --resume",
+            file=sys.stderr,
+        )
+        return 130
     wall = time.perf_counter() - start
     last = result.metrics[-1] if result.metrics else None
     if last is not None and result.config.progress:
