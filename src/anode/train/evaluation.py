@@ -153,10 +153,20 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str, f
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        expected, got = set(model.state_dict()), set(state)
-        missing, unexpected = sorted(expected - got), sorted(got - expected)
-        detail = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else str(exc)
-        raise ValueError(f"{file}: the weights do not fit model {name!r} ({detail})") from None
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            detail = f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        else:
+            shapes = [
+                f"{k}: saved {list(state[k].shape)}, model {list(own[k].shape)}"
+                for k in own if state[k].shape != own[k].shape
+            ]
+            detail = "; ".join(shapes[:3]) if shapes else str(exc)
+        raise ValueError(
+            f"{file}: the weights do not fit model {name!r} ({detail}); a plain state_dict needs the "
+            "model it was saved from (--model) and its dataset (--dataset cifar100 for 100 classes)"
+        ) from None
 
 
 def evaluate_checkpoint(
