@@ -318,6 +318,9 @@ def test_evaluate_weights_only_files_and_plain_state_dicts(data_root, tmp_path, 
     assert main(["evaluate", str(tmp_path / "state.pt"), "--model", "resnet_ode_tiny",
                  "--data-root", str(data_root), "--device", "cpu"]) == 2
     assert "do not fit model 'resnet_ode_tiny'" in capsys.readouterr().err
+    torch.save(r.model, tmp_path / "pickled.pt")
+    assert main(["evaluate", str(tmp_path / "pickled.pt"), "--device", "cpu"]) == 2
+    assert "save model.state_dict() instead" in capsys.readouterr().err
     torch.save({"epoch": 3}, tmp_path / "other.pt")
     assert main(["evaluate", str(tmp_path / "other.pt"), "--model", TINY, "--device", "cpu"]) == 2
     assert "holds no model weights" in capsys.readouterr().err

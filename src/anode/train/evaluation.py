@@ -120,7 +120,11 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file fails in many ways
-        raise ValueError(f"{file}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{file}: not readable with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); a whole pickled model "
+            "(torch.save(model)) is not read, save model.state_dict() instead"
+        ) from exc
     info: dict[str, Any] = {
         "model_name": None, "num_classes": None, "dataset": None, "ode_options": {}, "epoch": None,
         "args": None, "path": file,
