@@ -48,7 +48,7 @@ def test_resnet_ode_tiny_anode_gradients_equal_direct_in_float64():
 @pytest.mark.slow
 def test_cpu_default_on_real_cifar10(tmp_path):
     """The main job as `anode train` runs it on a CPU, on the real data: 6-9 minutes with the
-    test session's one thread."""
+    one thread the tests run on (conftest.py)."""
     root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg"
     if not (root / "cifar-10-batches-py").is_dir():
         pytest.skip("the real CIFAR-10 is not in ../shared/data/cifar10-jpeg")
