@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -203,7 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     wall = time.perf_counter() - start
     last = result.metrics[-1] if result.metrics else None
-    if last is not None and result.config.progress:
+    rank = os.environ.get("RANK", "0")  # under torchrun, one summary (rank 0's) is enough
+    if last is not None and result.config.progress and rank in ("", "0"):
         images = last.get("test_images")
         on = f" on {images} test images" if images else ""
         print(
