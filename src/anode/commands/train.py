@@ -20,7 +20,7 @@ __all__ = ["register"]
 _TRAIN_EPILOG = """\
 Unset flags take the defaults of the device: on a CPU a demonstration of about five
 minutes on two cores (resnet_ode_tiny, Euler with 2 steps, anode gradients, 3 epochs of a
-class-balanced 40,000-image subset, batch 128, one-cycle lr peaking at 0.2, label
+class-balanced 30,000-image subset, batch 128, one-cycle lr peaking at 0.2, label
 smoothing 0.1; 2,000 test images after epochs 1 and 2, all 10,000 after the last); on a
 GPU the ANODE paper's settings (resnet18_ode, Euler with 2 steps, 350 epochs, batch 256,
 lr 0.1 x0.1 after epochs 150 and 250, all 50,000 images).
@@ -71,7 +71,7 @@ def _add_train_parser(sub) -> None:
     )
     data.add_argument("--download", action="store_true", default=S, help="fetch the dataset if missing")
     data.add_argument("--subset", type=int, metavar="N", default=S,
-                      help="train on N class-balanced images; 0 = all (default: 40000 on CPU, all on GPU)")
+                      help="train on N class-balanced images; 0 = all (default: 30000 on CPU, all on GPU)")
     data.add_argument("--test-subset", dest="test_subset", type=int, metavar="N", default=S,
                       help="the run's test set: N class-balanced test images (default: all)")
     data.add_argument("--epoch-test-subset", dest="epoch_test_subset", type=int, metavar="N", default=S,

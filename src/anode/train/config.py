@@ -5,7 +5,7 @@ chosen by the device the run uses:
 
 * :data:`CPU_PRESET`, a demonstration that fits in about five minutes on two CPU cores: a
   small ODE-ResNet (``resnet_ode_tiny``) trained for three epochs on a class-balanced
-  40,000-image subset of CIFAR-10 with a one-cycle learning rate and label smoothing,
+  30,000-image subset of CIFAR-10 with a one-cycle learning rate and label smoothing,
   evaluated on a class-balanced part of the test set after each epoch but the last and on
   all of it after the last.
 * :data:`GPU_PRESET`, the settings of the ANODE paper's CIFAR experiments as given by the
@@ -54,7 +54,7 @@ CPU_PRESET: dict[str, Any] = {
     "batch_size": 128,
     "lr": 0.2,
     "lr_schedule": "onecycle",
-    "subset": 40_000,
+    "subset": 30_000,
     "epoch_test_subset": 2000,
 }
 """Defaults on a CPU: a demonstration that finishes in about five minutes on two cores (see
