@@ -18,7 +18,7 @@ from ..train.lr_schedule import LR_SCHEDULES
 __all__ = ["register"]
 
 _TRAIN_EPILOG = """\
-Unset flags take the defaults of the device: on a CPU a demonstration of about five
+Unset flags take the defaults of the device: on a CPU a demonstration of under five
 minutes on two cores (resnet_ode_tiny, Euler with 2 steps, anode gradients, 3 epochs of a
 class-balanced 30,000-image subset, batch 128, one-cycle lr peaking at 0.2, label
 smoothing 0.1; 2,000 test images after epochs 1 and 2, all 10,000 after the last); on a

@@ -3,7 +3,7 @@
 Settings left as ``None`` are filled in by :func:`resolve_config` from one of two presets,
 chosen by the device the run uses:
 
-* :data:`CPU_PRESET`, a demonstration that fits in about five minutes on two CPU cores: a
+* :data:`CPU_PRESET`, a demonstration that fits in under five minutes on two CPU cores: a
   small ODE-ResNet (``resnet_ode_tiny``) trained for three epochs on a class-balanced
   30,000-image subset of CIFAR-10 with a one-cycle learning rate and label smoothing,
   evaluated on a class-balanced part of the test set after each epoch but the last and on
@@ -57,7 +57,7 @@ CPU_PRESET: dict[str, Any] = {
     "subset": 30_000,
     "epoch_test_subset": 2000,
 }
-"""Defaults on a CPU: a demonstration that finishes in about five minutes on two cores (see
+"""Defaults on a CPU: a demonstration that finishes in under five minutes on two cores (see
 ``docs/training.md``). ``method`` and ``n_steps`` belong to the preset's model and apply
 only with it; ``label_smoothing`` goes with the preset's learning-rate schedule and applies
 only when ``lr_schedule`` is not given; ``epoch_test_subset`` applies only when no
