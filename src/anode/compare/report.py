@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from .layout import CURVES_NAME, GRAD_NAME, SUMMARY_NAME, TABLE_NAME, diverged_epoch, read_metrics, run_folder
 from .spec import load_spec
 
@@ -167,7 +168,6 @@ def _figure(n: int, width: float = 4.6):
 
 
 def _save(fig, path: Path) -> Path:
-    from ..train import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -260,7 +260,6 @@ def write_report(
     Raises:
         FileNotFoundError: no comparison in ``out``.
     """
-    from ..train import atomic_write
 
     out = Path(out)
     spec = load_spec(out)

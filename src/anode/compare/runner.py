@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from .layout import DIVERGED_NAME, SPEC_NAME, read_metrics, run_folder
 from .report import write_report
 from .spec import RUNTIME_FIELDS, VARIANTS, CompareSpec
@@ -47,7 +48,6 @@ def run_status(folder: str | os.PathLike[str], epochs: int) -> str:
 
 
 def _save_spec(spec: CompareSpec, out: Path) -> None:
-    from ..train import atomic_write
 
     path = out / SPEC_NAME
     if path.is_file():
@@ -82,7 +82,7 @@ def run_one(spec: CompareSpec, variant: str, seed: int, out: str | os.PathLike[s
     Raises:
         ValueError, FileNotFoundError, anode.data.DatasetError: as :func:`anode.train.train`.
     """
-    from ..train import atomic_write, train
+    from ..train import train
 
     folder = run_folder(out, variant, seed)
     status = run_status(folder, spec.epochs)

@@ -9,7 +9,7 @@ plain residual baselines, and a registry by name.
 See ``docs/models.md`` for every model's structure and parameter count.
 """
 
-from . import resnet, squeezenext  # noqa: F401  (registers the models)
+from . import resnet, resnet_tiny, squeezenext  # noqa: F401  (registers the models)
 from .blocks import ResidualBlock, ResidualNetwork
 from .init import reference_init
 from .options import (

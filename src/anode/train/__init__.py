@@ -4,17 +4,21 @@
   calls; resumable, data-parallel under ``torchrun``) and returns a :class:`TrainResult`;
   per-epoch measurements plug in as ``callbacks`` (:data:`EpochCallback`).
 * :func:`evaluate` and :func:`evaluate_checkpoint` measure test loss and accuracy.
-* :mod:`~anode.train.checkpoint`: the checkpoint format and atomic writes;
-  :mod:`~anode.train.metrics`: metric files and plots; :mod:`~anode.train.distributed`:
-  torchrun/DDP setup; :mod:`~anode.train.schedule`: learning-rate schedules.
+* :mod:`~anode.train.checkpoint`: the checkpoint format; :mod:`~anode.train.metrics`:
+  metric files and plots; :mod:`~anode.train.distributed`: torchrun/DDP setup;
+  :mod:`~anode.train.lr_schedule`: learning-rate schedules; :mod:`~anode.train.resume`:
+  run folders and resumed settings; :mod:`~anode.train.setup` and
+  :mod:`~anode.train.epoch`: the parts of :func:`train`; :mod:`~anode.train.evaluation`:
+  test metrics and reading model files; :mod:`~anode.train.progress`: progress bars.
+  Files are written with :func:`anode.files.atomic_write` (also available here).
 
 See ``docs/training.md``.
 """
 
+from ..files import atomic_write
 from .checkpoint import (
     CHECKPOINT_KEYS,
     CHECKPOINT_NAME,
-    atomic_write,
     load_checkpoint,
     preserved_rng,
     rng_state,
@@ -22,17 +26,10 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import CPU_PRESET, GPU_PRESET, TrainConfig, default_data_root, parse_bytes, resolve_config
-from .loop import (
-    EpochCallback,
-    TrainResult,
-    build_model,
-    evaluate,
-    evaluate_checkpoint,
-    seed_everything,
-    train,
-)
+from .evaluation import build_model, evaluate, evaluate_checkpoint, read_model_file
+from .loop import EpochCallback, TrainResult, seed_everything, train
+from .lr_schedule import LR_SCHEDULES, EpochSchedule, lr_factor
 from .metrics import plot_metrics, write_metrics
-from .schedule import EpochSchedule, lr_factor
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -41,6 +38,7 @@ __all__ = [
     "GPU_PRESET",
     "EpochCallback",
     "EpochSchedule",
+    "LR_SCHEDULES",
     "TrainConfig",
     "TrainResult",
     "atomic_write",
@@ -53,6 +51,7 @@ __all__ = [
     "parse_bytes",
     "plot_metrics",
     "preserved_rng",
+    "read_model_file",
     "resolve_config",
     "rng_state",
     "save_checkpoint",

@@ -20,7 +20,7 @@ key                  value
 ``format_version``   1
 ==================== =================================================================
 
-Writes are atomic (:func:`atomic_write`): a crash or a kill leaves either the previous
+Writes are atomic (:func:`anode.files.atomic_write`): a crash or a kill leaves either the previous
 checkpoint or the new one, never a truncated file.
 """
 
@@ -29,18 +29,18 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..files import atomic_write
+
 __all__ = [
     "CHECKPOINT_KEYS",
     "CHECKPOINT_NAME",
-    "atomic_write",
     "checkpoint_path",
     "load_checkpoint",
     "preserved_rng",
@@ -64,48 +64,6 @@ CHECKPOINT_KEYS = (
     "args",
     "metrics",
 )
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself lives in the directory; without this a power loss may forget it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
-    """Write a file so that readers see the old content or the new, never a partial file.
-
-    ``write(f)`` fills a temporary file in the destination's folder (same file system, so
-    the final rename is atomic); the file is flushed and ``fsync``-ed, then moved over
-    ``path`` with :func:`os.replace`, and the folder is ``fsync``-ed. On any error the
-    temporary file is removed and ``path`` is untouched.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def rng_state() -> dict[str, Any]:

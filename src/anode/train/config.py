@@ -3,8 +3,11 @@
 Settings left as ``None`` are filled in by :func:`resolve_config` from one of two presets,
 chosen by the device the run uses:
 
-* :data:`CPU_PRESET`, a quick demonstration: a small ODE-ResNet trained for a few epochs on
-  a class-balanced 10,000-image subset of CIFAR, a few minutes on two cores.
+* :data:`CPU_PRESET`, a demonstration that fits in under five minutes on two CPU cores: a
+  small ODE-ResNet (``resnet_ode_tiny``) trained for three epochs on a class-balanced
+  30,000-image subset of CIFAR-10 with a one-cycle learning rate and label smoothing,
+  evaluated on a class-balanced part of the test set after each epoch but the last and on
+  all of it after the last.
 * :data:`GPU_PRESET`, the settings of the ANODE paper's CIFAR experiments as given by the
   authors' reference training script (Gholami, Keutzer, Biros, IJCAI 2019, §4;
   github.com/amirgholami/anode ``train.py``): ODE-ResNet-18 whose blocks take two forward
@@ -13,7 +16,10 @@ chosen by the device the run uses:
   augmentation, the full 50,000 training images.
 
 A resolved configuration holds no ``None`` among the settings the presets fill, and is what
-a checkpoint stores under ``"args"`` (:meth:`TrainConfig.to_dict`).
+a checkpoint stores under ``"args"`` (:meth:`TrainConfig.to_dict`). The training loop also
+fills in the ODE options (``method``, ``n_steps``, ``gradient``, ``schedule``) with the values
+the model's ODE blocks use, so that ``config.json`` states them; they stay ``None`` for a
+model without ODE blocks, and ``schedule`` stays ``None`` for gradients that use none.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .lr_schedule import LR_SCHEDULES
+
 __all__ = [
     "CPU_PRESET",
     "GPU_PRESET",
@@ -37,19 +45,23 @@ __all__ = [
     "resolve_config",
 ]
 
-LR_SCHEDULES = ("step", "cosine", "constant")
-
 CPU_PRESET: dict[str, Any] = {
-    "model": "resnet_ode_small",
+    "model": "resnet_ode_tiny",
     "method": "euler",
     "n_steps": 2,
-    "epochs": 4,
-    "batch_size": 64,
-    "lr": 0.05,
-    "lr_schedule": "cosine",
-    "subset": 10_000,
+    "label_smoothing": 0.1,
+    "epochs": 3,
+    "batch_size": 128,
+    "lr": 0.2,
+    "lr_schedule": "onecycle",
+    "subset": 30_000,
+    "epoch_test_subset": 2000,
 }
-"""Defaults on a CPU: a demonstration that finishes in minutes (see ``docs/training.md``)."""
+"""Defaults on a CPU: a demonstration that finishes in under five minutes on two cores (see
+``docs/training.md``). ``method`` and ``n_steps`` belong to the preset's model and apply
+only with it; ``label_smoothing`` goes with the preset's learning-rate schedule and applies
+only when ``lr_schedule`` is not given; ``epoch_test_subset`` applies only when no
+``test_subset`` is given."""
 
 GPU_PRESET: dict[str, Any] = {
     "model": "resnet18_ode",
@@ -66,7 +78,14 @@ GPU_PRESET: dict[str, Any] = {
 
 # Settings that only steer how a run executes, not what it computes; a resumed run may
 # change them.
-RUNTIME_FIELDS = ("data_root", "download", "device", "progress", "plots", "out", "name", "resume")
+RUNTIME_FIELDS = (
+    "data_root", "download", "device", "threads", "progress", "plots", "out", "name", "resume",
+)
+
+# Preset settings that belong with another setting: a user who chooses that one keeps the
+# model's (or the dataclass's) defaults for these.
+_TIED_TO = {"method": "model", "n_steps": "model", "label_smoothing": "lr_schedule",
+            "epoch_test_subset": "test_subset"}
 
 _SHARED_DATA = Path("..") / "shared" / "data" / "cifar10-jpeg"
 
@@ -115,8 +134,9 @@ class TrainConfig:
     """Everything that defines a training run (the command line's flags, one to one).
 
     ``None`` means "the default of the device preset" (:data:`CPU_PRESET`,
-    :data:`GPU_PRESET`) for ``model``, ``method``, ``n_steps``, ``epochs``, ``batch_size``,
-    ``lr``, ``lr_schedule`` and ``subset``; :func:`resolve_config` fills them in.
+    :data:`GPU_PRESET`) for ``model``, ``method``, ``n_steps``, ``label_smoothing``,
+    ``epochs``, ``batch_size``, ``lr``, ``lr_schedule``, ``subset`` and
+    ``epoch_test_subset``; :func:`resolve_config` fills them in.
 
     Attributes:
         dataset: ``"cifar10"`` or ``"cifar100"``.
@@ -128,21 +148,36 @@ class TrainConfig:
             model's blocks (:class:`anode.ODEBlock`); ``None`` leaves the model's default.
             ``memory_budget`` is in bytes. Options given to a model without ODE blocks
             raise ValueError when the model is built. See :meth:`ode_options`.
+        label_smoothing: weight in [0, 1) of the uniform distribution mixed into the
+            one-hot training targets of the cross-entropy (Szegedy et al., CVPR 2016);
+            the test loss is always the plain cross-entropy.
         epochs: number of passes over the training set.
         batch_size: global mini-batch size (split evenly over the processes of a
             distributed run).
-        lr: initial learning rate of SGD.
+        lr: initial (for ``"onecycle"``: peak) learning rate of SGD.
         lr_schedule: ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``), ``"cosine"``
-            (cosine annealing to 0 over ``epochs``, stepped per epoch) or ``"constant"``.
+            (cosine annealing to 0 over ``epochs``, stepped per epoch), ``"onecycle"``
+            (linear warm-up to ``lr`` over the first quarter of the steps, then linear
+            decay to 0, set before every step) or ``"constant"``; see
+            :mod:`anode.train.lr_schedule`.
         lr_milestones: epochs after which ``"step"`` multiplies the learning rate by
             ``lr_gamma``; ``None``: after 50% and 75% of ``epochs``.
         lr_gamma: factor of each ``"step"`` decrease.
         momentum, weight_decay, nesterov: SGD settings.
         subset: train on this many images (class-balanced, fixed by ``seed``); ``0`` for all.
-        test_subset: evaluate on this many test images (class-balanced); ``0``/``None`` all.
+        test_subset: the run's test set: this many test images (class-balanced, fixed);
+            ``0``/``None``: all of them.
+        epoch_test_subset: after every epoch but the last, evaluate on this many images of
+            the run's test set (class-balanced, the same every epoch) to save time; the last
+            epoch is evaluated on the whole test set. ``0``: the whole test set every
+            epoch. A value at least the test set's size means the whole set too.
         augment: random crop (4-pixel padding) and horizontal flip of training images.
         seed: seeds the weights' initialisation, data order and augmentation.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        threads: PyTorch's intra-op threads during the run (:func:`torch.set_num_threads`,
+            restored afterwards); ``None``: PyTorch's default, one per core. On a machine
+            whose cores are busy with other work, fewer threads than cores avoid the
+            threads' waiting on each other.
         bf16: run forward passes under bfloat16 autocast.
         sync_bn: under DistributedDataParallel on CUDA, convert BatchNorm to
             ``SyncBatchNorm`` so that batch statistics span the global batch.
@@ -167,6 +202,7 @@ class TrainConfig:
     schedule: str | None = None
     snapshots: int | None = None
     memory_budget: int | None = None
+    label_smoothing: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -178,9 +214,11 @@ class TrainConfig:
     nesterov: bool = False
     subset: int | None = None
     test_subset: int | None = None
+    epoch_test_subset: int | None = None
     augment: bool = True
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     bf16: bool = False
     sync_bn: bool = True
     out: str | None = None
@@ -242,12 +280,17 @@ class TrainConfig:
         _positive("eval_batch_size", self.eval_batch_size)
         _positive("n_steps", self.n_steps)
         _positive("snapshots", self.snapshots)
-        for name in ("subset", "test_subset", "memory_budget"):
+        _positive("threads", self.threads)
+        for name in ("subset", "test_subset", "epoch_test_subset", "memory_budget"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.label_smoothing is not None and not (
+            isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1
+        ):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 < self.lr_gamma <= 1:
@@ -277,17 +320,19 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     """A copy of ``config`` with the preset of ``device_type`` (``"cpu"`` or ``"cuda"``)
     filling every ``None`` the presets cover, and ``data_root`` defaulted.
 
-    The preset's ODE options (``method``, ``n_steps``) apply only when ``model`` was taken
-    from the preset too, so that a user-chosen model keeps its own defaults.
+    Some preset values go with another setting and apply only when that one is unset too:
+    ``method`` and ``n_steps`` with ``model`` (a user-chosen model keeps its own ODE
+    defaults), ``label_smoothing`` with ``lr_schedule`` (a user-chosen schedule trains
+    without smoothing unless it is given), and ``epoch_test_subset`` with ``test_subset`` (a
+    chosen test set is evaluated whole after every epoch).
 
     Raises:
         ValueError: as :meth:`TrainConfig.check`.
     """
     preset = GPU_PRESET if device_type == "cuda" else CPU_PRESET
     cfg = dataclasses.replace(config)
-    from_preset = cfg.model is None
     for key, value in preset.items():
-        if key in ("method", "n_steps") and not from_preset:
+        if key in _TIED_TO and getattr(config, _TIED_TO[key]) is not None:
             continue
         if key == "lr_milestones":
             continue
@@ -300,6 +345,12 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
         and "lr_milestones" in preset
     ):
         cfg.lr_milestones = tuple(preset["lr_milestones"])
+    if cfg.label_smoothing is None:
+        cfg.label_smoothing = 0.0
+    if cfg.test_subset is None:
+        cfg.test_subset = 0
+    if cfg.epoch_test_subset is None:
+        cfg.epoch_test_subset = 0
     if cfg.data_root is None:
         cfg.data_root = default_data_root(cfg.dataset)
     cfg.check()

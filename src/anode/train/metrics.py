@@ -11,11 +11,15 @@ Keys written by the training loop (units in the name or stated here):
 * ``train_loss``, ``train_acc``: mean cross-entropy (nats) and accuracy (fraction in [0, 1])
   over the epoch's training batches, measured during training (weights changing,
   augmentation on);
-* ``test_loss``, ``test_acc``: the same on the test set after the epoch, weights fixed;
-* ``lr``: learning rate used during the epoch;
+* ``test_loss``, ``test_acc``: plain cross-entropy and accuracy on the test set after the
+  epoch, weights fixed; ``test_images``: how many test images they cover (fewer than the
+  run's test set after the epochs before the last when ``epoch_test_subset`` is set);
+* ``lr``: mean learning rate of the epoch's steps (the epoch's rate, for schedules that
+  change it once per epoch);
 * ``train_time_s``: wall time of the epoch's training steps; ``epoch_time_s``: wall time of
   the whole epoch including evaluation and callbacks, excluding the checkpoint write;
 * ``images_per_s``: training images processed per second by all processes together;
+* ``threads``: PyTorch's intra-op threads of rank 0's process (:func:`torch.get_num_threads`);
 * ``peak_memory_mb``: on CUDA, the allocator's peak during the epoch on rank 0
   (``torch.cuda.max_memory_allocated``, MiB); on CPU, the peak resident set size of rank 0's
   process during the epoch (``VmHWM`` after a reset, MiB; it includes the dataset and the
@@ -34,9 +38,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
-__all__ = ["CpuPeakMemory", "plot_metrics", "write_metrics"]
+__all__ = ["CpuPeakMemory", "curves_figure", "plot_metrics", "write_metrics"]
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
@@ -57,11 +61,15 @@ def _columns(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_metrics(
-    run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]], plots: bool = True
+    run_dir: str | os.PathLike[str],
+    records: Sequence[dict[str, Any]],
+    plots: bool = True,
+    title: str | None = None,
 ) -> None:
     """Write ``metrics.jsonl`` (one JSON object per epoch), ``metrics.csv`` (a header with
     the union of keys in first-seen order; empty cells for missing keys) and, with
-    ``plots``, ``curves.png`` (see :func:`plot_metrics`) into ``run_dir``."""
+    ``plots``, ``curves.png`` (see :func:`plot_metrics`, which gets ``title``) into
+    ``run_dir``."""
     run_dir = Path(run_dir)
     lines = "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in records)
     atomic_write(run_dir / JSONL_NAME, lambda f: f.write(lines.encode()))
@@ -71,42 +79,70 @@ def write_metrics(
     writer.writerows(records)
     atomic_write(run_dir / CSV_NAME, lambda f: f.write(buf.getvalue().encode()))
     if plots and records:
-        plot_metrics(run_dir, records)
+        plot_metrics(run_dir, records, title=title)
 
 
-def plot_metrics(run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> Path:
-    """Plot loss (training and test) and accuracy (training and test) against the epoch,
-    side by side, into ``run_dir/curves.png`` with matplotlib's Agg renderer (no display
-    needed).
+def _test_label(records: Sequence[dict[str, Any]], key: str) -> str:
+    label = key.replace("_", " ")
+    sizes = [r.get("test_images") for r in records if r.get("test_images")]
+    if len(set(sizes)) > 1:
+        # Epochs evaluated on a part of the test set: say so next to the curve.
+        label += f" ({min(sizes)} images; last: {sizes[-1]})"
+    return label
+
+
+def plot_metrics(
+    run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]], title: str | None = None
+) -> Path:
+    """Draw :func:`curves_figure` into ``run_dir/curves.png`` (atomically) with matplotlib's
+    Agg renderer (no display needed). ``title`` defaults to the run folder's name.
 
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [r["epoch"] for r in records]
-    fig = Figure(figsize=(9.0, 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    panels = (
-        ("Loss", "cross-entropy (nats)", ("train_loss", "test_loss"), 1.0),
-        ("Accuracy", "accuracy (%)", ("train_acc", "test_acc"), 100.0),
-    )
-    for ax, (title, ylabel, keys, scale) in zip(fig.subplots(1, 2), panels):
-        for key in keys:
-            pts = [(e, r[key] * scale) for e, r in zip(epochs, records) if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=key.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+    fig = curves_figure(records, title if title is not None else Path(run_dir).resolve().name)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     data = buf.getvalue()
     return atomic_write(Path(run_dir) / PLOT_NAME, lambda f: f.write(data))
+
+
+def curves_figure(records: Sequence[dict[str, Any]], title: str = ""):
+    """Loss (training and test) and accuracy (training and test) against the epoch, side by
+    side, under ``title`` (e.g. the run's name and model); the epoch axes have whole-number
+    ticks only. Test curves evaluated partly on a subset of the test set say so in their
+    legend.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (Agg canvas attached).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in records]
+    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title)
+    panels = (
+        ("Loss", "cross-entropy (nats)", ("train_loss", "test_loss"), 1.0),
+        ("Accuracy", "accuracy (%)", ("train_acc", "test_acc"), 100.0),
+    )
+    for ax, (heading, ylabel, keys, scale) in zip(fig.subplots(1, 2), panels):
+        for key in keys:
+            pts = [(e, r[key] * scale) for e, r in zip(epochs, records) if r.get(key) is not None]
+            if pts:
+                label = _test_label(records, key) if key.startswith("test") else key.replace("_", " ")
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(heading)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return fig
 
 
 class CpuPeakMemory:
