@@ -252,6 +252,7 @@ def test_refuses_to_overwrite_a_run_and_to_change_settings_on_resume(data_root, 
         (dict(method="midpoint", n_steps=3), {}),
         (dict(snapshots=1), dict(schedule="revolve")),
         (dict(memory_budget=10**6), dict(schedule="auto")),
+        (dict(method="dopri5", rtol=1e-2, atol=1e-3), {}),
     ],
 )
 def test_ode_options_reach_the_blocks_and_the_checkpoint(data_root, tmp_path, options, expected):

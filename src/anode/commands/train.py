@@ -86,9 +86,14 @@ def _add_train_parser(sub) -> None:
                        help="a name of anode.models.list_models(); default resnet_ode_small (CPU), "
                        "resnet18_ode (GPU)")
     model.add_argument("--method", metavar="NAME", default=S,
-                       help="Runge-Kutta method: euler, midpoint, heun, ralston, rk4, rk38")
+                       help="Runge-Kutta method: euler, midpoint, heun, ralston, rk4, rk38; with "
+                       "--rtol/--atol an embedded pair: dopri5, bosh3, tsit5, adaptive_heun")
     model.add_argument("--n-steps", dest="n_steps", type=int, metavar="N", default=S,
                        help="steps per ODE block")
+    model.add_argument("--rtol", type=float, metavar="X", default=S,
+                       help="relative tolerance: adaptive steps (with --method dopri5, bosh3, tsit5, ...)")
+    model.add_argument("--atol", type=float, metavar="X", default=S,
+                       help="absolute tolerance of adaptive steps")
     model.add_argument("--gradient", metavar="NAME", default=S, help="anode (default), direct or backsolve")
     model.add_argument("--schedule", metavar="NAME", default=S,
                        help="where anode keeps states: recompute (default), store, ...")

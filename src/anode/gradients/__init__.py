@@ -63,11 +63,11 @@ def resolve(gradient: str | GradientMethod = "anode", schedule=None, **schedule_
             get_schedule(schedule)  # a misspelt name is an error even where it is not used
         return GRADIENTS[gradient]()
     if schedule is None:
-        schedule = _taking(schedule_options) if schedule_options else "recompute"
+        schedule = schedule_taking(schedule_options) if schedule_options else "recompute"
     return Anode(get_schedule(schedule, **schedule_options))
 
 
-def _taking(options: dict) -> str:
+def schedule_taking(options: dict) -> str:
     """The first registered schedule whose constructor takes all of ``options``: schedule
     options without a schedule name select it (``snapshots`` → revolve, ``memory_budget``
     → auto)."""
@@ -78,4 +78,4 @@ def _taking(options: dict) -> str:
     raise ValueError(f"no schedule takes the options {sorted(options)}; name one with schedule=")
 
 
-__all__ = ["GRADIENTS", "GradientMethod", "Direct", "Anode", "Backsolve", "resolve"]
+__all__ = ["GRADIENTS", "GradientMethod", "Direct", "Anode", "Backsolve", "resolve", "schedule_taking"]

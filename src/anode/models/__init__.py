@@ -15,6 +15,7 @@ from .init import reference_init
 from .options import (
     DEFAULT_ODE_OPTIONS,
     check_ode_options,
+    named_options,
     ode_blocks,
     ode_options,
     resolve_ode_options,
@@ -37,6 +38,7 @@ __all__ = [
     "restore_ode_options",
     "ode_options",
     "solve_options",
+    "named_options",
     "resolve_ode_options",
     "ResidualBlock",
     "ResidualNetwork",

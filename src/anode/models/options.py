@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -176,6 +177,28 @@ def ode_options(model: nn.Module, **options: Any) -> Iterator[nn.Module]:
         yield model
     finally:
         restore_ode_options(model, previous)
+
+
+def named_options(options: SolveOptions) -> dict[str, Any]:
+    """The named form of a record, as :func:`anode.models.create` takes it: ``method``, the
+    stepping (``n_steps`` or ``step_size``, or ``rtol`` and ``atol``), ``gradient`` and, for
+    ``"anode"``, ``schedule`` with its options (``snapshots``, ``memory_budget``, ...)."""
+    named: dict[str, Any] = {"method": options.method.name}
+    stepping = options.stepping
+    if isinstance(stepping, Adaptive):
+        named.update(rtol=stepping.rtol, atol=stepping.atol)
+    elif stepping.step_size is not None:
+        named["step_size"] = stepping.step_size
+    else:
+        named["n_steps"] = 1 if stepping.n_steps is None else stepping.n_steps
+    named["gradient"] = options.gradient.name
+    schedule = getattr(options.gradient, "schedule", None)
+    name = _schedule_name(options.gradient)
+    if name is not None:
+        named["schedule"] = name
+        takes = inspect.signature(SCHEDULES[name]).parameters
+        named.update({k: v for k, v in vars(schedule).items() if k in takes})
+    return named
 
 
 def _schedule_name(gradient) -> str | None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..gradients import schedule_taking
 from .lr_schedule import LR_SCHEDULES
 
 __all__ = [
@@ -84,8 +85,8 @@ RUNTIME_FIELDS = (
 
 # Preset settings that belong with another setting: a user who chooses that one keeps the
 # model's (or the dataclass's) defaults for these.
-_TIED_TO = {"method": "model", "n_steps": "model", "label_smoothing": "lr_schedule",
-            "epoch_test_subset": "test_subset"}
+_TIED_TO = {"method": ("model",), "n_steps": ("model", "rtol", "atol"), "label_smoothing": ("lr_schedule",),
+            "epoch_test_subset": ("test_subset",)}
 
 _SHARED_DATA = Path("..") / "shared" / "data" / "cifar10-jpeg"
 
@@ -144,7 +145,8 @@ class TrainConfig:
             ``None``: :func:`default_data_root`.
         download: fetch the official archive when the folder is missing.
         model: a name of :func:`anode.models.list_models`.
-        method, n_steps, gradient, schedule, snapshots, memory_budget: ODE options of the
+        method, n_steps, rtol, atol, gradient, schedule, snapshots, memory_budget: ODE
+            options of the
             model's blocks (:class:`anode.ODEBlock`); ``None`` leaves the model's default.
             ``memory_budget`` is in bytes. Options given to a model without ODE blocks
             raise ValueError when the model is built. See :meth:`ode_options`.
@@ -198,6 +200,8 @@ class TrainConfig:
     model: str | None = None
     method: str | None = None
     n_steps: int | None = None
+    rtol: float | None = None
+    atol: float | None = None
     gradient: str | None = None
     schedule: str | None = None
     snapshots: int | None = None
@@ -233,16 +237,14 @@ class TrainConfig:
         """The ODE options given (not ``None``), as keyword arguments of
         :func:`anode.models.create`.
 
-        A ``memory_budget`` without a ``schedule`` selects the ``"auto"`` schedule, and
-        ``snapshots`` without one selects ``"revolve"``, the schedules that take them.
+        Schedule options without a ``schedule`` name the schedule that takes them (as
+        :func:`anode.gradients.resolve` does), so that the checkpoint records it.
         """
-        names = ("method", "n_steps", "gradient", "schedule", "snapshots", "memory_budget")
+        names = ("method", "n_steps", "rtol", "atol", "gradient", "schedule", "snapshots", "memory_budget")
         opts = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        if "schedule" not in opts:
-            if "memory_budget" in opts:
-                opts["schedule"] = "auto"
-            elif "snapshots" in opts:
-                opts["schedule"] = "revolve"
+        schedule_opts = {k: opts[k] for k in ("snapshots", "memory_budget") if k in opts}
+        if "schedule" not in opts and schedule_opts:
+            opts["schedule"] = schedule_taking(schedule_opts)
         return opts
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,7 +334,7 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     preset = GPU_PRESET if device_type == "cuda" else CPU_PRESET
     cfg = dataclasses.replace(config)
     for key, value in preset.items():
-        if key in _TIED_TO and getattr(config, _TIED_TO[key]) is not None:
+        if any(getattr(config, other) is not None for other in _TIED_TO.get(key, ())):
             continue
         if key == "lr_milestones":
             continue

@@ -152,17 +152,15 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
 def _fill_ode_settings(cfg: TrainConfig, model: nn.Module) -> None:
     # The resolved settings name what the ODE blocks do, so that config.json and the
     # checkpoint's args state the model's defaults instead of null.
-    from ..models import ode_blocks
+    from ..models import named_options, ode_blocks
 
     blocks = ode_blocks(model)
     if not blocks:
         return
-    block = blocks[0]
-    for name in ("method", "n_steps", "gradient"):
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, getattr(block, name))
-    if block.gradient == "anode" and cfg.schedule is None:
-        cfg.schedule = block.schedule
+    named = named_options(blocks[0].options)
+    for name in ("method", "n_steps", "rtol", "atol", "gradient", "schedule"):
+        if name in named and getattr(cfg, name) is None:
+            setattr(cfg, name, named[name])
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
