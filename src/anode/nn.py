@@ -83,6 +83,17 @@ class ODEBlock(nn.Module):
         self.params = params
         self.stats = SolveStats()
 
+    @property
+    def options(self) -> SolveOptions:
+        """The block's :class:`~anode.options.SolveOptions` (frozen; assign a new record)."""
+        return self._options
+
+    @options.setter
+    def options(self, value: SolveOptions) -> None:
+        if not isinstance(value, SolveOptions):
+            raise TypeError(f"options must be a SolveOptions, not {type(value).__name__}")
+        self._options = value
+
     def forward(self, x):
         ref = x[0] if isinstance(x, (tuple, list)) else x
         dtype = ref.dtype if ref.is_floating_point() else torch.float32

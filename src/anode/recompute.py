@@ -17,9 +17,10 @@ undo its own side effects. This module captures them at forward time and replays
   (the backward of a custom Function runs with autocast off);
 * train/eval mode of every submodule of ``func`` at forward time (when ``func`` is an
   ``nn.Module``), even if the user switched modes between forward and backward;
-* module buffers (BatchNorm's running statistics and ``num_batches_tracked``): the values at
-  forward time are used during recomputation, and the values current when the backward
-  started are put back afterwards, so recomputation never updates them.
+* module buffers (BatchNorm's running statistics and ``num_batches_tracked``): copies of the
+  values at forward time stand in for the module's buffers during recomputation, and the
+  module's own buffer tensors are put back afterwards, never written, so recomputation never
+  updates them and no graph that saved them goes stale.
 
 The record refers to ``func`` only weakly (see :class:`~anode.ivp.CheckedFunc`): a module
 that keeps its own solve's output must not be kept alive by that output's graph.
@@ -147,13 +148,18 @@ class ForwardRecord:
         if m is None and (self.modes or self.buffers):
             raise RuntimeError(FREED)
         modules = list(m.modules()) if m is not None else []
-        named = dict(m.named_buffers()) if m is not None and self.buffers else {}
         saved_modes = [s.training for s in modules]
-        saved_buffers = [(name, named[name].detach().clone()) for name, _ in self.buffers]
+        # Copies of the forward-time buffers stand in for the module's own during the
+        # replay: a rebuilt graph may save them (BatchNorm saves its running statistics),
+        # and the module's tensors are then never written, so no saved tensor goes stale.
+        owners = []
+        for name, _ in self.buffers:
+            path, _, attr = name.rpartition(".")
+            owner = m.get_submodule(path) if path else m
+            owners.append((owner, attr, owner._buffers[attr]))
         try:
-            with torch.no_grad():
-                for name, value in self.buffers:
-                    named[name].copy_(value)
+            for (owner, attr, _), (_, value) in zip(owners, self.buffers):
+                owner._buffers[attr] = value.clone()
             for s, mode in zip(modules, self.modes):
                 s.training = mode
             with contextlib.ExitStack() as stack:
@@ -163,9 +169,8 @@ class ForwardRecord:
                     stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled))
                 yield
         finally:
-            with torch.no_grad():
-                for name, value in saved_buffers:
-                    named[name].copy_(value)
+            for owner, attr, original in owners:
+                owner._buffers[attr] = original
             for s, mode in zip(modules, saved_modes):
                 s.training = mode
             self._set_rng(saved_rng)

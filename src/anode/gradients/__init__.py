@@ -12,9 +12,8 @@ Every method takes an :class:`~anode.ivp.IVP` and returns the tuple states at th
 
 from __future__ import annotations
 
-import inspect
-
 from ..schedules import SCHEDULES, get_schedule
+from ..schedules.registry import constructor_parameters
 from .anode import Anode
 from .backsolve import Backsolve
 from .base import GradientMethod
@@ -72,7 +71,7 @@ def schedule_taking(options: dict) -> str:
     options without a schedule name select it (``snapshots`` → revolve, ``memory_budget``
     → auto)."""
     for name, cls in SCHEDULES.items():
-        takes = inspect.signature(cls).parameters
+        takes = {p.name for p in constructor_parameters(cls)}
         if all(k in takes for k in options):
             return name
     raise ValueError(f"no schedule takes the options {sorted(options)}; name one with schedule=")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from ..gradients import Anode, resolve
 from ..nn import ODEBlock
 from ..options import FixedGrid, SolveOptions
 from ..schedules import SCHEDULES
+from ..schedules.registry import constructor_parameters
 
 DEFAULT_ODE_OPTIONS: dict[str, Any] = {
     "method": "euler",
@@ -196,7 +196,7 @@ def named_options(options: SolveOptions) -> dict[str, Any]:
     name = _schedule_name(options.gradient)
     if name is not None:
         named["schedule"] = name
-        takes = inspect.signature(SCHEDULES[name]).parameters
+        takes = {p.name for p in constructor_parameters(SCHEDULES[name])}
         named.update({k: v for k, v in vars(schedule).items() if k in takes})
     return named
 

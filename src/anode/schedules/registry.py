@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from .auto import Auto
@@ -17,6 +18,14 @@ SCHEDULES: dict[str, type[Schedule] | type[Auto]] = {
 }
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+@functools.cache
+def constructor_parameters(cls: type) -> tuple[inspect.Parameter, ...]:
+    """The parameters of ``cls``'s constructor, read once per class (``inspect.signature``
+    builds reference cycles for classes without their own ``__init__``; a solve should not
+    leave garbage behind)."""
+    return tuple(inspect.signature(cls).parameters.values())
 
 
 def get_schedule(schedule: str | Schedule | Auto, **options) -> Schedule | Auto:
@@ -43,7 +52,7 @@ def get_schedule(schedule: str | Schedule | Auto, **options) -> Schedule | Auto:
         cls = SCHEDULES[schedule]
     except KeyError:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}") from None
-    params = inspect.signature(cls).parameters.values()
+    params = constructor_parameters(cls)
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         takes = sorted(p.name for p in params if p.kind in _NAMED)
         unknown = sorted(set(options) - set(takes))
