@@ -137,3 +137,16 @@ def rewrite(path: Path, **changes) -> None:
     obj = pickle.load(io.BytesIO(path.read_bytes()), encoding="latin1")
     obj.update(changes)
     path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def tiny_config(data_root, out, **kw):
+    """A :class:`anode.train.TrainConfig` for a test run on the fake files: two epochs of
+    batch 16 on CPU, quiet; ``kw`` (``model`` among them) overrides any setting."""
+    from anode.train import TrainConfig
+
+    base = dict(
+        data_root=str(data_root), out=str(out), epochs=2, batch_size=16, subset=0,
+        lr=0.05, device="cpu", progress=False, plots=False, eval_batch_size=8,
+    )
+    base.update(kw)
+    return TrainConfig(**base)

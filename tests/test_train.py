@@ -39,7 +39,7 @@ from anode.train import (
 from anode.train.config import default_data_root, lr_milestones
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_files import write_fake_cifar  # noqa: E402
+from cifar_files import tiny_config, write_fake_cifar  # noqa: E402
 
 TINY = "_test_tiny_ode"
 
@@ -54,19 +54,8 @@ if TINY not in models.list_models():
 
 
 
-@pytest.fixture
-def data_root(tmp_path):
-    write_fake_cifar(tmp_path / "data", "cifar10", n_train=48, n_test=20)
-    return tmp_path / "data"
-
-
 def _config(data_root, out, **kw) -> TrainConfig:
-    base = dict(
-        data_root=str(data_root), out=str(out), model=TINY, epochs=2, batch_size=16, subset=0,
-        lr=0.05, device="cpu", progress=False, plots=False, eval_batch_size=8,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(data_root, out, **{"model": TINY, **kw})
 
 
 def _assert_same_state(a: dict, b: dict, what: str) -> None:

@@ -30,7 +30,7 @@ from anode.train.lr_schedule import ONECYCLE_START, ONECYCLE_WARMUP
 from anode.train.metrics import curves_figure
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_files import write_fake_cifar  # noqa: E402
+from cifar_files import tiny_config  # noqa: E402
 
 TINY = "_test_run_tiny_ode"
 PLAIN = "_test_run_tiny_plain"
@@ -50,19 +50,8 @@ if TINY not in models.list_models():
     models.register_model(_plain, name=PLAIN)
 
 
-@pytest.fixture
-def data_root(tmp_path):
-    write_fake_cifar(tmp_path / "data", "cifar10", n_train=48, n_test=20)
-    return tmp_path / "data"
-
-
 def _config(data_root, out, **kw) -> TrainConfig:
-    base = dict(
-        data_root=str(data_root), out=str(out), model=TINY, epochs=2, batch_size=16, subset=0,
-        lr=0.05, device="cpu", progress=False, plots=False, eval_batch_size=8,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(data_root, out, **{"model": TINY, **kw})
 
 
 # --- files --------------------------------------------------------------------------------

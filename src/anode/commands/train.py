@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..train.lr_schedule import LR_SCHEDULES
+from ._arguments import int_list
 
 __all__ = ["register"]
 
@@ -32,16 +33,6 @@ examples:
   anode train --out runs/x --resume                # continue a killed run
   torchrun --nproc_per_node 4 -m anode.cli train   # data parallel on 4 GPUs
 """
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one epoch")
-    return values
 
 
 def _bytes(text: str) -> int:
@@ -112,7 +103,7 @@ def _add_train_parser(sub) -> None:
                      help="step: x gamma after each milestone; cosine: annealed to 0 per epoch; "
                      "onecycle: linear warm-up over the first quarter of the steps, then linear "
                      "decay to 0 (default: onecycle on CPU, step on GPU)")
-    opt.add_argument("--lr-milestones", dest="lr_milestones", type=_int_list, metavar="E1,E2", default=S,
+    opt.add_argument("--lr-milestones", dest="lr_milestones", type=int_list(0), metavar="E1,E2", default=S,
                      help="epochs after which the step schedule decays (default: 50%% and 75%% of epochs)")
     opt.add_argument("--lr-gamma", dest="lr_gamma", type=float, default=S, help="step decay factor (0.1)")
     opt.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
