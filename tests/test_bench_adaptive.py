@@ -31,6 +31,7 @@ def test_quick_run_writes_tables_and_anode_equals_direct(tmp_path, capsys):
     assert float(rows["torchdiffeq/odeint"]["grad_vs_odeint"]) == 0
     assert float(rows["torchdiffeq/odeint_adjoint"]["mem_vs_adjoint"]) == 1
     md = (tmp_path / "adaptive_results.md").read_text()
+    assert (tmp_path / "adaptive_ratios.png").read_bytes().startswith(b"\x89PNG")
     assert "n/a (quick sizes)" in md and "Command: `anode bench adaptive --quick" in md
     assert "anode/recompute / torchdiffeq/odeint_adjoint" in capsys.readouterr().out
 

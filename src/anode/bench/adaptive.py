@@ -202,3 +202,38 @@ def write(rows: list[dict], targets: list[Target], out: Path, header: str) -> st
         writer.writeheader()
         writer.writerows(rows)
     return md
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> Path | None:
+    """Bar charts of each method's peak memory (log scale) and time relative to torchdiffeq
+    ``odeint_adjoint``, one group of bars per workload; None (no file) when
+    ``odeint_adjoint`` was not measured."""
+    rows = [r for r in rows if "error" not in r and r.get("mem_vs_adjoint") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = list(dict.fromkeys(r["field"] for r in rows))
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, key, name in ((axes[0], "mem_vs_adjoint", "peak memory"), (axes[1], "time_vs_adjoint", "time")):
+        for i, label in enumerate(labels):
+            values = [next((r[key] for r in rows if r["field"] == f and r["method"] == label), 0) or 0
+                      for f in fields]
+            ax.bar([j + (i - (len(labels) - 1) / 2) * width for j in range(len(fields))], values, width,
+                   label=label, hatch="//" if label.startswith("torchdiffeq") else None)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(fields)), fields)
+        ax.set_ylabel(f"{name} / torchdiffeq odeint_adjoint")
+    axes[0].set_yscale("log")  # peaks span 0.05x to 50x
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

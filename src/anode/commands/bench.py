@@ -276,8 +276,8 @@ def run_revolve(args: argparse.Namespace) -> int:
 
 def run_adaptive(args: argparse.Namespace) -> int:
     """Measure adaptive solves (:mod:`anode.bench.adaptive`), print the targets, write the
-    tables. 0; 1 when an anode gradient differs from direct's; 2 on bad arguments; 3 when a
-    measurement failed."""
+    tables and ``adaptive_ratios.png``. 0; 1 when an anode gradient differs from direct's; 2
+    on bad arguments; 3 when a measurement failed."""
     from ..bench import adaptive
     from ..bench.environment import machine
 
@@ -304,13 +304,15 @@ def run_adaptive(args: argparse.Namespace) -> int:
         "gradient differences are relative 2-norms of the whole parameter gradient, to the exact gradient "
         "of this library's discrete solve (direct) and to torchdiffeq odeint's autograd gradient.")
     adaptive.write(rows, found, args.out, header)
+    png = adaptive.plot(rows, args.out / "adaptive_ratios.png",
+                        title=f"dopri5, rtol={args.rtol:g}, atol={args.atol:g}, cpu")
     print()
     from ..bench.report import targets_table
 
     print(targets_table(found))
     print()
     print(adaptive.results_table(rows))
-    print(f"\nwrote {args.out}/adaptive_results.{{md,csv}}")
+    print(f"\nwrote {args.out}/adaptive_results.{{md,csv}}" + (f" and {png.name}" if png else ""))
     failed = [r for r in rows if "error" in r]
     inexact = [r for r in rows if r["exact_method"] and "error" not in r and not r.get("equal")]
     for r in failed:
