@@ -1,6 +1,7 @@
 """``anode bench``: memory and speed of gradient methods for a stack of ODE blocks (and
 ``anode bench models``: one training step of every registered model; ``anode bench revolve``:
-revolve(s) against store and recompute in one block).
+revolve(s) against store and recompute in one block; ``anode bench adaptive``: gradients of
+adaptive dopri5 solves against torchdiffeq, see ``docs/adaptive.md``).
 
 ``anode bench`` sweeps N_t and L for a stack of L blocks of the ANODE paper's ResNet ODE
 function on CIFAR-sized input, measuring every gradient method available (this library's,
@@ -67,7 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights and input (default: %(default)s)")
     _process_arguments(p)
     p.set_defaults(run=run, command_line=None)
-    sub = p.add_subparsers(dest="bench_command", metavar="{models,revolve}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{models,revolve,adaptive}")
 
     m = sub.add_parser("models", help="training-step memory and images/s of every registered model",
                        description="Training-step memory and throughput of every registered model, "
@@ -96,6 +97,26 @@ def register(subparsers) -> None:
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     r.add_argument("--repeats", type=int, default=3, help="timed repeats (median) (default: %(default)s)")
     r.set_defaults(run=run_revolve)
+
+    a = sub.add_parser("adaptive",
+                       help="adaptive dopri5 solves: anode against torchdiffeq odeint/odeint_adjoint",
+                       description="Peak memory, time, function evaluations and gradient error of adaptive "
+                                   "dopri5 solves (an MLP field, a CNF), anode against torchdiffeq.")
+    a.add_argument("--out", type=Path, default=Path("runs/bench"),
+                   help="output folder for adaptive_results.{md,csv} (default: %(default)s)")
+    a.add_argument("--quick", action="store_true", help="tiny sizes, one repeat; no target is judged")
+    a.add_argument("--fields", type=name_list, default=("mlp", "cnf"),
+                   help="workloads, comma-separated: mlp, cnf (default: both)")
+    a.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: %(default)s)")
+    a.add_argument("--atol", type=float, default=1e-7, help="absolute tolerance (default: %(default)s)")
+    a.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default: %(default)s)")
+    a.add_argument("--tol", type=float, default=1e-5,
+                   help="relative difference up to which an anode gradient equals direct's "
+                        "(default: %(default)s)")
+    a.add_argument("--seed", type=int, default=0, help="seed of weights and data (default: %(default)s)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _process_arguments(a)
+    a.set_defaults(run=run_adaptive, command_line=None)
 
 
 def _process_arguments(p: argparse.ArgumentParser) -> None:
@@ -251,3 +272,52 @@ def run_revolve(args: argparse.Namespace) -> int:
     if args.out:
         revolve_tradeoff.write_results(rows, args.out, workload, device)
     return 0
+
+
+def run_adaptive(args: argparse.Namespace) -> int:
+    """Measure adaptive solves (:mod:`anode.bench.adaptive`), print the targets, write the
+    tables and ``adaptive_ratios.png``. 0; 1 when an anode gradient differs from direct's; 2
+    on bad arguments; 3 when a measurement failed."""
+    from ..bench import adaptive
+    from ..bench.environment import machine
+
+    unknown = set(args.fields) - set(adaptive.WORKLOADS)
+    if unknown or args.repeats < 1 or args.device != "cpu":
+        print(f"error: fields must be among {sorted(adaptive.WORKLOADS)}, --repeats positive, and the "
+              "adaptive benchmark runs on cpu only", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.repeats = 1
+    threads, clock = _threads_and_clock(args)
+    rows = adaptive.run(list(args.fields), rtol=args.rtol, atol=args.atol, quick=args.quick,
+                        repeats=args.repeats, threads=threads, clock=clock, isolation=args.isolation,
+                        tol=args.tol, seed=args.seed, log=lambda s: print(s, flush=True))
+    found = adaptive.evaluate(rows, quick=args.quick)
+    command = args.command_line or "anode bench adaptive"
+    fields = "; ".join(f"{f}: {adaptive.describe(f, args.quick)}" for f in args.fields)
+    header = (
+        f"## Adaptive solves: dopri5, rtol={args.rtol:g}, atol={args.atol:g}, float32, cpu\n\n"
+        f"Command: `{command}`  \nMachine: {machine('cpu')}; {threads or 'torch default'} thread(s) per "
+        f"measurement.  \nWorkloads: {fields}; over t in [0, 1].  \n"
+        "Peak = extra peak resident memory of one forward+backward, a fresh process per method; time = "
+        f"median {_clock_text(clock)} of {args.repeats} rounds after warm-up, methods interleaved; "
+        "gradient differences are relative 2-norms of the whole parameter gradient, to the exact gradient "
+        "of this library's discrete solve (direct) and to torchdiffeq odeint's autograd gradient.")
+    adaptive.write(rows, found, args.out, header)
+    png = adaptive.plot(rows, args.out / "adaptive_ratios.png",
+                        title=f"dopri5, rtol={args.rtol:g}, atol={args.atol:g}, cpu")
+    print()
+    from ..bench.report import targets_table
+
+    print(targets_table(found))
+    print()
+    print(adaptive.results_table(rows))
+    print(f"\nwrote {args.out}/adaptive_results.{{md,csv}}" + (f" and {png.name}" if png else ""))
+    failed = [r for r in rows if "error" in r]
+    inexact = [r for r in rows if r["exact_method"] and "error" not in r and not r.get("equal")]
+    for r in failed:
+        print(f"error: {r['field']} {r['method']} failed: {r['error']}", file=sys.stderr)
+    for r in inexact:
+        print(f"error: {r['field']} {r['method']} differs from direct (gradient "
+              f"{r.get('grad_rel_diff', float('nan')):.2e})", file=sys.stderr)
+    return 3 if failed else (1 if inexact else 0)
