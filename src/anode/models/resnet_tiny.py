@@ -19,20 +19,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn import ConvODEFunc
 from .blocks import BlockFactory, ResidualNetwork, check_num_classes
 from .init import reference_init
 from .registry import register_model
-from .resnet import BasicBlock
+from .resnet import BasicBlock, ResNet
 
 __all__ = ["TinyResNet"]
 
 
-class TinyResNet(ResidualNetwork):
+class TinyResNet(ResNet):
     """A pooled stem, then stages of one ODE (or residual) block each, the later ones after
     a stride-2 :class:`~anode.models.resnet.BasicBlock`.
 
@@ -61,7 +59,7 @@ class TinyResNet(ResidualNetwork):
         ode: bool = True,
         **ode_options: Any,
     ) -> None:
-        super().__init__()
+        ResidualNetwork.__init__(self)  # its own layers; ResNet's forward
         check_num_classes(num_classes)
         widths = list(widths)
         if not widths or min(widths) < 1:
@@ -82,10 +80,6 @@ class TinyResNet(ResidualNetwork):
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(in_channels, num_classes)
         reference_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.stages(self.stem(x))
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
 @register_model
