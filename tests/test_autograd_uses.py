@@ -487,3 +487,10 @@ def test_block_options_take_only_a_record():
         block.options = "garbage"
     block.options = anode.SolveOptions.make("midpoint", n_steps=2)
     assert block.options.method.name == "midpoint"
+
+
+def test_a_misspelt_argument_is_named_as_such():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['nsteps'\]"):
+        anode.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), nsteps=3)
+    with pytest.raises(TypeError, match=r"anode.Revolve\(4\)"):
+        anode.Anode(schedule="revolve")

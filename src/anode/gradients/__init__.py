@@ -70,11 +70,20 @@ def schedule_taking(options: dict) -> str:
     """The first registered schedule whose constructor takes all of ``options``: schedule
     options without a schedule name select it (``snapshots`` → revolve, ``memory_budget``
     → auto)."""
+    known = set()
     for name, cls in SCHEDULES.items():
         takes = {p.name for p in constructor_parameters(cls)}
         if all(k in takes for k in options):
             return name
-    raise ValueError(f"no schedule takes the options {sorted(options)}; name one with schedule=")
+        known |= takes
+    unknown = sorted(set(options) - known)
+    if unknown:  # most often a misspelt argument (nsteps, end_tim) rather than a schedule's
+        raise ValueError(
+            f"unknown option(s) {unknown}: not an argument of the solve (method, n_steps, "
+            f"step_size, rtol, atol, gradient, schedule, params) nor of any schedule "
+            f"(those take {sorted(known)})"
+        )
+    raise ValueError(f"no schedule takes the options {sorted(options)} together; name one with schedule=")
 
 
 __all__ = ["GRADIENTS", "GradientMethod", "Direct", "Anode", "Backsolve", "resolve", "schedule_taking"]

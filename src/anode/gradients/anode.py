@@ -244,8 +244,9 @@ class Anode(GradientMethod):
         schedule = Recompute() if schedule is None else schedule
         if not callable(getattr(schedule, "choose", None)):
             raise TypeError(
-                "schedule must be a Schedule (Store, Recompute, Revolve) or Auto, "
-                f"not {type(schedule).__name__}"
+                "schedule must be a schedule object such as anode.Revolve(4), anode.Store(), "
+                f"anode.Recompute() or anode.Auto(memory_budget=...), not {type(schedule).__name__} "
+                "(names go with gradient='anode', e.g. odeint(..., schedule='revolve', snapshots=4))"
             )
         self.schedule = schedule
 
