@@ -1,8 +1,9 @@
 """anode: neural ODEs with exact discretize-then-optimize gradients at O(L) + O(N_t) memory.
 
-Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298). Code written for
-torchdiffeq switches with ``from anode.dropin import odeint, odeint_adjoint``
-(:mod:`anode.dropin`).
+Implements ANODE (Gholami, Keutzer, Biros, IJCAI 2019, arXiv:1902.10298). :func:`odeint` and
+:func:`odeint_adjoint` take torchdiffeq's arguments (``rtol``, ``atol``, ``method``, an
+``options`` dict, ``adjoint_params``); ``from anode.dropin import odeint, odeint_adjoint``
+also takes its method names exactly (:mod:`anode.dropin`).
 """
 
 from . import dropin
@@ -11,7 +12,7 @@ from .controllers import Adaptive
 from .gradients import Anode, Backsolve, Direct, GradientMethod
 from .ivp import SolveStats
 from .nn import Autonomous, ConvODEFunc, ODEBlock
-from .odeint import odeint
+from .odeint import odeint, odeint_adjoint
 from .options import FixedGrid, SolveOptions
 from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
 from .solvers import EMBEDDED_TABLEAUS, TABLEAUS, ButcherTableau, get_tableau
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "odeint",
+    "odeint_adjoint",
     "dropin",
     "ODEBlock",
     "ConvODEFunc",

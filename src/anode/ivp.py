@@ -35,8 +35,11 @@ class SolveStats:
     vector–Jacobian product. Both replay accepted steps, ``stages`` evaluations each: the
     tableau's stage count of the last solve, less a trailing stage that only an error
     estimate uses (:attr:`~anode.solvers.ButcherTableau.solution_stages`).
-    ``reverse_evaluations`` are those of the adaptive reverse solve of ``backsolve`` after an
-    adaptive forward (its own steps, not replays).
+    ``stage_replays`` are the evaluations the discrete adjoint takes once more to rebuild
+    one stage's graph at a time (``stages - 1`` per backward step of a multi-stage method,
+    :func:`anode.gradients.stages.stage_func`). ``reverse_evaluations`` are those of the
+    adaptive reverse solve of ``backsolve`` after an adaptive forward (its own steps, not
+    replays).
     """
 
     forward_steps: int = 0
@@ -47,12 +50,13 @@ class SolveStats:
     rejected_steps: int = 0
     forward_evaluations: int = 0
     reverse_evaluations: int = 0
+    stage_replays: int = 0
 
     @property
     def function_evaluations(self) -> int:
         """All evaluations of ``func`` in forward and backward."""
         replayed = (self.recomputed_steps + self.backward_steps) * self.stages
-        return self.forward_evaluations + replayed + self.reverse_evaluations
+        return self.forward_evaluations + replayed + self.stage_replays + self.reverse_evaluations
 
     def count_fixed_forward(self, n_steps: int, stages: int) -> None:
         """Count a forward pass of ``n_steps`` steps on a given grid, ``stages`` evaluations each."""
@@ -64,6 +68,7 @@ class SolveStats:
         """Set every count to zero."""
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
         self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
+        self.stage_replays = 0
 
 
 def _reference(func: Callable) -> Callable[[], Callable | None]:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .controllers import Adaptive
-from .gradients import GradientMethod
+from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau, State, get_tableau
+from .torchdiffeq_options import check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -81,16 +82,22 @@ _UNSET = (None, None, None, None, None, "anode", None)  # odeint's defaults for 
 
 
 def check_options_record(options) -> None:
-    """Raise TypeError unless ``options`` is a :class:`SolveOptions` (or None); a dict gets
-    a pointer to :mod:`anode.dropin`, which takes torchdiffeq's options dicts."""
-    if options is None or isinstance(options, SolveOptions):
+    """Raise TypeError unless ``options`` is a :class:`SolveOptions`, a torchdiffeq options
+    dict or None."""
+    if options is None or isinstance(options, (SolveOptions, Mapping)):
         return
-    if isinstance(options, dict):
-        raise TypeError(
-            f"options is a dict ({sorted(options)}); here options= takes an anode.SolveOptions. "
-            "For torchdiffeq's options dicts use anode.dropin.odeint, or give step_size=, "
-            "rtol=, atol= ... as keyword arguments")
-    raise TypeError(f"options must be an anode.SolveOptions, not {type(options).__name__}")
+    raise TypeError("options must be an anode.SolveOptions or a dict of torchdiffeq options, "
+                    f"not {type(options).__name__}")
+
+
+def _from_dict(options: Mapping, method, n_steps, step_size, rtol, atol, gradient, schedule,
+               schedule_options) -> SolveOptions:
+    if n_steps is not None or step_size is not None:
+        raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
+                         "not n_steps=/step_size=")
+    tableau = get_tableau("dopri5" if method is None else method)  # anode's names, e.g. rk4
+    return solve_options(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, tableau,
+                         options, resolve(gradient, schedule, **schedule_options))
 
 
 def odeint(
@@ -161,8 +168,13 @@ def odeint(
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
             ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
             schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
-            max_num_steps=1000))``. Not a dict: torchdiffeq's options dicts (and its method
-            names) are taken by :func:`anode.dropin.odeint`.
+            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size`` for a
+            fixed-grid method; ``first_step``, ``max_num_steps``, ``safety``, ``ifactor``,
+            ``dfactor``, ``max_step`` for an adaptive one; see
+            :mod:`anode.torchdiffeq_options`), which goes with ``method``, ``rtol``,
+            ``atol`` and ``gradient`` as torchdiffeq's does (default method dopri5). Method
+            names stay anode's (``rk4`` is the classic method); :mod:`anode.dropin` takes
+            torchdiffeq's names too.
         **schedule_options: options of the named schedule (e.g. ``snapshots``).
 
     Returns:
@@ -177,20 +189,24 @@ def odeint(
     raises under ``grad``, ``jacrev``, ``jvp``.
 
     Raises:
-        TypeError: y0, t or params of the wrong type or dtype; options not a SolveOptions
-            (a dict is pointed to :mod:`anode.dropin`); func returns a wrong type,
+        TypeError: y0, t or params of the wrong type or dtype; options neither a
+            SolveOptions nor a dict; func returns a wrong type,
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
             gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
             grid and tolerances both given, tolerances with a method that has no error
-            estimate, options given twice, func returns a wrong shape; adaptive stepping
+            estimate, options given twice, an unknown key in an options dict (naming it and
+            the supported ones), func returns a wrong shape; adaptive stepping
             under a ``torch.func`` transform or with func NaN/Inf at y0.
         anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
             size underflows; the message names the time reached.
     """
     check_signature(func)
     check_options_record(options)
-    if options is None:
+    if isinstance(options, Mapping):
+        options = _from_dict(options, method, n_steps, step_size, rtol, atol, gradient, schedule,
+                             schedule_options)
+    elif options is None:
         options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
                                     atol=atol, **schedule_options)
     elif schedule_options or (n_steps, step_size, rtol, atol, gradient, schedule) != _UNSET[1:] or (
@@ -201,6 +217,55 @@ def odeint(
     state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
     stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))
     return stacked if is_tuple else stacked[0]
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    method: str | ButcherTableau | None = None,
+    options: Mapping | SolveOptions | None = None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_method=None,
+    adjoint_options=None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    gradient: str | GradientMethod = "backsolve",
+    **kwargs,
+) -> Tensors:
+    """torchdiffeq's ``odeint_adjoint`` signature: :func:`odeint` with the continuous adjoint
+    (``gradient="backsolve"``, Chen et al., NeurIPS 2018) as the default gradient.
+
+    ``adjoint_params`` are added to ``func.parameters()`` (torchdiffeq uses them instead);
+    the reverse solve uses the forward's method, tolerances and options, so each
+    ``adjoint_*`` argument must be None or equal to the forward's. For the exact gradient of
+    the solve at similar memory, call :func:`odeint` (discrete adjoint). Method names are
+    anode's; :func:`anode.dropin.odeint_adjoint` takes torchdiffeq's (its ``rk4`` is Kutta's
+    3/8 rule).
+
+    Args:
+        func, y0, t, rtol, atol, method, options, **kwargs: as :func:`odeint`.
+        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: torchdiffeq's; None
+            or the forward's value.
+        adjoint_params: tensors ``func`` depends on whose gradients are wanted.
+        gradient: as :func:`odeint`; default ``"backsolve"``.
+
+    Returns:
+        As :func:`odeint`.
+
+    Raises:
+        NotImplementedError: an ``adjoint_*`` argument that differs from the forward's.
+        ValueError, TypeError: as :func:`odeint`.
+    """
+    adaptive = rtol is not None or atol is not None or isinstance(options, Mapping)
+    default = options.method.name if isinstance(options, SolveOptions) else "dopri5" if adaptive else "rk4"
+    check_adjoint_arguments(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, method,
+                            options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, default)
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, gradient=gradient,
+                  params=adjoint_params, **kwargs)
 
 
 def solve(
