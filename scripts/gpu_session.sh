@@ -28,8 +28,11 @@
 #
 # env: OUT (required) output folder; ANODE_SESSION gpu (default) or rehearse;
 #      CARRY (carry) the carried folder; WORK (/tmp/anode-session) data, runs, checkpoints;
-#      BUDGET seconds of the whole script; RESNET_EPOCHS, SQNXT_EPOCHS epochs of the two
-#      comparisons (default: the recipe's 20 and 8); NOACT=0 skips the noact run.
+#      BUDGET seconds of the whole script; T_TRAIN seconds of the training step; RESNET_EPOCHS, SQNXT_EPOCHS epochs of the two
+#      comparisons (default: the recipe's 20 and 8); NOACT=0 skips the noact run; PY (python3)
+#      the Python that has torch.
+# Worst case 575 s: setup, tests and bench at their limits, training stopped at its limit
+# (and killed 20 s later), both reports redrawn at their 30 s limits.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the output folder}"
@@ -62,6 +65,7 @@ rehearse)
 esac
 RESNET_EPOCHS=${RESNET_EPOCHS:-}
 NOACT=${NOACT:-1}
+PY=${PY:-python3}
 DATA="$WORK/data"
 
 # Seconds for the next step: at most $1, and never more than what is left of the budget
@@ -86,14 +90,14 @@ step() {
 setup() {
     [ -f "$CARRY/cifar10-mosaic/mosaic.jpg" ] || { echo "no $CARRY/cifar10-mosaic (run scripts/prepare_carry.sh)"; return 2; }
     if [ ! -f "$DATA/cifar-10-batches-py/test_batch" ]; then
-        timeout 120 python3 "$CARRY/cifar10-mosaic/unpack.py" "$CARRY/cifar10-mosaic" "$DATA" || return 3
+        timeout 120 "$PY" "$CARRY/cifar10-mosaic/unpack.py" "$CARRY/cifar10-mosaic" "$DATA" || return 3
     fi
     # A wheel is a zip archive: unpacked onto the path it imports without pip or an index.
     mkdir -p "$WORK/site"
     for whl in "$CARRY"/wheels/*.whl; do
-        [ -f "$whl" ] && python3 -m zipfile -e "$whl" "$WORK/site"
+        [ -f "$whl" ] && "$PY" -m zipfile -e "$whl" "$WORK/site"
     done
-    python3 - <<'EOF' | tee "$OUT/environment.txt"
+    "$PY" - <<'EOF' | tee "$OUT/environment.txt"
 import platform, sys, torch
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
 print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU: " + platform.processor() + ")")
@@ -110,44 +114,47 @@ EOF
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$OUT/environment.txt" 2>/dev/null || true
 }
 export PYTHONPATH="$WORK/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-ANODE=(python3 -m anode.cli)
+ANODE=("$PY" -m anode.cli)
 step setup setup
 [ -f "$DATA/cifar-10-batches-py/test_batch" ] || { echo "setup failed: no data in $DATA"; exit 2; }
-if [ "$DEVICE" = cuda ] && ! python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "CUDA is not available; nothing to measure"; exit 1
 fi
 
 # 2. tests -------------------------------------------------------------------------------
 XDIST=()
-python3 -c "import xdist" 2>/dev/null && XDIST=(-n 8)
-step tests timeout -k 5 "$(limit 50 450)" python3 -m pytest -q -x -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}"
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+step tests timeout -k 5 "$(limit 50 450)" "$PY" -m pytest -q -x -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}"
 
 # 3. bench -------------------------------------------------------------------------------
 step bench timeout -k 5 "$(limit 75 420)" "${ANODE[@]}" bench models --device "$DEVICE" \
     --models "$BENCH_MODELS" "${BENCH_ARGS[@]}" --out "$OUT/models"
 
 # 4. training ----------------------------------------------------------------------------
-T_TRAIN=$(limit 420 35)
+T_TRAIN=${T_TRAIN:-$(limit 420 70)}
 echo "training: $T_TRAIN s for the comparisons and the noact run"
 COMMON=(--recipe fast --seeds 0 --jobs 3 --device "$DEVICE" --data-root "$DATA" --no-progress "${SIZES[@]}")
 compare_resnet() {
-    timeout -s INT -k 30 "$T_TRAIN" "${ANODE[@]}" compare "${COMMON[@]}" --family resnet --size "$SIZE" \
+    timeout -s INT -k 20 "$T_TRAIN" "${ANODE[@]}" compare "${COMMON[@]}" --family resnet --size "$SIZE" \
         --method euler --n-steps 2 ${RESNET_EPOCHS:+--epochs "$RESNET_EPOCHS"} --out "$WORK/compare-resnet"
 }
 compare_sqnxt() {
-    timeout -s INT -k 30 "$T_TRAIN" "${ANODE[@]}" compare "${COMMON[@]}" --family sqnxt --size "$SIZE" \
+    timeout -s INT -k 20 "$T_TRAIN" "${ANODE[@]}" compare "${COMMON[@]}" --family sqnxt --size "$SIZE" \
         --method midpoint --n-steps 2 --epochs "$SQNXT_EPOCHS" --out "$WORK/compare-sqnxt"
 }
 train_noact() {
     # Two threads: the loop runs on the GPU; the comparisons' processes need the cores.
-    timeout -s INT -k 30 "$T_TRAIN" "${ANODE[@]}" train --recipe fast --model "$NOACT_MODEL" \
+    timeout -s INT -k 20 "$T_TRAIN" "${ANODE[@]}" train --recipe fast --model "$NOACT_MODEL" \
         --device "$DEVICE" --data-root "$DATA" --threads 2 --no-progress "${SIZES[@]}" \
         ${RESNET_EPOCHS:+--epochs "$RESNET_EPOCHS"} --out "$WORK/train-noact"
 }
-step compare-resnet compare_resnet &
-step compare-sqnxt compare_sqnxt &
-if [ "$NOACT" = 1 ]; then step train-noact train_noact & fi
-wait
+# The jobs are waited for by their ids: a bare `wait` would also wait for the `tee` of the
+# log (a process substitution), which never ends.
+JOBS=()
+step compare-resnet compare_resnet & JOBS+=($!)
+step compare-sqnxt compare_sqnxt & JOBS+=($!)
+if [ "$NOACT" = 1 ]; then step train-noact train_noact & JOBS+=($!); fi
+wait "${JOBS[@]}"
 
 # 5. report ------------------------------------------------------------------------------
 collect() {
@@ -156,7 +163,7 @@ collect() {
         local dir="$WORK/compare-$family" dest="$OUT/compare-$family"
         [ -f "$dir/compare.json" ] || continue
         # A time limit may have stopped the report inside matplotlib: draw it again.
-        timeout 60 "${ANODE[@]}" compare --report-only "$dir" >/dev/null
+        timeout 30 "${ANODE[@]}" compare --report-only "$dir" >/dev/null
         mkdir -p "$dest"
         cp "$dir"/compare.json "$dir"/compare_table.md "$dir"/summary.json "$dir"/*.png "$dest"/ 2>/dev/null
         for run in "$dir"/runs/*/; do
@@ -169,7 +176,7 @@ collect() {
         mkdir -p "$OUT/train-noact"
         cp "$WORK"/train-noact/{metrics.jsonl,config.json,curves.png} "$OUT/train-noact"/ 2>/dev/null
     fi
-    python3 scripts/session_report.py "$OUT" "$MODE"
+    "$PY" scripts/session_report.py "$OUT" "$MODE"
 }
 step report collect
 echo "session: ${SECONDS} s in all"
