@@ -14,7 +14,7 @@
 #      unpack the carried wheels into $WORK/site; the project runs from src/.
 #   2. tests (<= 50 s): the CUDA test and the tests of recipes, models and autograd uses.
 #   3. bench (<= 75 s): `anode bench models` of the paper's two networks and baselines.
-#   4. training (what is left, ~400 s), all at once on the one device:
+#   4. training (what is left, ~375 s; at most 420), all at once on the one device:
 #      - `anode compare --recipe fast`, ResNet family (Euler, N_t = 2): plain, anode and
 #        backsolve; its anode run is the recipe's measurement (resnet18_ode, anode);
 #      - `anode compare --recipe fast`, SqueezeNext family (midpoint, N_t = 2), SQNXT_EPOCHS
@@ -28,9 +28,10 @@
 #
 # env: OUT (required) output folder; ANODE_SESSION gpu (default) or rehearse;
 #      CARRY (carry) the carried folder; WORK (/tmp/anode-session) data, runs, checkpoints;
-#      BUDGET seconds of the whole script; T_TRAIN seconds of the training step; RESNET_EPOCHS, SQNXT_EPOCHS epochs of the two
-#      comparisons (default: the recipe's 20 and 8); NOACT=0 skips the noact run; PY (python3)
-#      the Python that has torch.
+#      BUDGET seconds of the whole script; T_TRAIN seconds of the training step (default:
+#      what the budget leaves, at most 420); RESNET_EPOCHS, SQNXT_EPOCHS epochs of the two
+#      comparisons (default: the recipe's 20 and 8); NOACT=0 skips the noact run; PY
+#      (python3) the Python that has torch.
 # Worst case 575 s: setup, tests and bench at their limits, training stopped at its limit
 # (and killed 20 s later), both reports redrawn at their 30 s limits.
 set -uo pipefail

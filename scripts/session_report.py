@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 
 RUNS = [
-    # (label, folder under OUT, comparison variant or None for a single run)
-    ("ResNet-18, plain (`resnet18`)", "compare-resnet/runs/plain-seed0"),
-    ("ODE-ResNet-18, anode (`resnet18_ode`, the paper's f)", "compare-resnet/runs/anode-seed0"),
-    ("ODE-ResNet-18, backsolve (`resnet18_ode`)", "compare-resnet/runs/backsolve-seed0"),
-    ("ODE-ResNet-18 without f's last ReLU, anode (`resnet18_ode_noact`)", "train-noact"),
-    ("SqueezeNext-23, plain (`sqnxt23`)", "compare-sqnxt/runs/plain-seed0"),
-    ("ODE-SqueezeNext-23, anode (`sqnxt23_ode`)", "compare-sqnxt/runs/anode-seed0"),
-    ("ODE-SqueezeNext-23, backsolve (`sqnxt23_ode`)", "compare-sqnxt/runs/backsolve-seed0"),
+    # (what the run is, its folder under OUT); the model's name comes from its config.json
+    ("ResNet, plain", "compare-resnet/runs/plain-seed0"),
+    ("ODE-ResNet (the paper's f), anode: the recipe", "compare-resnet/runs/anode-seed0"),
+    ("ODE-ResNet, backsolve", "compare-resnet/runs/backsolve-seed0"),
+    ("ODE-ResNet without f's last ReLU, anode", "train-noact"),
+    ("SqueezeNext, plain", "compare-sqnxt/runs/plain-seed0"),
+    ("ODE-SqueezeNext, anode", "compare-sqnxt/runs/anode-seed0"),
+    ("ODE-SqueezeNext, backsolve", "compare-sqnxt/runs/backsolve-seed0"),
 ]
 
 
@@ -35,17 +35,17 @@ def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _planned_epochs(folder: Path) -> str:
+def _config(folder: Path) -> dict:
     path = folder / "config.json"
-    if not path.is_file():
-        return "?"
-    config = json.loads(path.read_text())
-    return str(config.get("epochs", config.get("args", {}).get("epochs", "?")))
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _run_row(label: str, folder: Path) -> str:
     recs = _records(folder)
-    planned = _planned_epochs(folder)
+    config = _config(folder)
+    planned = config.get("epochs", "?")
+    if config.get("model"):
+        label = f"{label} (`{config['model']}`)"
     if not recs:
         return f"| {label} | 0 / {planned} | – | – | – | – | – |"
     last = recs[-1]
@@ -81,8 +81,8 @@ def main(out: Path, mode: str) -> None:
     if steps:
         lines += ["| step | exit status | seconds |", "|---|---:|---:|"]
         lines += ["| " + " | ".join(s.split("\t")) + " |" for s in steps[1:]]
-        lines += ["", "Exit status 124 (or 130 for `anode compare`): stopped at the step's time limit; "
-                  "its finished epochs are reported.", ""]
+        lines += ["", "Exit status 124: stopped at the step's time limit; its finished epochs are "
+                  "reported.", ""]
     lines += ["### The `fast` recipe, and the comparisons that use it", "",
               "`anode train --recipe fast` and `anode compare --recipe fast` (seed 0; ResNet family: "
               "Euler N_t = 2, SqueezeNext family: midpoint N_t = 2, as in the paper). All runs of the "
