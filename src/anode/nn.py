@@ -135,19 +135,24 @@ class ConvODEFunc(nn.Module):
     Args:
         channels: C, input and output channels.
         norm: ``True`` for BatchNorm after each convolution (the paper), ``False`` for none.
+        last_relu: ``True`` (the paper) ends in a ReLU, so that dz/dt >= 0 everywhere and a
+            feature can only grow along the trajectory; ``False`` drops that ReLU
+            (conv3x3–BN–ReLU–conv3x3–BN, the residual branch of He et al. 2016), so the
+            derivative takes either sign.
 
     Shapes:
         ``z``: ``[B, C, H, W]`` → ``[B, C, H, W]``.
     """
 
-    def __init__(self, channels: int, norm: bool = True) -> None:
+    def __init__(self, channels: int, norm: bool = True, last_relu: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for _ in range(2):
+        for k in range(2):
             layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=not norm))
             if norm:
                 layers.append(nn.BatchNorm2d(channels))
-            layers.append(nn.ReLU(inplace=False))
+            if k == 0 or last_relu:
+                layers.append(nn.ReLU(inplace=False))
         self.net = nn.Sequential(*layers)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

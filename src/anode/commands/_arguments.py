@@ -31,3 +31,26 @@ def name_list(text: str) -> tuple[str, ...]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one name")
     return values
+
+
+class _RecipeAction(argparse.Action):
+    """``--recipe NAME``: checks the name; ``--recipe list`` prints the recipes and exits."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from ..train.recipes import RECIPES, describe_recipes
+
+        if value == "list":
+            print(describe_recipes())
+            parser.exit(0)
+        if value not in RECIPES:
+            parser.error(f"argument {option_string}: unknown recipe {value!r}; choose one of "
+                         f"{sorted(RECIPES)} (--recipe list describes them)")
+        setattr(namespace, self.dest, value)
+
+
+def add_recipe_argument(parser, help_text: str) -> None:
+    """Add ``--recipe NAME`` (``--recipe list`` prints the recipes of
+    :mod:`anode.train.recipes` and exits; an unknown name is a usage error, status 2).
+    Unset, the option is absent from the parsed namespace."""
+    parser.add_argument("--recipe", metavar="NAME", action=_RecipeAction, default=argparse.SUPPRESS,
+                        help=help_text)

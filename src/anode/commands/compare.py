@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._arguments import int_list, name_list
+from ._arguments import add_recipe_argument, int_list, name_list
 
 __all__ = ["register"]
 
@@ -15,15 +15,18 @@ Runs go to OUT/runs/<variant>-seed<k> (ordinary `anode train` run folders); re-r
 same command skips finished runs and resumes unfinished ones. Outputs in OUT:
 compare_curves.png, compare_gradient_error.png, compare_table.md, summary.json.
 
-presets (flags override them):
+presets and recipes (flags override them; a recipe's training settings override the preset's):
   cpu        resnet small, euler N_t=2, 1,280 CIFAR-10 images, 5 epochs, seeds 0,1,2, 2 jobs
   paper      ODE-ResNet-18, euler N_t=2, 350 epochs, batch 256, lr 0.1 (x0.1 at 150, 250), seeds 0,1,2
   gpu-short  ODE-ResNet-18 on a 20,000-image subset, 5 epochs, seeds 0,1 (scripts/gpu_compare.sh)
+  --recipe fast  the training settings of `anode train --recipe fast` (20 epochs, batch 512,
+             one-cycle lr 0.4, nesterov, label smoothing 0.1) for every run
 
 examples:
   anode compare --preset cpu --out runs/compare-cpu
   anode compare --preset cpu --dataset cifar100 --data-root data --out runs/c100
   anode compare --family sqnxt --method rk4 --n-steps 1 --epochs 10 --out runs/sq
+  anode compare --recipe fast --family resnet --size full --seeds 0 --jobs 3 --device cuda
   anode compare --report-only runs/compare-cpu
 """
 
@@ -41,6 +44,8 @@ def register(subparsers) -> None:
     )
     S = argparse.SUPPRESS
     p.add_argument("--preset", choices=("cpu", "paper", "gpu-short"), default=None)
+    add_recipe_argument(p, "train every run with the training settings of a recipe of `anode train "
+                        "--recipe` (the network comes from --family/--size); --recipe list describes them")
     p.add_argument("--out", metavar="OUT", default=None,
                    help="comparison folder (default runs/compare-<preset>)")
     p.add_argument("--report-only", dest="report_only", metavar="OUT", default=None,
@@ -59,11 +64,16 @@ def register(subparsers) -> None:
     d.add_argument("--epochs", type=int, default=S)
     d.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     d.add_argument("--lr", type=float, default=S)
-    d.add_argument("--lr-schedule", dest="lr_schedule", choices=("step", "cosine", "constant"), default=S)
+    d.add_argument("--lr-schedule", dest="lr_schedule", choices=("step", "cosine", "onecycle", "constant"),
+                   default=S)
     d.add_argument("--lr-milestones", dest="lr_milestones", type=int_list(0), default=S)
     d.add_argument("--weight-decay", dest="weight_decay", type=float, default=S)
+    d.add_argument("--nesterov", action="store_true", default=S)
+    d.add_argument("--label-smoothing", dest="label_smoothing", type=float, metavar="EPS", default=S)
     d.add_argument("--subset", type=int, default=S, help="training images (0 = all)")
     d.add_argument("--test-subset", dest="test_subset", type=int, default=S, help="test images (0 = all)")
+    d.add_argument("--epoch-test-subset", dest="epoch_test_subset", type=int, metavar="N", default=S,
+                   help="test images evaluated after each epoch but the last (0 = the whole test set)")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=S)
     d.add_argument("--grad-batch", dest="grad_batch", type=int, default=S,
                    help="images of the fixed batch for the gradient error")
@@ -83,19 +93,24 @@ def run_compare_command(args: argparse.Namespace) -> int:
     130 when interrupted (after the report of the finished epochs is written)."""
     from ..compare import CompareSpec, preset, run_compare, write_report
     from ..data import DatasetError
+    from ..train.recipes import training_settings
 
     try:
         if args.report_only is not None:
             write_report(args.report_only, log=print)
             return 0
         settings = preset(args.preset) if args.preset else {}
+        recipe = getattr(args, "recipe", None)
+        if recipe:
+            settings.update(training_settings(recipe))
+            settings["extra"] = {"recipe": recipe}
         given = {
             k: v for k, v in vars(args).items()
-            if k not in ("command", "run", "preset", "out", "report_only")
+            if k not in ("command", "run", "preset", "recipe", "out", "report_only")
         }
         settings.update(given)
         spec = CompareSpec(**settings)
-        out = args.out or f"runs/compare-{args.preset or 'custom'}"
+        out = args.out or f"runs/compare-{args.preset or recipe or 'custom'}"
         statuses = run_compare(spec, out, log=_log)
     except (ValueError, TypeError, FileNotFoundError, DatasetError) as exc:
         print(f"anode compare: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..train.lr_schedule import LR_SCHEDULES
-from ._arguments import int_list
+from ._arguments import add_recipe_argument, int_list
 
 __all__ = ["register"]
 
@@ -30,6 +30,7 @@ examples:
   anode train                                      # the device's defaults
   anode train --gradient direct --name direct      # the same run with autograd gradients
   anode train --model resnet_tiny --name baseline  # the plain residual network
+  anode train --recipe fast                        # ODE-ResNet-18 in minutes on a GPU (docs/training.md)
   anode train --out runs/x --resume                # continue a killed run
   torchrun --nproc_per_node 4 -m anode.cli train   # data parallel on 4 GPUs
 """
@@ -53,6 +54,8 @@ def _add_train_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     S = argparse.SUPPRESS  # unset flags stay unset, so the configuration's defaults apply
+    add_recipe_argument(p, "start from a named recipe's settings (flags given override them): "
+                        "fast; --recipe list describes them")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=("cifar10", "cifar100"), default=S, help="default cifar10")
     data.add_argument(
@@ -183,11 +186,13 @@ def _fail(command: str, exc: BaseException) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
+    from ..train.recipes import recipe_config
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     start = time.perf_counter()
     try:
-        result = train(TrainConfig(**given))
+        name = given.pop("recipe", None)
+        result = train(recipe_config(name, **given) if name else TrainConfig(**given))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
         return _fail("train", exc)
     except KeyboardInterrupt:

@@ -47,8 +47,9 @@ class CompareSpec:
         data_root: CIFAR folder (``None``: :func:`anode.train.default_data_root`).
         seeds: the seeds every variant is trained with.
         variants: a subset of :data:`VARIANTS`.
-        epochs, batch_size, lr, lr_schedule, lr_milestones, momentum, weight_decay, subset,
-            test_subset, augment: as in :class:`anode.train.TrainConfig`, the same for all runs.
+        epochs, batch_size, lr, lr_schedule, lr_milestones, momentum, nesterov, weight_decay,
+            label_smoothing, subset, test_subset, epoch_test_subset, augment: as in
+            :class:`anode.train.TrainConfig`, the same for all runs.
         grad_batch: images of the fixed batch on which the gradient error is recorded.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         jobs: runs trained at the same time, in separate processes (each with
@@ -70,9 +71,12 @@ class CompareSpec:
     lr_schedule: str = "cosine"
     lr_milestones: tuple[int, ...] | None = None
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
     subset: int = 0
     test_subset: int = 0
+    epoch_test_subset: int = 0
     augment: bool = True
     grad_batch: int = 64
     device: str = "auto"
@@ -127,7 +131,8 @@ class CompareSpec:
             dataset=self.dataset, data_root=self.data_root, model=plain if variant == "plain" else ode,
             **ode_opts, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             lr_schedule=self.lr_schedule, lr_milestones=self.lr_milestones, momentum=self.momentum,
-            weight_decay=self.weight_decay, subset=self.subset, test_subset=self.test_subset,
+            nesterov=self.nesterov, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            subset=self.subset, test_subset=self.test_subset, epoch_test_subset=self.epoch_test_subset,
             augment=self.augment, seed=seed, device=self.device, out=str(run_folder(out, variant, seed)),
             resume=True, progress=self.progress and self.jobs == 1, plots=False,
             extra={"compare": {"variant": variant, "seed": seed}},

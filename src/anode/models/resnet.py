@@ -10,6 +10,11 @@ et al. (CVPR 2016) with the second block of each stage made an ODE block:
   integrate :class:`anode.ConvODEFunc` (conv3×3–BN–ReLU–conv3×3–BN–ReLU, no bias, no
   shortcut) over [0, 1] — or, in the baseline, add it: ``x + f(x)``;
 * global average pooling, linear head.
+
+The ``*_noact`` members drop the last ReLU of the ODE function (``last_relu=False``): the
+paper's f ends in a ReLU, so dz/dt >= 0 and every feature of an ODE block's state can only
+grow; without it f is the residual branch of He et al. (2016), of either sign. They are
+otherwise identical (same parameters) and are reported next to the paper's networks.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class ResNet(ResidualNetwork):
             ``blocks[k] - 1`` ODE (or residual) blocks.
         num_classes: outputs of the linear head.
         ode: ODE blocks (the ANODE network) or residual blocks ``x + f(x)`` (the baseline).
+        last_relu: the ODE function ends in a ReLU (the paper) or not; see
+            :class:`anode.ConvODEFunc`.
         **ode_options: options of the ODE blocks (``ode=True`` only); see
             :func:`anode.models.create`.
 
@@ -89,6 +96,7 @@ class ResNet(ResidualNetwork):
         num_classes: int = 10,
         *,
         ode: bool = True,
+        last_relu: bool = True,
         **ode_options: Any,
     ) -> None:
         super().__init__()
@@ -105,7 +113,7 @@ class ResNet(ResidualNetwork):
         stages, in_channels = [], widths[0]
         for k, (width, n_blocks) in enumerate(zip(widths, blocks)):
             stage = [BasicBlock(in_channels, width, stride=1 if k == 0 else 2)]
-            stage += [make(ConvODEFunc(width)) for _ in range(n_blocks - 1)]
+            stage += [make(ConvODEFunc(width, last_relu=last_relu)) for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*stage))
             in_channels = width
         self.stages = nn.Sequential(*stages)
@@ -140,3 +148,27 @@ def resnet_ode_small(num_classes: int = 10, **ode_options: Any) -> ResNet:
 def resnet_small(num_classes: int = 10, **ode_options: Any) -> ResNet:
     """Plain baseline of :func:`resnet_ode_small`."""
     return ResNet((16, 32, 64, 128), (2, 2, 2, 2), num_classes, ode=False, **ode_options)
+
+
+@register_model
+def resnet18_ode_noact(num_classes: int = 10, **ode_options: Any) -> ResNet:
+    """:func:`resnet18_ode` whose ODE function does not end in a ReLU (dz/dt of either sign)."""
+    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, ode=True, last_relu=False, **ode_options)
+
+
+@register_model
+def resnet18_noact(num_classes: int = 10, **ode_options: Any) -> ResNet:
+    """Plain baseline of :func:`resnet18_ode_noact`."""
+    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), num_classes, ode=False, last_relu=False, **ode_options)
+
+
+@register_model
+def resnet_ode_small_noact(num_classes: int = 10, **ode_options: Any) -> ResNet:
+    """:func:`resnet_ode_small` whose ODE function does not end in a ReLU."""
+    return ResNet((16, 32, 64, 128), (2, 2, 2, 2), num_classes, ode=True, last_relu=False, **ode_options)
+
+
+@register_model
+def resnet_small_noact(num_classes: int = 10, **ode_options: Any) -> ResNet:
+    """Plain baseline of :func:`resnet_ode_small_noact`."""
+    return ResNet((16, 32, 64, 128), (2, 2, 2, 2), num_classes, ode=False, last_relu=False, **ode_options)
