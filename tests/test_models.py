@@ -274,7 +274,7 @@ def test_ode_block_with_adaptive_steps_has_exact_gradients():
     assert block.stats.forward_steps >= 2  # more than one step: the controller chose them
     with pytest.raises(ValueError, match="not both"):
         anode.ODEBlock(func, n_steps=2, rtol=1e-3)
-    with pytest.raises(TypeError, match="anode.dropin"):
+    with pytest.raises(TypeError, match="must be an anode.SolveOptions .* not dict"):
         anode.ODEBlock(func, options={"rtol": 1e-3})
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .gradients import GradientMethod
 from .ivp import SolveStats, check_signature
-from .odeint import check_options_record, solve
+from .odeint import solve
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau
@@ -71,7 +71,6 @@ class ODEBlock(nn.Module):
     ) -> None:
         super().__init__()
         check_signature(func)
-        check_options_record(options)
         if options is None:
             options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
                                         atol=atol, **schedule_options)
@@ -91,7 +90,8 @@ class ODEBlock(nn.Module):
     @options.setter
     def options(self, value: SolveOptions) -> None:
         if not isinstance(value, SolveOptions):
-            raise TypeError(f"options must be a SolveOptions, not {type(value).__name__}")
+            raise TypeError(f"options must be an anode.SolveOptions (or give method=, n_steps=, rtol=, ... "
+                            f"as keyword arguments), not {type(value).__name__}")
         self._options = value
 
     def forward(self, x):
