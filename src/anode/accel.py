@@ -147,7 +147,7 @@ class Acceleration:
         return model
 
 
-def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+def compile_model(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:
     """``model`` with ``torch.compile`` applied to every ODE block's function and to the
     network around the blocks.
 
@@ -159,8 +159,8 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
 
     Args:
         model: the network (any ``nn.Module``; ODE blocks anywhere inside).
-        backend: ``torch.compile``'s backend; ``"aot_eager"`` traces without generating
-            code (quick to compile, for tests).
+        backend: ``torch.compile``'s backend (a name or a callable); ``"aot_eager"``
+            traces without generating code (quick to compile, for tests).
     """
     from .nn import ODEBlock
 
