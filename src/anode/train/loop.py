@@ -147,10 +147,12 @@ def _announce(run: Run, resumed: bool) -> None:
     if part < full:
         tested = f"{part} of the {full} test images after each epoch, all {full} after the last"
     ode = f", {cfg.method} N_t={cfg.n_steps}, {cfg.gradient} gradients" if cfg.gradient else ""
+    flags = {"channels-last": cfg.channels_last, "compiled": cfg.compile, "deterministic": cfg.deterministic}
+    how = ", ".join([cfg.precision, *(name for name, on in flags.items() if on)])
     print(
         f"{what} {cfg.model}{ode} on {cfg.dataset}: {run.train_loader.dataset_size} training images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.lr_schedule}); {tested}; "
-        f"{run.ctx.world_size} process(es) on {run.ctx.device}, {torch.get_num_threads()} thread(s) "
+        f"{run.ctx.world_size} process(es) on {run.ctx.device} ({how}), {torch.get_num_threads()} thread(s) "
         f"-> {run.run_dir}",
         file=sys.stderr,
     )
