@@ -34,3 +34,66 @@ def test_bf16_autocast_on_cpu():
         assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
     with Acceleration().autocast("cpu"):
         assert lin(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_backend_flags_are_set_and_restored():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    restore = Acceleration(deterministic=True).configure_backends("cpu")
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.allow_tf32
+    restore()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+
+
+def test_optimizer_options_per_device():
+    assert Acceleration().optimizer_options("cpu") == {}
+    cuda = Acceleration.for_device("cuda").optimizer_options("cuda")
+    assert cuda in ({"fused": True}, {"foreach": True})
+
+
+def _conv_ode_net(**ode):
+    from anode.nn import ConvODEFunc, ODEBlock
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        ODEBlock(ConvODEFunc(8), method="euler", n_steps=3, **ode),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
+
+
+@pytest.mark.parametrize("schedule", ["recompute", "store", "revolve"])
+def test_deterministic_anode_gradient_is_bit_identical_to_direct(schedule):
+    # Euler: one term per step in each parameter's gradient, summed in autograd's order.
+    # Multi-stage methods sum the same terms in another association (docs/gpu.md).
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    restore = Acceleration(deterministic=True).configure_backends("cpu")
+    try:
+        grads = []
+        for opts in (dict(gradient="direct"), dict(gradient="anode", schedule=schedule)):
+            if schedule == "revolve" and opts["gradient"] == "anode":
+                opts["snapshots"] = 1
+            net = _conv_ode_net(**opts)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            grads.append([p.grad for p in net.parameters()])
+    finally:
+        restore()
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_bf16_step_keeps_loss_and_optimizer_state_in_float32():
+    acc = Acceleration(precision="bf16")
+    net = _conv_ode_net(gradient="anode")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, **acc.optimizer_options("cpu"))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    with acc.autocast("cpu"):
+        logits = net(acc.prepare_input(x))
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    opt.step()
+    for p in net.parameters():
+        assert p.dtype == p.grad.dtype == opt.state[p]["momentum_buffer"].dtype == torch.float32

@@ -18,7 +18,11 @@ convolution algorithms (see docs/gpu.md).
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,21 +89,42 @@ class Acceleration:
         """``torch.channels_last`` or ``torch.contiguous_format``."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def configure_backends(self, device: torch.device | str) -> None:
+    def configure_backends(self, device: torch.device | str) -> Callable[[], None]:
         """Set the process-wide backend flags for this run on ``device``.
 
         On CUDA: ``cudnn.benchmark`` unless deterministic. With ``deterministic`` (any
-        device): ``cudnn.deterministic``, no benchmark, TF32 off for matmul and cuDNN, and
-        ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+        device): ``cudnn.deterministic``, no benchmark, TF32 off for matmul and cuDNN,
+        ``torch.use_deterministic_algorithms(True, warn_only=True)`` and, on CUDA, the
+        cuBLAS workspace setting that deterministic matrix products need (unless the
+        environment sets one).
+
+        Returns:
+            A function of no arguments that restores the flags as they were before.
         """
+        before = _backend_flags()
         if self.deterministic:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
             torch.use_deterministic_algorithms(True, warn_only=True)
+            if torch.device(device).type == "cuda":
+                # cuBLAS reads it when it creates its workspace; without it PyTorch warns
+                # that matrix products are not deterministic.
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         elif torch.device(device).type == "cuda":
             torch.backends.cudnn.benchmark = True
+        return lambda: _set_backend_flags(before)
+
+    def optimizer_options(self, device: torch.device | str) -> dict[str, Any]:
+        """Keyword arguments of ``torch.optim.SGD`` (and the other built-in optimizers)
+        for ``device``: ``fused=True`` on CUDA where this PyTorch has a fused kernel, else
+        ``foreach=True`` there; on other devices none (PyTorch's defaults)."""
+        if torch.device(device).type != "cuda":
+            return {}
+        if "fused" in inspect.signature(torch.optim.SGD).parameters:
+            return {"fused": True}
+        return {"foreach": True}
 
     def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on ``device`` when the precision is bf16, else a context that
@@ -122,13 +147,20 @@ class Acceleration:
         return model
 
 
-def compile_model(model: nn.Module) -> nn.Module:
+def compile_model(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:
     """``model`` with ``torch.compile`` applied to every ODE block's function and to the
     network around the blocks.
 
     The ODE functions are compiled in place (``nn.Module.compile``), so every gradient
     method, including anode's recomputation in the backward pass, calls compiled code; the
-    returned module is ``torch.compile(model)`` and shares the parameters.
+    returned module is ``torch.compile(model)`` and shares the parameters (its
+    ``state_dict`` keys carry the prefix ``_orig_mod.``: save ``model``'s). ``model`` may be
+    a ``DistributedDataParallel`` wrapper, which is then compiled as a whole.
+
+    Args:
+        model: the network (any ``nn.Module``; ODE blocks anywhere inside).
+        backend: ``torch.compile``'s backend (a name or a callable); ``"aot_eager"``
+            traces without generating code (quick to compile, for tests).
     """
     from .nn import ODEBlock
 
@@ -142,5 +174,27 @@ def compile_model(model: nn.Module) -> nn.Module:
             setattr(dynamo, name, limit)
     for block in model.modules():
         if isinstance(block, ODEBlock) and isinstance(block.func, nn.Module):
-            block.func.compile()
-    return torch.compile(model)
+            block.func.compile(backend=backend)
+    return torch.compile(model, backend=backend)
+
+
+_FLAGS = (
+    (torch.backends.cudnn, "benchmark"),
+    (torch.backends.cudnn, "deterministic"),
+    (torch.backends.cudnn, "allow_tf32"),
+    (torch.backends.cuda.matmul, "allow_tf32"),
+)
+
+
+def _backend_flags() -> dict[str, Any]:
+    return {
+        "flags": [getattr(obj, name) for obj, name in _FLAGS],
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+    }
+
+
+def _set_backend_flags(state: dict[str, Any]) -> None:
+    for (obj, name), value in zip(_FLAGS, state["flags"]):
+        setattr(obj, name, value)
+    torch.use_deterministic_algorithms(state["deterministic"], warn_only=state["warn_only"])

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from ..accel import PRECISIONS
 from ..train.lr_schedule import LR_SCHEDULES
 from ._arguments import add_recipe_argument, int_list
 
@@ -32,6 +33,7 @@ examples:
   anode train --model resnet_tiny --name baseline  # the plain residual network
   anode train --recipe fast                        # ODE-ResNet-18 in minutes on a GPU (docs/training.md)
   anode train --out runs/x --resume                # continue a killed run
+  anode train --precision fp32 --deterministic     # GPU: float32, reproducible bits
   torchrun --nproc_per_node 4 -m anode.cli train   # data parallel on 4 GPUs
 """
 
@@ -122,7 +124,18 @@ def _add_train_parser(sub) -> None:
     run.add_argument("--threads", type=int, metavar="N", default=S,
                      help="PyTorch threads (default: one per core; on a machine busy with other "
                      "work, fewer run faster)")
-    run.add_argument("--bf16", action="store_true", default=S, help="bfloat16 autocast")
+    run.add_argument("--precision", choices=PRECISIONS, default=S,
+                     help="bf16: forward under bfloat16 autocast, loss and optimizer state in "
+                     "float32 (default: bf16 on CUDA, fp32 on CPU); a resumed run keeps its own")
+    run.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default=S,
+                     help=S)  # the older spelling of --precision bf16
+    run.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
+                     default=S, help="channels-last (NHWC) memory format (default: on CUDA only)")
+    run.add_argument("--compile", action="store_true", default=S,
+                     help="compile the ODE functions and the network with torch.compile")
+    run.add_argument("--deterministic", action="store_true", default=S,
+                     help="deterministic algorithms, no cudnn.benchmark, no TF32: slower on GPUs, "
+                     "the same bits every run (see docs/gpu.md)")
     run.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=S,
                      help="keep per-process BatchNorm statistics under torchrun on GPUs")
     run.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="B", default=S)
@@ -167,7 +180,9 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=500)
     p.add_argument("--subset", type=int, metavar="N", default=None,
                    help="N class-balanced test images; 0 = all (default: the run's test set)")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 or bf16 (default: the run's, else bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=run_evaluate)
@@ -223,7 +238,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate_checkpoint(
             args.checkpoint, data_root=args.data_root, device=args.device, batch_size=args.batch_size,
-            bf16=args.bf16, subset=args.subset, download=args.download, model=args.model,
+            precision=args.precision, subset=args.subset, download=args.download, model=args.model,
             dataset=args.dataset, progress=args.progress and not args.json,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:

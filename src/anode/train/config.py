@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..accel import PRECISIONS, Acceleration
 from ..gradients import schedule_taking
 from .lr_schedule import LR_SCHEDULES
 
@@ -77,10 +78,12 @@ GPU_PRESET: dict[str, Any] = {
 }
 """Defaults on a GPU: the reference training script of Gholami et al. (2019), see above."""
 
-# Settings that only steer how a run executes, not what it computes; a resumed run may
-# change them.
+# Settings that only steer how a run executes, not what it computes (beyond float rounding);
+# a resumed run may change them. ``precision`` is not among them: bfloat16 changes the
+# computed numbers far beyond rounding, so a run keeps the precision it started with.
 RUNTIME_FIELDS = (
     "data_root", "download", "device", "threads", "progress", "plots", "out", "name", "resume",
+    "channels_last", "compile", "deterministic",
 )
 
 # Preset settings that belong with another setting: a user who chooses that one keeps the
@@ -180,7 +183,16 @@ class TrainConfig:
             restored afterwards); ``None``: PyTorch's default, one per core. On a machine
             whose cores are busy with other work, fewer threads than cores avoid the
             threads' waiting on each other.
-        bf16: run forward passes under bfloat16 autocast.
+        precision: ``"fp32"`` or ``"bf16"`` (forward passes under bfloat16 autocast; the
+            loss, parameters, gradients and optimizer state stay float32); ``None``: the
+            device's default, bf16 on CUDA and fp32 elsewhere (:class:`anode.accel.Acceleration`).
+            A resumed run keeps its precision.
+        channels_last: channels-last (NHWC) memory format of activations and convolution
+            weights; ``None``: on CUDA only.
+        compile: compile the ODE functions and the network with ``torch.compile``
+            (:func:`anode.accel.compile_model`); every gradient method works with it.
+        deterministic: deterministic algorithms, no ``cudnn.benchmark``, no TF32 (see
+            ``docs/gpu.md``); slower on GPUs, no effect on the speed of CPU runs.
         sync_bn: under DistributedDataParallel on CUDA, convert BatchNorm to
             ``SyncBatchNorm`` so that batch statistics span the global batch.
         out: run folder; ``None``: ``runs/<name>`` or ``runs/<timestamp>``.
@@ -223,7 +235,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    bf16: bool = False
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    deterministic: bool = False
     sync_bn: bool = True
     out: str | None = None
     name: str | None = None
@@ -309,6 +324,10 @@ class TrainConfig:
             ms = list(self.lr_milestones)
             if any(not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
                 raise ValueError(f"lr_milestones must be increasing epochs >= 1, got {self.lr_milestones!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be True, False or None, got {self.channels_last!r}")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -320,7 +339,9 @@ def _positive(name: str, value: Any) -> None:
 
 def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     """A copy of ``config`` with the preset of ``device_type`` (``"cpu"`` or ``"cuda"``)
-    filling every ``None`` the presets cover, and ``data_root`` defaulted.
+    filling every ``None`` the presets cover, ``precision`` and ``channels_last`` set to the
+    device's defaults where ``None`` (:meth:`anode.accel.Acceleration.for_device`), and
+    ``data_root`` defaulted.
 
     Some preset values go with another setting and apply only when that one is unset too:
     ``method`` and ``n_steps`` with ``model`` (a user-chosen model keeps its own ODE
@@ -356,6 +377,8 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     if cfg.data_root is None:
         cfg.data_root = default_data_root(cfg.dataset)
     cfg.check()
+    accel = Acceleration.for_device(device_type, cfg.precision, cfg.channels_last)
+    cfg.precision, cfg.channels_last = accel.precision, accel.channels_last
     return cfg
 
 

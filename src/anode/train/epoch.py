@@ -15,7 +15,7 @@ from torch import nn
 
 from . import distributed as D
 from .checkpoint import CHECKPOINT_NAME, preserved_rng
-from .evaluation import autocast, evaluate
+from .evaluation import evaluate
 from .progress import Progress
 from .setup import Run
 
@@ -58,7 +58,7 @@ def run_epoch(run: Run, epoch: int, callbacks: list[EpochCallback]) -> dict[str,
     loader = run.test_loader if last else run.epoch_test_loader
     label = "test" if loader is run.test_loader else "test subset"
     test_loss, test_acc, n_test = evaluate(
-        run.model, loader, ctx, cfg.bf16, progress=label if cfg.progress else None
+        run.model, loader, ctx, run.accel, progress=label if cfg.progress else None
     )
     extra = _run_callbacks(callbacks, run.model, epoch + 1, run.run_dir)
     if ctx.device.type == "cuda":
@@ -91,12 +91,15 @@ def _train_epoch(run: Run, epoch: int, progress: Progress) -> tuple[float, float
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     images, lr_sum, steps = 0, 0.0, len(loader)
     start = time.perf_counter()
+    # Nothing in a step reads a value back from the device (the rates are Python floats,
+    # the sums stay on the device; the progress bar reads them a few times a second), so
+    # the host queues steps ahead of a GPU.
     for i, (x, y) in enumerate(loader):
         if run.scheduler.per_step:
             run.scheduler.set_position(epoch + i / steps)
         lr_sum += optimizer.param_groups[0]["lr"]
-        with autocast(device, cfg.bf16):
-            logits = net(x)
+        with run.accel.autocast(device):
+            logits = net(run.accel.prepare_input(x))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

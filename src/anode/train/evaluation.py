@@ -13,16 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..accel import Acceleration
 from . import distributed as D
 from .checkpoint import checkpoint_path
 from .progress import Progress
 
-__all__ = ["autocast", "build_model", "evaluate", "evaluate_checkpoint", "read_model_file"]
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast on ``device`` when ``bf16``, else a context that changes nothing."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(bf16))
+__all__ = ["build_model", "evaluate", "evaluate_checkpoint", "read_model_file"]
 
 
 def build_model(model_name: str, num_classes: int, ode_options: dict[str, Any]) -> nn.Module:
@@ -41,7 +37,7 @@ def evaluate(
     model: nn.Module,
     loader,
     ctx: D.DistContext | None = None,
-    bf16: bool = False,
+    accel: Acceleration | None = None,
     progress: str | None = None,
 ) -> tuple[float, float, int]:
     """Mean cross-entropy and accuracy of ``model`` on every example of ``loader`` once.
@@ -56,22 +52,24 @@ def evaluate(
         model: the classifier, ``[B, 3, 32, 32] -> [B, K]`` logits; set to evaluation mode.
         loader: a :class:`anode.data.CifarLoader` (``train=False``).
         ctx: the process's place in a distributed run (default: one process).
-        bf16: forward under bfloat16 autocast.
+        accel: precision and memory format of the forward (default: float32, as stored);
+            the model's weights should already be in that memory format.
         progress: label of a progress bar on stderr (rank 0 only); ``None``: no bar.
 
     Returns:
         ``(loss in nats, accuracy in [0, 1], number of examples)``.
     """
     ctx = ctx or D.DistContext(device=loader.device)
+    accel = accel or Acceleration()
     model.eval()
     device = loader.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     start = 0
     t0 = time.perf_counter()
     bar = Progress(progress is not None and ctx.is_main, len(loader), progress or "", leave=False)
-    with bar, torch.no_grad(), autocast(device, bf16):
+    with bar, torch.no_grad(), accel.autocast(device):
         for x, y in loader:
-            logits = model(x).float()
+            logits = model(accel.prepare_input(x)).float()
             losses = F.cross_entropy(logits, y, reduction="none")
             correct = (logits.argmax(1) == y).to(torch.float64)
             local = torch.arange(start, start + y.shape[0], device=device)
@@ -178,7 +176,7 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     device: str = "auto",
     batch_size: int = 500,
-    bf16: bool = False,
+    precision: str | None = None,
     subset: int | None = None,
     download: bool = False,
     model: str | None = None,
@@ -194,7 +192,8 @@ def evaluate_checkpoint(
             else :func:`anode.train.config.default_data_root`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         batch_size: evaluation batch size.
-        bf16: forward under bfloat16 autocast.
+        precision: ``"fp32"`` or ``"bf16"`` (forward under bfloat16 autocast); ``None``:
+            the precision the run trained in, else the device's default (bf16 on CUDA).
         subset: evaluate on this many test images (class-balanced, seed 0); ``0``: all;
             ``None``: the test set the run used (its ``test_subset``), all images when the
             file does not say.
@@ -214,18 +213,19 @@ def evaluate_checkpoint(
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: the file holds no weights; no model name known; the weights do not fit
-            the model; a negative ``subset``.
+            the model; a negative ``subset``; an unknown ``precision``.
         anode.data.DatasetError: the data folder is missing or damaged.
     """
     from ..data import CIFAR_SPECS, CifarLoader, load_cifar
     from .config import default_data_root
+    from .resume import upgrade_args
 
     info = read_model_file(path)
     name = model or info["model_name"]
     if name is None:
         raise ValueError(f"{info['path']} is a plain state_dict that does not name its model; pass model= "
                          "(anode evaluate --model NAME)")
-    args = info["args"] or {}
+    args = upgrade_args(info["args"] or {})
     dataset = info["dataset"] or dataset or args.get("dataset") or "cifar10"
     if dataset not in CIFAR_SPECS:
         raise ValueError(f"dataset must be one of {sorted(CIFAR_SPECS)}, got {dataset!r}")
@@ -236,6 +236,7 @@ def evaluate_checkpoint(
         subset = int(args.get("test_subset") or 0)
     num_classes = int(info["num_classes"] or CIFAR_SPECS[dataset].num_classes)
     dev = D.pick_device(device)
+    accel = Acceleration.for_device(dev, precision or args.get("precision"))
     if data_root is None:
         saved = args.get("data_root")
         data_root = saved if saved and Path(saved).exists() else default_data_root(dataset)
@@ -256,8 +257,8 @@ def evaluate_checkpoint(
         subset = 0
     loader = CifarLoader(arrays, batch_size, train=False, augment=False, device=dev, seed=0,
                          subset=subset or None)
-    net.to(dev)
-    loss, acc, n = evaluate(net, loader, bf16=bf16, progress="test" if progress else None)
+    net.to(dev, memory_format=accel.memory_format)
+    loss, acc, n = evaluate(net, loader, accel=accel, progress="test" if progress else None)
     return {
         "test_loss": loss,
         "test_acc": acc,

@@ -74,10 +74,13 @@ def train(config: TrainConfig, callbacks: Sequence[EpochCallback] | None = None)
 
     Per epoch: one pass of SGD (momentum, weight decay on every parameter) over the
     shuffled, augmented training set in mini-batches of ``batch_size``, the cross-entropy
-    loss (with ``label_smoothing``) under optional bfloat16 autocast, the learning rate set
-    by the schedule; then the test set is evaluated (after epochs before the last, on its
-    ``epoch_test_subset`` only), ``callbacks`` run, and ``last.pt`` and the metric files
-    are written (atomically).
+    loss (with ``label_smoothing``) in float32, the forward under bfloat16 autocast with
+    ``precision="bf16"`` (the default on CUDA), the learning rate set by the schedule; then
+    the test set is evaluated (after epochs before the last, on its ``epoch_test_subset``
+    only), ``callbacks`` run, and ``last.pt`` and the metric files are written
+    (atomically). The execution settings (``precision``, ``channels_last``, ``compile``,
+    ``deterministic``: :class:`anode.accel.Acceleration`) set the backend flags for the
+    run and restore them afterwards.
 
     Args:
         config: the run's settings. With ``config.resume`` the run continues from a
@@ -117,9 +120,13 @@ def _train(config: TrainConfig, callbacks: list[EpochCallback], ctx: D.DistConte
     if ckpt is not None:
         restore(run, ckpt)
     _announce(run, resumed=ckpt is not None)
-    for epoch in range(run.start_epoch, run.cfg.epochs):
-        record = run_epoch(run, epoch, callbacks)
-        _record(run, record)
+    restore_backends = run.accel.configure_backends(ctx.device)
+    try:
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            record = run_epoch(run, epoch, callbacks)
+            _record(run, record)
+    finally:
+        restore_backends()
     run.model.eval()
     return TrainResult(run_dir=run.run_dir, metrics=run.metrics, config=run.cfg, model=run.model)
 
@@ -140,10 +147,12 @@ def _announce(run: Run, resumed: bool) -> None:
     if part < full:
         tested = f"{part} of the {full} test images after each epoch, all {full} after the last"
     ode = f", {cfg.method} N_t={cfg.n_steps}, {cfg.gradient} gradients" if cfg.gradient else ""
+    flags = {"channels-last": cfg.channels_last, "compiled": cfg.compile, "deterministic": cfg.deterministic}
+    how = ", ".join([cfg.precision, *(name for name, on in flags.items() if on)])
     print(
         f"{what} {cfg.model}{ode} on {cfg.dataset}: {run.train_loader.dataset_size} training images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.lr_schedule}); {tested}; "
-        f"{run.ctx.world_size} process(es) on {run.ctx.device}, {torch.get_num_threads()} thread(s) "
+        f"{run.ctx.world_size} process(es) on {run.ctx.device} ({how}), {torch.get_num_threads()} thread(s) "
         f"-> {run.run_dir}",
         file=sys.stderr,
     )

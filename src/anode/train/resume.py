@@ -10,10 +10,24 @@ from typing import Any
 from .checkpoint import CHECKPOINT_NAME, checkpoint_path, load_checkpoint
 from .config import RUNTIME_FIELDS, TrainConfig
 
-__all__ = ["load_resumed", "merge_resumed", "new_run_dir", "resume_source"]
+__all__ = ["load_resumed", "merge_resumed", "new_run_dir", "resume_source", "upgrade_args"]
 
 # Settings added after the first checkpoints were written, with the values those runs used.
 _LEGACY_VALUES = {"label_smoothing": 0.0, "epoch_test_subset": 0}
+
+# Runtime settings whose unset value means "the device's default": a resumed run on another
+# device takes that device's default rather than the saved value.
+_FOLLOW_DEVICE = ("channels_last",)
+
+
+def upgrade_args(args: dict[str, Any]) -> dict[str, Any]:
+    """A copy of saved training settings (a checkpoint's ``"args"``) in today's names: the
+    ``bf16`` flag of older runs becomes ``precision`` (``"bf16"`` or ``"fp32"``)."""
+    args = dict(args)
+    if "bf16" in args:
+        bf16 = args.pop("bf16")
+        args.setdefault("precision", "bf16" if bf16 else "fp32")
+    return args
 
 
 def resume_source(config: TrainConfig) -> Path | None:
@@ -46,7 +60,7 @@ def load_resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | Non
     if source is None:
         return config, None, None
     ckpt = load_checkpoint(source, map_location="cpu")
-    saved_args = {**_LEGACY_VALUES, **ckpt["args"]}
+    saved_args = {**_LEGACY_VALUES, **upgrade_args(ckpt["args"])}
     merged = merge_resumed(TrainConfig.from_dict(saved_args), config)
     if config.out is None:  # the saved path may be relative to another working directory
         merged.out = str(source.parent)
@@ -74,7 +88,7 @@ def merge_resumed(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
     merged = dataclasses.replace(saved)
     for name in RUNTIME_FIELDS:
         value = getattr(given, name)
-        if value is not None and (name != "data_root" or value):
+        if (value is not None or name in _FOLLOW_DEVICE) and (name != "data_root" or value):
             setattr(merged, name, value)
     if given.epochs is not None:
         merged.epochs = given.epochs

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..accel import Acceleration, compile_model
 from . import distributed as D
 from .checkpoint import CHECKPOINT_NAME, set_rng_state
 from .config import TrainConfig, lr_milestones, resolve_config
@@ -38,9 +39,10 @@ class Run:
 
     cfg: TrainConfig
     ctx: D.DistContext
+    accel: Acceleration
     run_dir: Path
     model: nn.Module  # the bare model
-    net: nn.Module  # what the training steps call: the model or its DDP wrapper
+    net: nn.Module  # what the training steps call: the model, its DDP wrapper, compiled
     num_classes: int
     ode_options: dict[str, Any]
     train_loader: Any
@@ -63,6 +65,9 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
     from ..data import CIFAR_SPECS, CifarLoader, class_balanced_subset
 
     cfg = resolve_config(config, ctx.device.type)
+    accel = Acceleration.for_device(
+        ctx.device, cfg.precision, cfg.channels_last, cfg.compile, cfg.deterministic
+    )
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     # Absolute, so that resuming or evaluating from another working directory finds the data.
@@ -87,7 +92,7 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
     ode_options = dict(ckpt["ode_options"]) if ckpt is not None else cfg.ode_options()
     model = build_model(cfg.model, num_classes, ode_options)
     _fill_ode_settings(cfg, model)
-    model.to(ctx.device)
+    model.to(ctx.device, memory_format=accel.memory_format)
 
     train_arrays, test_arrays = _load_split(cfg, train=True), _load_split(cfg, train=False)
     if cfg.subset and cfg.subset > len(train_arrays):
@@ -137,13 +142,17 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if accel.compile:
+        # After DDP's wrapping, so that the compiled graph contains DDP's gradient hooks
+        # (PyTorch's recommended order).
+        net = compile_model(net)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        nesterov=cfg.nesterov,
+        nesterov=cfg.nesterov, **accel.optimizer_options(ctx.device),
     )
     scheduler = EpochSchedule(optimizer, cfg.lr_schedule, cfg.epochs, lr_milestones(cfg), cfg.lr_gamma)
     return Run(
-        cfg=cfg, ctx=ctx, run_dir=run_dir, model=model, net=net, num_classes=num_classes,
+        cfg=cfg, ctx=ctx, accel=accel, run_dir=run_dir, model=model, net=net, num_classes=num_classes,
         ode_options=ode_options, train_loader=train_loader, test_loader=full_test,
         epoch_test_loader=epoch_test, optimizer=optimizer, scheduler=scheduler,
     )
@@ -176,7 +185,12 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     if cfg.epochs < start_epoch:
         raise ValueError(f"epochs={cfg.epochs} but the checkpoint has already finished {start_epoch}")
     run.model.load_state_dict(ckpt["model_state"])
+    # A checkpoint's parameter groups carry the fused/foreach choice of the device it was
+    # written on; keep this device's.
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in run.optimizer.param_groups]
     run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    for group, chosen in zip(run.optimizer.param_groups, kernels):
+        group.update(chosen)
     run.scheduler.load_state_dict(ckpt["scheduler_state"])
     run.scheduler.retarget(cfg.epochs, lr_milestones(cfg))
     run.metrics = [dict(r) for r in ckpt["metrics"]]
