@@ -31,6 +31,9 @@ from .sweep import Entry, Sweep
 TARGET = "anode.bench.models:train_step"
 TIME_TARGET = "anode.bench.models:time_steps"
 _BASELINE = " (fp32 eager)"
+COMPILE_WARMUP = 2
+"""Extra warm-up steps of a compiled network: its second step still recompiles (Dynamo's
+guards on the solver's counters), which must not be measured."""
 
 
 def gradient_methods() -> list[tuple[str, dict, bool]]:
@@ -85,8 +88,9 @@ def train_step(*, model: str, ode_options: dict | None = None, batch: int = 32, 
     Input ``[batch, 3, size, size]`` standard normal, labels uniform in ``[0, num_classes)``
     (the same for every gradient method with the same seed); loss cross-entropy, in float32;
     SGD with learning rate 0.01 and momentum 0.9 (as the paper's CIFAR training). The first
-    step is a warm-up; its parameter gradient is saved to ``save`` (``torch.save({"grad": flat
-    float32})``) for comparison across methods. ``repeats`` is accepted and ignored (time is
+    step is a warm-up (with ``compile``, :data:`COMPILE_WARMUP` more); its parameter gradient
+    is saved to ``save`` (``torch.save({"grad": flat float32})``) for comparison across
+    methods. ``repeats`` is accepted and ignored (time is
     measured by :func:`time_steps`).
 
     Args:
@@ -112,6 +116,8 @@ def train_step(*, model: str, ode_options: dict | None = None, batch: int = 32, 
     if save:
         torch.save({"grad": torch.cat([p.grad.reshape(-1) for p in net.parameters()]).float().cpu()}, save)
     opt.step()  # allocates the momentum buffers outside the measured step
+    for _ in range(COMPILE_WARMUP if acc.compile else 0):
+        step()
     return {"peak_bytes": peak_memory(step, dev), "parameters": sum(p.numel() for p in net.parameters())}
 
 
@@ -125,7 +131,8 @@ def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, 
         model: a registered name.
         methods: label → ODE options (``None`` for a plain baseline).
         batch, size, num_classes, device, threads, seed, acceleration: as :func:`train_step`.
-        repeats: rounds after one warm-up step each; the order rotates from round to round.
+        repeats: rounds after one warm-up step each (with ``compile``, :data:`COMPILE_WARMUP`
+            more); the order rotates from round to round.
         baseline: also time every method in float32, NCHW, eager (the backend flags stay those
             of ``acceleration``), interleaved with the others.
 
@@ -138,7 +145,12 @@ def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, 
     acc = _acceleration(acceleration, dev)
 
     def builder(options, settings):
-        return lambda: _setup(model, options, batch, size, num_classes, dev, seed, settings)[3]
+        def build():
+            step = _setup(model, options, batch, size, num_classes, dev, seed, settings)[3]
+            for _ in range(COMPILE_WARMUP if settings.compile else 0):
+                step()
+            return step
+        return build
 
     builders = {label: builder(options, acc) for label, options in methods.items()}
     if baseline:
