@@ -116,3 +116,28 @@ def test_gpu_throughput_targets_are_judged_on_cuda_only():
     assert "n/a (batch 128, not bf16 + channels-last)" in model_targets.table(found)
     found, note = model_targets.evaluate(rows, "cpu", Acceleration(), batch=256, size=32)
     assert found == [] and "not judged" in note and "cpu" in note
+
+
+@pytest.mark.slow
+def test_compiled_anode_step_gives_the_compiled_direct_gradient(tmp_path):
+    # Minutes on CPU: Inductor compiles the network and its ODE function for each method.
+    import torch
+
+    from anode.diagnostics import relative_error
+
+    for gradient in ("direct", "anode"):
+        res = bench_models.train_step(model="resnet_ode_small", ode_options={"gradient": gradient}, batch=4,
+                                      size=16, threads=1, acceleration={"compile": True},
+                                      save=str(tmp_path / f"{gradient}.pt"))
+        assert res["peak_bytes"] > 0
+    direct, anode = (torch.load(tmp_path / f"{g}.pt")["grad"] for g in ("direct", "anode"))
+    assert relative_error([anode], [direct]) <= 1e-5
+
+
+def test_bad_settings_are_named(capsys):
+    assert main(["bench", "models", "--quick", "--device", "gpu"]) == 2
+    assert "--device 'gpu'" in capsys.readouterr().err
+    assert main(["bench", "models", "--batch", "0", "--models", "resnet_small"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "models", "--precision", "fp16"])

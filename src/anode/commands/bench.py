@@ -249,8 +249,12 @@ def run_models(args: argparse.Namespace) -> int:
         print(f"error: no registered model matches {','.join(args.models)!r}; registered: "
               f"{models.list_models()}", file=sys.stderr)
         return 2
-    acc = Acceleration.for_device(args.device, args.precision, args.channels_last, args.compile,
-                                  args.deterministic)
+    try:
+        acc = Acceleration.for_device(args.device, args.precision, args.channels_last, args.compile,
+                                      args.deterministic)
+    except RuntimeError as exc:  # torch.device's message names the device types it knows
+        print(f"error: --device {args.device!r}: {exc}", file=sys.stderr)
+        return 2
     threads, clock = _threads_and_clock(args)
     ode_options = {k: v for k, v in (("method", args.method), ("n_steps", args.n_steps)) if v is not None}
     workload = dict(batch=args.batch, size=args.size, device=args.device, repeats=args.repeats,
