@@ -141,3 +141,8 @@ def test_bad_settings_are_named(capsys):
     assert "--batch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "models", "--precision", "fp16"])
+
+
+def test_a_failed_baseline_is_a_failure():
+    row = {"model": "m", "method": "plain", "exact_method": True, "fp32_error": "RuntimeError: boom"}
+    assert failures([row]) == [(row, "float32 eager baseline: RuntimeError: boom")]

@@ -155,12 +155,13 @@ def write_results(rows: list[dict], out: Path, header: str, settings: dict, targ
 
 
 def failures(rows: list[dict]) -> list[tuple[dict, str]]:
-    """``(row, why)`` of every failed measurement and every exact method whose verdict is
-    ``NO`` or whose gradient was not compared with ``direct``'s."""
+    """``(row, why)`` of every failed measurement (the float32 eager baseline's included) and
+    every exact method whose verdict is ``NO`` or whose gradient was not compared with
+    ``direct``'s."""
     bad = []
     for r in rows:
-        if "error" in r:
-            bad.append((r, r["error"]))
+        if "error" in r or "fp32_error" in r:
+            bad.append((r, r.get("error") or f"float32 eager baseline: {r['fp32_error']}"))
         elif r["exact_method"] and r["method"] != "plain" and r.get("verdict", "NO") == "NO":
             why = "gradient not compared with direct"
             if "grad_rel_diff" in r:
