@@ -12,8 +12,8 @@ import torch
 
 from anode.bench import suite, targets
 from anode.bench.isolation import Isolated
-from anode.bench.models import table as models_table
 from anode.bench.models import time_steps, train_step
+from anode.bench.models_report import table as models_table
 from anode.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

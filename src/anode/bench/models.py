@@ -4,28 +4,36 @@ Run: ``anode bench models [--quick] [--out DIR]``. For each model of
 :func:`anode.models.list_models` and each gradient method (``direct``,
 ``anode/recompute``, ``backsolve``; a plain residual baseline has no ODE blocks and runs once)
 one training step — forward, cross-entropy, backward, SGD step — on a random batch of
-``[batch, 3, 32, 32]`` is measured: extra peak memory of one step (a fresh process per model
-and method), median time per step after warm-up (a fresh process per model, the methods
-interleaved), images per second. Ratios are to ``direct`` of the same model in the same run.
-The warm-up gradients of the exact methods are compared with ``direct``'s.
+``[batch, 3, 32, 32]`` is measured under one :class:`anode.accel.Acceleration` (precision,
+memory format, compilation, deterministic algorithms): extra peak memory of one step (a fresh
+process per model and method), median time per step after warm-up (a fresh process per
+model, the methods interleaved), images per second. Ratios are to ``direct`` of the same model
+in the same run. When the settings are not float32 eager NCHW, the same timing process also
+times every method that way (the baseline), interleaved with the others, for
+``speedup_vs_fp32``.
+
+The warm-up gradients of the exact methods are compared with ``direct``'s, and against a
+noise floor: ``direct`` once more, in a fresh process, on the same batch in reverse order
+(the same gradient in exact arithmetic, rounded differently); see
+:mod:`anode.bench.models_report` for the verdicts.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
+from dataclasses import asdict
 
 import torch
 
+from ..accel import Acceleration
 from .measure import peak_memory, prepare, time_methods
 from .sweep import Entry, Sweep
 
 TARGET = "anode.bench.models:train_step"
 TIME_TARGET = "anode.bench.models:time_steps"
-COLUMNS = ["model", "parameters", "method", "exact_method", "equal", "grad_rel_diff", "peak_bytes",
-           "mem_vs_direct", "time_s", "time_vs_direct", "images_per_s", "seconds", "cpu_seconds", "batch",
-           "error"]
+_BASELINE = " (fp32 eager)"
+COMPILE_WARMUP = 2
+"""Extra warm-up steps of a compiled network: its second step still recompiles (Dynamo's
+guards on the solver's counters), which must not be measured."""
 
 
 def gradient_methods() -> list[tuple[str, dict, bool]]:
@@ -38,18 +46,25 @@ def gradient_methods() -> list[tuple[str, dict, bool]]:
 
 
 def _setup(model: str, ode_options: dict | None, batch: int, size: int, num_classes: int,
-           dev: torch.device, seed: int):
+           dev: torch.device, seed: int, acc: Acceleration, reverse: bool = False):
     from .. import models
 
     torch.manual_seed(seed)
     net = models.create(model, num_classes=num_classes, **(ode_options or {})).to(dev)
     x = torch.randn(batch, 3, size, size, device=dev)
     y = torch.randint(0, num_classes, (batch,), device=dev)
+    if reverse:
+        x, y = x.flip(0), y.flip(0)
+    x = acc.prepare_input(x)
+    run = acc.prepare_model(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def backward():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        with acc.autocast(dev):
+            logits = run(x)
+        # Outside autocast, so that the loss and its gradient are not rounded to bfloat16.
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
 
     def step():
         backward()
@@ -58,68 +73,112 @@ def _setup(model: str, ode_options: dict | None, batch: int, size: int, num_clas
     return net, opt, backward, step
 
 
+def _acceleration(settings: dict | None, dev: torch.device) -> Acceleration:
+    acc = Acceleration(**(settings or {}))
+    acc.configure_backends(dev)
+    return acc
+
+
 def train_step(*, model: str, ode_options: dict | None = None, batch: int = 32, size: int = 32,
                num_classes: int = 10, device: str = "cpu", threads: int = 0, seed: int = 0,
-               save: str | None = None, repeats: int = 0) -> dict:
+               acceleration: dict | None = None, reverse: bool = False, save: str | None = None,
+               repeats: int = 0) -> dict:
     """Peak memory (bytes) of one SGD training step of a registered model.
 
     Input ``[batch, 3, size, size]`` standard normal, labels uniform in ``[0, num_classes)``
-    (the same for every gradient method with the same seed); loss cross-entropy; SGD with
-    learning rate 0.01 and momentum 0.9 (as the paper's CIFAR training). The first step is a
-    warm-up; its parameter gradient is saved to ``save`` (``torch.save({"grad": flat
-    float32})``) for comparison across methods. ``repeats`` is accepted and ignored (time is
+    (the same for every gradient method with the same seed); loss cross-entropy, in float32;
+    SGD with learning rate 0.01 and momentum 0.9 (as the paper's CIFAR training). The first
+    step is a warm-up (with ``compile``, :data:`COMPILE_WARMUP` more); its parameter gradient
+    is saved to ``save`` (``torch.save({"grad": flat float32})``) for comparison across
+    methods. ``repeats`` is accepted and ignored (time is
     measured by :func:`time_steps`).
+
+    Args:
+        acceleration: the fields of an :class:`anode.accel.Acceleration` (default: float32,
+            NCHW, eager); the backend flags are set for the whole process.
+        reverse: the batch and its labels in reverse order: the same loss and gradient in
+            exact arithmetic (a mean over the batch; BatchNorm's statistics do not depend on
+            the order) with every sum over the batch rounded differently.
 
     Returns:
         ``peak_bytes`` (extra peak of one step over what was in use before it: weights,
         momentum buffers, the batch) and ``parameters``.
 
     Raises:
-        ValueError, TypeError: from :func:`anode.models.create` (unknown model, bad options).
+        ValueError, TypeError: from :func:`anode.models.create` (unknown model, bad options)
+            or :class:`~anode.accel.Acceleration` (unknown precision).
         RuntimeError: CUDA asked for but not available.
     """
     dev = prepare(threads, device, seed)
-    net, opt, backward, step = _setup(model, ode_options, batch, size, num_classes, dev, seed)
+    acc = _acceleration(acceleration, dev)
+    net, opt, backward, step = _setup(model, ode_options, batch, size, num_classes, dev, seed, acc, reverse)
     backward()
     if save:
         torch.save({"grad": torch.cat([p.grad.reshape(-1) for p in net.parameters()]).float().cpu()}, save)
     opt.step()  # allocates the momentum buffers outside the measured step
+    for _ in range(COMPILE_WARMUP if acc.compile else 0):
+        step()
     return {"peak_bytes": peak_memory(step, dev), "parameters": sum(p.numel() for p in net.parameters())}
 
 
 def time_steps(*, model: str, methods: dict[str, dict | None], batch: int = 32, size: int = 32,
                num_classes: int = 10, device: str = "cpu", repeats: int = 3, threads: int = 0,
-               seed: int = 0) -> dict:
+               seed: int = 0, acceleration: dict | None = None, baseline: bool = False) -> dict:
     """Median time (s) of one SGD training step of a model under several gradient methods,
     interleaved in one process (as :func:`anode.bench.workloads.time_stack`).
 
     Args:
         model: a registered name.
         methods: label → ODE options (``None`` for a plain baseline).
-        batch, size, num_classes, device, threads, seed: as :func:`train_step`.
-        repeats: rounds after one warm-up step each; the order rotates from round to round.
+        batch, size, num_classes, device, threads, seed, acceleration: as :func:`train_step`.
+        repeats: rounds after one warm-up step each (with ``compile``, :data:`COMPILE_WARMUP`
+            more); the order rotates from round to round.
+        baseline: also time every method in float32, NCHW, eager (the backend flags stay those
+            of ``acceleration``), interleaved with the others.
 
     Returns:
-        label → ``{"seconds", "cpu_seconds"}`` (median wall and CPU time per step) or
+        label → ``{"seconds", "cpu_seconds"}`` (median wall and CPU time per step; with
+        ``baseline`` also ``fp32_seconds`` and ``fp32_cpu_seconds``, or ``fp32_error``) or
         ``{"error": message}`` when its warm-up raised.
     """
     dev = prepare(threads, device, seed)
+    acc = _acceleration(acceleration, dev)
 
-    def builder(options):
-        return lambda: _setup(model, options, batch, size, num_classes, dev, seed)[3]
+    def builder(options, settings):
+        def build():
+            step = _setup(model, options, batch, size, num_classes, dev, seed, settings)[3]
+            for _ in range(COMPILE_WARMUP if settings.compile else 0):
+                step()
+            return step
+        return build
 
-    return time_methods({label: builder(options) for label, options in methods.items()}, dev, repeats)
+    builders = {label: builder(options, acc) for label, options in methods.items()}
+    if baseline:
+        eager = Acceleration(deterministic=acc.deterministic)
+        builders.update({label + _BASELINE: builder(options, eager) for label, options in methods.items()})
+    times = time_methods(builders, dev, repeats)
+    results = {label: times[label] for label in methods}
+    for label in methods if baseline else ():
+        base = times[label + _BASELINE]
+        results[label] = {**results[label], **({"fp32_error": base["error"]} if "error" in base else
+                                               {"fp32_seconds": base["seconds"],
+                                                "fp32_cpu_seconds": base["cpu_seconds"]})}
+    return results
 
 
-def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str = "fork",
-               clock: str = "wall", separate_timing: bool | None = None, **workload) -> list[dict]:
+def run_models(names: list[str], *, acceleration: Acceleration | None = None, log=print, tol: float = 1e-5,
+               isolation: str = "fork", clock: str = "wall", separate_timing: bool | None = None,
+               **workload) -> list[dict]:
     """Measure every model in ``names`` with every gradient method in fresh processes.
 
     Peak memory: one process per (model, method); time: one process per model, the methods
-    interleaved (see :func:`anode.bench.suite.run_sweep` for why).
+    interleaved (see :func:`anode.bench.suite.run_sweep` for why). For ODE models one more
+    process computes ``direct``'s gradient on the reversed batch: the noise floor.
 
     Args:
         names: registered model names.
+        acceleration: how every step runs (default: float32, NCHW, eager); unless that is the
+            default (up to ``deterministic``), the float32 eager baseline is timed too.
         log: called with one progress line per measurement.
         tol: relative gradient difference to ``direct`` up to which an exact method is equal.
         isolation, clock, separate_timing: as :func:`anode.bench.suite.run_sweep`;
@@ -129,8 +188,13 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
             merged into each method's).
 
     Returns:
-        One dict per measurement with the keys of :data:`COLUMNS`.
+        One dict per measurement with the keys of :data:`anode.bench.models_report.COLUMNS`.
     """
+    from .models_report import complete
+
+    acc = acceleration or Acceleration()
+    settings = asdict(acc)
+    baseline = acc != Acceleration(deterministic=acc.deterministic)
     base = workload.pop("ode_options", None) or {}
     rows = []
     with Sweep(TARGET, TIME_TARGET, preload=["anode", "anode.models", "anode.bench.models"],
@@ -144,17 +208,12 @@ def run_models(names: list[str], *, log=print, tol: float = 1e-5, isolation: str
                        "batch": workload.get("batch", 32)}
                 rows.append(row)
                 options = {**base, **options} if has_ode else None
-                memory = {"model": name, "ode_options": options, **workload}
+                memory = {"model": name, "ode_options": options, "acceleration": settings, **workload}
                 entries.append(Entry(row, memory, options, exact))
-            sweep.group(name, entries, timing={"model": name, **workload}, compare=has_ode)
-    for r in rows:
-        if "time_s" in r:
-            r["images_per_s"] = r["batch"] / r["time_s"]
-        ref = next((d for d in rows if d["model"] == r["model"] and d["method"] == "direct"
-                    and "time_s" in d), None)
-        if ref and "time_s" in r:
-            r["mem_vs_direct"] = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
-            r["time_vs_direct"] = r["time_s"] / ref["time_s"]
+            floor = {**entries[0].memory, "reverse": True} if has_ode else None
+            sweep.group(name, entries, compare=has_ode, floor=floor,
+                        timing={"model": name, "acceleration": settings, "baseline": baseline, **workload})
+    complete(rows, clock, tol, acc, workload.get("device", "cpu"))
     return rows
 
 
@@ -165,48 +224,3 @@ def _is_ode(name: str) -> bool:
         return bool(models.ode_blocks(models.create(name)))
     except ValueError:
         return False
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown table: model, parameters, method, exact, peak, ratios, time, images/s."""
-    lines = ["| model | parameters | gradient | exact | peak MiB | peak vs direct | s / step "
-             "| time vs direct | images/s |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| `{r['model']}` | | {r['method']} | failed: {r['error'][:60]} | | | | | |")
-            continue
-        if r["method"] == "plain":
-            exact = "–"
-        elif not r["exact_method"]:
-            exact = f"approx. ({r['grad_rel_diff']:.1e})" if "grad_rel_diff" in r else "approx."
-        else:
-            exact = "yes" if r.get("equal") else "NO"
-        mem = f"{r['mem_vs_direct']:.2f}x" if "mem_vs_direct" in r else "–"
-        tim = f"{r['time_vs_direct']:.2f}x" if "time_vs_direct" in r else "–"
-        lines.append(f"| `{r['model']}` | {r['parameters']:,} | {r['method']} | {exact} | "
-                     f"{r['peak_bytes'] / 2**20:.0f} | {mem} | {r['time_s']:.2f} | {tim} | "
-                     f"{r['images_per_s']:.1f} |")
-    return "\n".join(lines)
-
-
-def write_results(rows: list[dict], out: Path, header: str, settings: dict) -> str:
-    """Write ``models_results.md`` (``header`` and :func:`table`), ``models_results.csv``
-    (:data:`COLUMNS`) and ``models_results.json`` (``settings`` and the rows) into ``out``;
-    return the markdown."""
-    md = header + "\n\n" + table(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "models_results.md").write_text(md + "\n")
-    with open(out / "models_results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "models_results.json").write_text(json.dumps({**settings, "rows": rows}, indent=1))
-    return md
-
-
-def failures(rows: list[dict]) -> list[tuple[dict, str]]:
-    """``(row, why)`` of every failed measurement and every exact method whose gradient
-    differs from ``direct``'s."""
-    return [(r, r.get("error", "gradient differs from direct")) for r in rows
-            if "error" in r or (r["exact_method"] and r["method"] != "plain" and not r.get("equal"))]

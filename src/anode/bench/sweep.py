@@ -108,22 +108,27 @@ class Sweep:
         """Log one line, prefixed with the seconds since the sweep started."""
         self.log(f"[{time.perf_counter() - self._started:6.0f} s] {text}")
 
-    def group(self, name: str, entries: list[Entry], timing: dict, compare: bool = True) -> None:
+    def group(self, name: str, entries: list[Entry], timing: dict, compare: bool = True,
+              floor: dict | None = None) -> None:
         """Measure one group; fills each entry's row in place.
 
         Rows get ``peak_bytes`` and what else the memory target returns (on CPU also
         ``peak_default_bytes``, the peak under glibc's default allocator); with ``compare``,
-        ``<key>_rel_diff`` for every saved result and, for exact methods, ``equal``; then
-        ``seconds``, ``cpu_seconds`` and ``time_s`` (by the clock). A failed measurement
-        leaves its message in ``error``.
+        ``<key>_rel_diff`` for every saved result and, for exact methods, ``equal``; with
+        ``floor``, ``noise_floor``; then ``seconds``, ``cpu_seconds`` and ``time_s`` (by the
+        clock). A failed measurement leaves its message in ``error``.
 
         Args:
             name: the group's name in the progress lines.
             entries: the methods, the reference (``direct``) first.
             timing: keyword arguments of the time target besides ``methods``.
             compare: compare the saved results with the first entry's.
+            floor: keyword arguments of the memory target (besides ``save``) for a second
+                run of the reference, in a fresh process, that computes the same results with
+                different rounding; the largest relative difference of its saved results to
+                the reference's is every row's ``noise_floor``.
         """
-        measured, reference = [], None
+        measured, reference, noise = [], None, None
         for entry in entries:
             row, label = entry.row, entry.row["method"]
             try:
@@ -153,6 +158,10 @@ class Sweep:
             default = (f" ({row['peak_default_bytes'] / 2**20:.1f} MiB default malloc)"
                        if "peak_default_bytes" in row else "")
             self.say(f"{name} {label}: {row['peak_bytes'] / 2**20:.1f} MiB{default}{diff}")
+            if floor is not None and entry is entries[0] and reference is not None:
+                noise = self._noise_floor(name, floor, reference)
+        for entry in measured if noise is not None else ():
+            entry.row["noise_floor"] = noise
         if not measured:
             return
         methods = {e.row["method"]: e.timing for e in measured}
@@ -170,3 +179,14 @@ class Sweep:
             row["time_s"] = row["cpu_seconds" if self.clock == "cpu" else "seconds"]
         self.say(f"{name} times ({self.clock}): " + ", ".join(
             f"{e.row['method']} {e.row['time_s']:.3f} s" for e in measured if "time_s" in e.row))
+
+    def _noise_floor(self, name: str, floor: dict, reference: dict) -> float | None:
+        try:
+            self._memory.run(self.memory_target, save=self._save, **floor)
+        except RuntimeError as exc:
+            self.say(f"{name} noise floor: FAILED {_last_line(exc)}")
+            return None
+        again = torch.load(self._save)
+        noise = max(relative_error([again[key]], [reference[key]]) for key in reference)
+        self.say(f"{name} noise floor (reference against itself, other rounding): {noise:.1e}")
+        return noise

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..accel import PRECISIONS
 from ._arguments import int_list, name_list
 
 QUICK = dict(steps=[1, 2], layers=[1, 2], fixed_layers=1, fixed_steps=2, batch=2, channels=4, size=8,
@@ -85,6 +86,19 @@ def register(subparsers) -> None:
     m.add_argument("--method", default=None,
                    help="Runge–Kutta method of the ODE blocks (default: the models')")
     m.add_argument("--n-steps", type=int, default=None, help="N_t of every ODE block (default: the models')")
+    m.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="bf16: forward under bfloat16 autocast, loss in float32 (default: bf16 on cuda, "
+                        "fp32 elsewhere)")
+    m.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for cuda, off elsewhere)")
+    m.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks and their ODE functions")
+    m.add_argument("--deterministic", action="store_true",
+                   help="deterministic cuDNN algorithms, TF32 off: anode's gradient equals direct's "
+                        "bit for bit")
+    m.add_argument("--tol", type=float, default=1e-5,
+                   help="relative difference up to which an exact method equals direct "
+                        "(default: %(default)s)")
     _process_arguments(m)
     m.set_defaults(run=run_models, command_line=None)
 
@@ -213,9 +227,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """Measure, print and write ``models_results.{md,csv,json}``; 1 if an exact method is not
-    exact or a measurement failed, 2 on bad input."""
+    """Measure, print and write ``models_results.{md,csv,json}``; 1 if an exact method's
+    verdict is NO or a measurement failed, 2 on bad input."""
+    from dataclasses import asdict
+
     from .. import models
+    from ..accel import Acceleration
+    from ..bench import model_targets, models_report
     from ..bench import models as bench_models
     from ..bench.environment import machine
 
@@ -223,27 +241,55 @@ def run_models(args: argparse.Namespace) -> int:
         args.batch, args.size, args.repeats = 4, 16, 1
         if args.models == ("*",):
             args.models = ("*small",)
+    if min(args.batch, args.size, args.repeats) < 1:
+        print("error: --batch, --size and --repeats must be positive", file=sys.stderr)
+        return 2
     names = sorted({n for pattern in args.models for n in models.list_models(pattern)})
     if not names:
         print(f"error: no registered model matches {','.join(args.models)!r}; registered: "
               f"{models.list_models()}", file=sys.stderr)
         return 2
+    try:
+        acc = Acceleration.for_device(args.device, args.precision, args.channels_last, args.compile,
+                                      args.deterministic)
+    except RuntimeError as exc:  # torch.device's message names the device types it knows
+        print(f"error: --device {args.device!r}: {exc}", file=sys.stderr)
+        return 2
     threads, clock = _threads_and_clock(args)
     ode_options = {k: v for k, v in (("method", args.method), ("n_steps", args.n_steps)) if v is not None}
     workload = dict(batch=args.batch, size=args.size, device=args.device, repeats=args.repeats,
                     threads=threads, ode_options=ode_options)
-    rows = bench_models.run_models(names, log=lambda s: print(s, flush=True), isolation=args.isolation,
-                                   clock=clock, separate_timing=False if args.quick else None, **workload)
+    rows = bench_models.run_models(names, acceleration=acc, log=lambda s: print(s, flush=True), tol=args.tol,
+                                   isolation=args.isolation, clock=clock,
+                                   separate_timing=False if args.quick else None, **workload)
     command = args.command_line or "anode bench models"
+    baseline = acc != Acceleration(deterministic=acc.deterministic)
     header = (f"Command: `{command}`  \nMachine: {machine(args.device)}; "
-              f"{threads or 'torch default'} thread(s) per measurement; device {args.device}.  \n"
-              f"One SGD step (forward, cross-entropy, backward, update) on a random batch of "
+              f"{threads or 'torch default'} thread(s) per measurement; device {args.device}; "
+              f"{models_report.describe(acc)}.  \n"
+              f"One SGD step (forward, cross-entropy in float32, backward, update) on a random batch of "
               f"[{args.batch}, 3, {args.size}, {args.size}]; peak = extra peak memory of one step; time = "
               f"median {_clock_text(clock)} of {args.repeats} after warm-up; ratios to direct of the "
-              f"same model in this run.")
-    settings = {"command": command, "machine": machine(args.device), "clock": clock, "workload": workload}
-    print(bench_models.write_results(rows, args.out, header, settings))
-    bad = bench_models.failures(rows)
+              f"same model in this run"
+              + ("; vs fp32 eager = time of the same step in float32, NCHW, eager, timed interleaved in "
+                 "the same process" if baseline else "") + ".  \n"
+              f"Exact: the first step's parameter gradient against direct's (relative 2-norm; exact up to "
+              f"{args.tol:g}); noise floor = direct against itself on the batch in reverse order, in a "
+              f"fresh process; a difference up to {models_report.FLOOR_MULTIPLE}x the floor is rounding "
+              f"(\"exact (TF32)\", \"exact (bf16)\") if at most {models_report.CAP:g}, else "
+              f"\"inconclusive\"; see docs/benchmarks.md.")
+    found, note = model_targets.evaluate(rows, args.device, acc, args.batch, args.size, quick=args.quick)
+    targets_md = model_targets.section(found, note)
+    settings = {"command": command, "machine": machine(args.device), "clock": clock, "workload": workload,
+                "acceleration": asdict(acc), "tol": args.tol}
+    print(models_report.write_results(rows, args.out, header, settings, targets_md))
+    for r in rows:
+        if r.get("verdict", "").startswith("inconclusive"):
+            print(f"warning: {r['model']} {r['method']}: gradient {r['grad_rel_diff']:.2e} from direct's, "
+                  f"within {models_report.FLOOR_MULTIPLE}x the noise floor {r['noise_floor']:.2e} but above "
+                  f"{models_report.CAP:g}: rounding cannot be told from a wrong gradient here "
+                  "(--precision fp32 or --deterministic can)", file=sys.stderr)
+    bad = models_report.failures(rows)
     for r, why in bad:
         print(f"error: {r['model']} {r['method']}: {why}", file=sys.stderr)
     return 1 if bad else 0
