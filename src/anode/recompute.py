@@ -106,6 +106,18 @@ class ForwardRecord:
         for d, s in zip(self.devices, cuda):
             torch.cuda.set_rng_state(s, d)
 
+    def drew(self, j: int) -> bool:
+        """Whether forward step ``j`` drew random numbers."""
+        return j in self.rng
+
+    def generator_state(self) -> tuple:
+        """The generators' state now (to replay a stage of a recomputed step)."""
+        return self._get_rng()
+
+    def set_generator_state(self, rng: tuple) -> None:
+        """Put the generators back to a state from :meth:`generator_state`."""
+        self._set_rng(rng)
+
     def after_step(self, j: int) -> bool:
         """Note forward step ``j`` as taken; keep its starting generator state if it drew.
 

@@ -268,6 +268,12 @@ def _combine(y: State, h, terms: list[tuple[float, State]]) -> State:
     return tuple(out)
 
 
+def stage_input(y: State, h, tableau: ButcherTableau, i: int, ks: Sequence[State]) -> State:
+    """The state stage ``i`` is evaluated on, ``y + h * sum_j a[i][j] * k_j``, by the
+    arithmetic of :func:`rk_step` (``ks`` holds at least the first ``i`` stages)."""
+    return _combine(y, h, list(zip(tableau.a[i], ks)))
+
+
 def rk_step(
     func: Callable[[torch.Tensor, State], State],
     y: State,
@@ -294,8 +300,7 @@ def rk_step(
     """
     ks: list[State] = []
     for i in range(tableau.solution_stages):
-        yi = _combine(y, h, list(zip(tableau.a[i], ks)))
-        ks.append(func(stage_times[i], yi))
+        ks.append(func(stage_times[i], stage_input(y, h, tableau, i, ks)))
     return _combine(y, h, list(zip(tableau.b, ks)))
 
 

@@ -40,7 +40,7 @@ from ..solvers import State, rk_step
 from .base import GradientMethod
 from .direct import plain_solve
 from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
-from .stages import stage_func
+from .stages import stagewise_vjp
 
 
 class _DiscreteAdjoint(torch.autograd.Function):
@@ -136,6 +136,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
             ivp.stats.recomputed_steps += 1
             return y_next
 
+        stagewise = ctx.stagewise and ivp.tableau.solution_stages > 1
         with record.replaying():
             _fill_missing(schedule, kept, n_steps, advance)
             for j, y_j in schedule.reversed_states(kept, n_steps, advance):
@@ -143,31 +144,22 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     k = output_index[j + 1]
                     g_out = zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], y_j)
                     adjoint = g_out if adjoint is None else tuple(a + g for a, g in zip(adjoint, g_out))
-                with record.step(j), torch.enable_grad():
-                    y_leaf = tuple(y.detach().requires_grad_() for y in y_j)
-                    st, h = stage_times[j].detach(), _value(sizes[j])
-                    if need_t:
-                        st, h = st.requires_grad_(), sizes[j].detach().requires_grad_()
-                    func = stage_func(ivp.func, ivp.tableau, j in record.rng) if ctx.stagewise else ivp.func
-                    y_next = rk_step(func, y_leaf, st, h, ivp.tableau)
-                inputs = [*y_leaf, *wanted_params] + ([st, h] if need_t else [])
-                check_closed(y_next, inputs)
-                grads = torch.autograd.grad(y_next, inputs, adjoint, allow_unused=True)
-                adjoint = zeros_if_none(grads[:n_y], y_j)
-                for i, g in enumerate(grads[n_y : n_y + len(wanted)]):
+                with record.step(j):
+                    step_vjp = _stagewise if stagewise else _whole_step
+                    adjoint, grads, g_st, g_h = step_vjp(
+                        ivp, j, y_j, stage_times[j], sizes[j], adjoint, wanted_params, need_t, record)
+                for i, g in enumerate(grads):
                     if g is not None:
                         param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-                if need_t:
-                    g_st, g_h = grads[n_y + len(wanted) :]
-                    if g_st is not None:
-                        g_stage[j] += g_st
-                    if g_h is not None:
-                        g_size[j] += g_h
+                if g_st is not None:
+                    g_stage[j] += g_st
+                if g_h is not None:
+                    g_size[j] += g_h
                 ivp.stats.backward_steps += 1
-                if ctx.stagewise:
+                if stagewise:
                     ivp.stats.stage_replays += ivp.tableau.solution_stages - 1
-                # drop this step's state and graph before the schedule recomputes the next
-                del y_j, y_leaf, y_next, grads
+                # drop this step's state before the schedule recomputes the next
+                del y_j, grads
 
         t_grad = None
         if need_t:
@@ -179,6 +171,29 @@ class _DiscreteAdjoint(torch.autograd.Function):
         for i, g in zip(wanted, param_grads):
             all_param_grads[i] = g
         return (None, None, None, *y0_grads, t_grad, *all_param_grads)
+
+
+def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, need_t, record):
+    """The vector–Jacobian product of step ``j`` by autograd through the whole rebuilt step:
+    ``(adjoint of y_j, parameter adjoints, stage-time adjoint, step-size adjoint)``."""
+    n_y = len(y_j)
+    with torch.enable_grad():
+        y_leaf = tuple(y.detach().requires_grad_() for y in y_j)
+        st, h = stage_times.detach(), _value(size)
+        if need_t:
+            st, h = st.requires_grad_(), size.detach().requires_grad_()
+        y_next = rk_step(ivp.func, y_leaf, st, h, ivp.tableau)
+    inputs = [*y_leaf, *params] + ([st, h] if need_t else [])
+    check_closed(y_next, inputs)
+    grads = torch.autograd.grad(y_next, inputs, adjoint, allow_unused=True)
+    g_st, g_h = grads[n_y + len(params):] if need_t else (None, None)
+    return zeros_if_none(grads[:n_y], y_j), list(grads[n_y : n_y + len(params)]), g_st, g_h
+
+
+def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, need_t, record):
+    """As :func:`_whole_step`, one stage's graph at a time (:mod:`anode.gradients.stages`)."""
+    return stagewise_vjp(ivp.func, y_j, stage_times.detach(), _value(size), ivp.tableau, adjoint,
+                         params, need_t, record, j)
 
 
 def _differentiable_backward(ctx, grad_outputs):

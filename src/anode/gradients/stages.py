@@ -1,45 +1,123 @@
-"""One stage's graph at a time in the backward pass of a multi-stage step."""
+"""The vector–Jacobian product of one multi-stage step, one stage's graph at a time.
+
+For an explicit Runge–Kutta step (Butcher tableau ``a, b, c``, step size ``h``)
+
+    Y_i = y + h sum_{m<i} a_im k_m,   k_i = f(t + c_i h, Y_i),   y' = y + h sum_i b_i k_i,
+
+the adjoint ``ȳ'`` of the step's result gives, from the last stage to the first,
+
+    k̄_i = h (b_i ȳ' + sum_{m>i} a_mi Ȳ_m),   Ȳ_i = (∂f/∂Y)(Y_i)^T k̄_i,
+
+the parameters' and stage times' adjoints from the same vector–Jacobian products, and
+``ȳ = ȳ' + sum_i Ȳ_i``, ``h̄ = sum_i b_i <ȳ', k_i> + sum_i sum_m a_im <Ȳ_i, k_m>``: reverse
+mode through the step's stages (Hairer, Nørsett, Wanner I, §II.1; Griewank & Walther,
+*Evaluating Derivatives*, 2nd ed., 2008, §3). The stage inputs come from one graph-free pass
+over the step, so each stage's graph is built only while its product is taken: the backward
+holds one stage's graph, not the step's ``s``, at the price of ``s - 1`` more evaluations.
+Each term is what autograd computes for :func:`~anode.solvers.rk_step`, so the result equals
+the whole-step product to rounding (the sums are grouped differently).
+"""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from ..solvers import ButcherTableau, State
+from ..recompute import ForwardRecord
+from ..solvers import ButcherTableau, State, stage_input
+from .forward import check_closed, zeros_if_none
 
 
-def stage_func(
-    func: Callable[[torch.Tensor, State], State], tableau: ButcherTableau, drew: bool
-) -> Callable[[torch.Tensor, State], State]:
-    """``func`` for rebuilding one step of ``tableau`` whose stages, all but the last,
-    keep only their input and output until the step's backward reaches them.
+def _dot(a: State, b: State) -> torch.Tensor:
+    return sum((x * y.to(x.dtype)).sum() for x, y in zip(a, b))
 
-    The backward of a step built with it holds one stage's graph at a time instead of all
-    ``s`` stages' (Griewank & Walther, *Evaluating Derivatives*, 2nd ed., 2008, §12:
-    checkpointing applied inside a step): each earlier stage is evaluated once more, by
-    ``torch.utils.checkpoint``, when the vector–Jacobian product needs its graph. The last
-    stage's graph is built directly, as the step's backward consumes it first. The
-    arithmetic is the stage's own, so the gradient is unchanged (to rounding: autograd
-    may sum the stage contributions in another order).
+
+def stagewise_vjp(
+    func: Callable[[torch.Tensor, State], State],
+    y: State,
+    stage_times: torch.Tensor,
+    h: float | torch.Tensor,
+    tableau: ButcherTableau,
+    adjoint: State,
+    params: list[torch.Tensor],
+    need_t: bool,
+    record: ForwardRecord,
+    j: int,
+) -> tuple[State, list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None]:
+    """The adjoints of the inputs of step ``j`` from the adjoint of its result.
 
     Args:
         func: ``func(t, y) -> dy/dt``.
-        tableau: the method of the step; the returned function must be used for exactly
-            one step (it counts the stages).
-        drew: whether the step drew random numbers in the forward; then each checkpointed
-            stage replays the generator state it started from.
+        y: the state at the start of the step (a tuple of tensors, no graph).
+        stage_times: 1-D tensor of the ``s`` stage times (time units).
+        h: the step size (time units), a float or a 0-d tensor without a graph (a tensor
+            when ``need_t``).
+        tableau: the method; its :attr:`~anode.solvers.ButcherTableau.solution_stages`
+            stages are differentiated.
+        adjoint: the adjoint of the step's result, shaped like ``y``.
+        params: the tensors whose adjoints are wanted.
+        need_t: also return the adjoints of ``stage_times`` and ``h``.
+        record: the forward's record; when step ``j`` drew random numbers, each stage
+            replays the generator state it started from.
+        j: the step's index in the forward.
+
+    Returns:
+        ``(ȳ, parameter adjoints (None where unused), stage-time adjoint [s] or None,
+        step-size adjoint (0-d) or None)``.
+
+    Raises:
+        ValueError: func uses a tensor requiring grad outside ``params`` (as
+            :func:`~anode.gradients.forward.check_closed`).
     """
-    last = tableau.solution_stages - 1
-    if last == 0:
-        return func
-    count = itertools.count()
-
-    def stage(t: torch.Tensor, y: State) -> State:
-        if next(count) == last:
-            return func(t, y)
-        return checkpoint(func, t, y, use_reentrant=False, preserve_rng_state=drew)
-
-    return stage
+    s = tableau.solution_stages
+    drew = record.drew(j)
+    inputs: list[State] = []
+    ks: list[State] = []
+    rng: list[tuple | None] = []
+    with torch.no_grad():
+        for i in range(s):
+            inputs.append(stage_input(y, h, tableau, i, ks))
+            rng.append(record.generator_state() if drew else None)
+            if i < s - 1:  # the last stage's value comes with its graph below
+                ks.append(func(stage_times[i], inputs[i]))
+    stage_adj: list[State | None] = [None] * s
+    y_adj = list(adjoint)
+    param_adj: list[torch.Tensor | None] = [None] * len(params)
+    st = stage_times.detach().requires_grad_(need_t)
+    t_adj = torch.zeros_like(st) if need_t else None
+    h_adj = torch.zeros_like(h) if need_t else None
+    for i in reversed(range(s)):
+        terms = [(tableau.b[i], adjoint)] + [
+            (tableau.a[m][i], stage_adj[m]) for m in range(i + 1, s) if i < len(tableau.a[m])]
+        terms = [(w, g) for w, g in terms if w != 0.0 and g is not None]
+        if rng[i] is not None:
+            record.set_generator_state(rng[i])
+        with torch.enable_grad():
+            y_leaf = tuple(x.detach().requires_grad_() for x in inputs[i])
+            k = func(st[i] if need_t else stage_times[i], y_leaf)
+        if i == s - 1:
+            ks.append(tuple(x.detach() for x in k))
+        if not terms:  # a stage nothing uses (not among the solution stages; kept for safety)
+            continue
+        k_adj = tuple(sum(g[idx] * (w * h) for w, g in terms).to(k[idx].dtype) for idx in range(len(k)))
+        wanted = [*y_leaf, *params] + ([st] if need_t else [])
+        check_closed(k, wanted)
+        grads = torch.autograd.grad(k, wanted, k_adj, allow_unused=True)
+        stage_adj[i] = zeros_if_none(grads[: len(y_leaf)], y_leaf)
+        for idx, g in enumerate(stage_adj[i]):
+            y_adj[idx] = y_adj[idx] + g
+        for p, g in enumerate(grads[len(y_leaf) : len(y_leaf) + len(params)]):
+            if g is not None:
+                param_adj[p] = g if param_adj[p] is None else param_adj[p] + g
+        if need_t and grads[-1] is not None:
+            t_adj = t_adj + grads[-1]
+        del k, y_leaf, grads
+    if need_t:
+        for i in range(s):
+            if tableau.b[i] != 0.0:
+                h_adj = h_adj + tableau.b[i] * _dot(adjoint, ks[i])
+            for m, w in enumerate(tableau.a[i]):
+                if w != 0.0 and stage_adj[i] is not None:
+                    h_adj = h_adj + w * _dot(stage_adj[i], ks[m])
+    return tuple(y_adj), param_adj, t_adj, h_adj
