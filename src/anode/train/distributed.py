@@ -116,6 +116,9 @@ def setup(device_request: str = "auto", timeout_s: float = 1800.0) -> DistContex
 def teardown(ctx: DistContext) -> None:
     """Leave the process group if :func:`setup` joined it."""
     if ctx.initialized and dist.is_initialized():
+        # Every rank finishes its collectives before any rank closes its connections: a
+        # gloo rank whose peer has gone can abort at exit.
+        dist.barrier()
         dist.destroy_process_group()
 
 
