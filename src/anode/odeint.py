@@ -268,6 +268,12 @@ def odeint_adjoint(
                   params=adjoint_params, **kwargs)
 
 
+# torch.compile runs the solve itself eagerly (a graph break around it) and compiles what is
+# compiled inside it: the vector field (anode.accel.compile_model compiles it in place).
+# Traced, the solver's Python bookkeeping (step counters, records, schedules) would guard and
+# recompile on every block and grad mode, and a compiled custom Function would not replay
+# its forward in the backward as anode's does.
+@torch.compiler.disable
 def solve(
     func: Callable, y0: Tensors, t: torch.Tensor, options: SolveOptions, *,
     params: Sequence[torch.Tensor] | None = None, stats: SolveStats | None = None,

@@ -32,8 +32,8 @@ TARGET = "anode.bench.models:train_step"
 TIME_TARGET = "anode.bench.models:time_steps"
 _BASELINE = " (fp32 eager)"
 COMPILE_WARMUP = 2
-"""Extra warm-up steps of a compiled network: its second step still recompiles (Dynamo's
-guards on the solver's counters), which must not be measured."""
+"""Extra warm-up steps of a compiled network, so that no compilation or autotuning falls in
+the measured steps."""
 
 
 def gradient_methods() -> list[tuple[str, dict, bool]]:
