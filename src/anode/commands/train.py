@@ -135,7 +135,8 @@ def _add_train_parser(sub) -> None:
                      help="compile the ODE functions and the network with torch.compile")
     run.add_argument("--deterministic", action="store_true", default=S,
                      help="deterministic algorithms, no cudnn.benchmark, no TF32: slower on GPUs, "
-                     "the same bits every run (see docs/gpu.md)")
+                     "the same bits every run, anode's gradients bit-identical to direct's "
+                     "(see docs/gpu.md)")
     run.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=S,
                      help="keep per-process BatchNorm statistics under torchrun on GPUs")
     run.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="B", default=S)

@@ -146,11 +146,8 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     adjoint = g_out if adjoint is None else tuple(a + g for a, g in zip(adjoint, g_out))
                 with record.step(j):
                     step_vjp = _stagewise if stagewise else _whole_step
-                    adjoint, grads, g_st, g_h = step_vjp(
-                        ivp, j, y_j, stage_times[j], sizes[j], adjoint, wanted_params, need_t, record)
-                for i, g in enumerate(grads):
-                    if g is not None:
-                        param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+                    adjoint, g_st, g_h = step_vjp(ivp, j, y_j, stage_times[j], sizes[j], adjoint,
+                                                  wanted_params, param_grads, need_t, record)
                 if g_st is not None:
                     g_stage[j] += g_st
                 if g_h is not None:
@@ -159,7 +156,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 if stagewise:
                     ivp.stats.stage_replays += ivp.tableau.solution_stages - 1
                 # drop this step's state before the schedule recomputes the next
-                del y_j, grads
+                del y_j
 
         t_grad = None
         if need_t:
@@ -173,9 +170,10 @@ class _DiscreteAdjoint(torch.autograd.Function):
         return (None, None, None, *y0_grads, t_grad, *all_param_grads)
 
 
-def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, need_t, record):
+def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record):
     """The vector–Jacobian product of step ``j`` by autograd through the whole rebuilt step:
-    ``(adjoint of y_j, parameter adjoints, stage-time adjoint, step-size adjoint)``."""
+    ``(adjoint of y_j, stage-time adjoint, step-size adjoint)``; the parameters' adjoints are
+    added to ``param_adj`` in place."""
     n_y = len(y_j)
     with torch.enable_grad():
         y_leaf = tuple(y.detach().requires_grad_() for y in y_j)
@@ -186,14 +184,17 @@ def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, need_t, record)
     inputs = [*y_leaf, *params] + ([st, h] if need_t else [])
     check_closed(y_next, inputs)
     grads = torch.autograd.grad(y_next, inputs, adjoint, allow_unused=True)
+    for i, g in enumerate(grads[n_y : n_y + len(params)]):
+        if g is not None:
+            param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
     g_st, g_h = grads[n_y + len(params):] if need_t else (None, None)
-    return zeros_if_none(grads[:n_y], y_j), list(grads[n_y : n_y + len(params)]), g_st, g_h
+    return zeros_if_none(grads[:n_y], y_j), g_st, g_h
 
 
-def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, need_t, record):
+def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record):
     """As :func:`_whole_step`, one stage's graph at a time (:mod:`anode.gradients.stages`)."""
     return stagewise_vjp(ivp.func, y_j, stage_times.detach(), _value(size), ivp.tableau, adjoint,
-                         params, need_t, record, j)
+                         params, param_adj, need_t, record, j)
 
 
 def _differentiable_backward(ctx, grad_outputs):

@@ -41,10 +41,11 @@ def stagewise_vjp(
     tableau: ButcherTableau,
     adjoint: State,
     params: list[torch.Tensor],
+    param_adj: list[torch.Tensor | None],
     need_t: bool,
     record: ForwardRecord,
     j: int,
-) -> tuple[State, list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[State, torch.Tensor | None, torch.Tensor | None]:
     """The adjoints of the inputs of step ``j`` from the adjoint of its result.
 
     Args:
@@ -57,14 +58,17 @@ def stagewise_vjp(
             stages are differentiated.
         adjoint: the adjoint of the step's result, shaped like ``y``.
         params: the tensors whose adjoints are wanted.
+        param_adj: their adjoints so far (None where none yet), one per tensor of
+            ``params``; each stage's contribution is added in place, in the order autograd
+            through the whole solve adds them (last stage of the last step first), so that
+            the sums round as ``direct``'s do.
         need_t: also return the adjoints of ``stage_times`` and ``h``.
         record: the forward's record; when step ``j`` drew random numbers, each stage
             replays the generator state it started from.
         j: the step's index in the forward.
 
     Returns:
-        ``(ȳ, parameter adjoints (None where unused), stage-time adjoint [s] or None,
-        step-size adjoint (0-d) or None)``.
+        ``(ȳ, stage-time adjoint [s] or None, step-size adjoint (0-d) or None)``.
 
     Raises:
         ValueError: func uses a tensor requiring grad outside ``params`` (as
@@ -83,7 +87,6 @@ def stagewise_vjp(
                 ks.append(func(stage_times[i], inputs[i]))
     stage_adj: list[State | None] = [None] * s
     y_adj = list(adjoint)
-    param_adj: list[torch.Tensor | None] = [None] * len(params)
     st = stage_times.detach().requires_grad_(need_t)
     t_adj = torch.zeros_like(st) if need_t else None
     h_adj = torch.zeros_like(h) if need_t else None
@@ -120,4 +123,4 @@ def stagewise_vjp(
             for m, w in enumerate(tableau.a[i]):
                 if w != 0.0 and stage_adj[i] is not None:
                     h_adj = h_adj + w * _dot(stage_adj[i], ks[m])
-    return tuple(y_adj), param_adj, t_adj, h_adj
+    return tuple(y_adj), t_adj, h_adj
