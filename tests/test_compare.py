@@ -257,3 +257,32 @@ def test_interrupt_stops_training_and_still_writes_the_report(cifar10, tmp_path,
         run_compare(_spec(cifar10, seeds=(0,), variants=("plain", "anode")), out, log=lambda msg: None)
     for name in ("compare_curves.png", "compare_gradient_error.png", "summary.json"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_interrupt_with_parallel_runs_stops_them_and_starts_no_more(cifar10, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "parallel"
+    argv = [sys.executable, "-m", "anode.cli", "compare", "--data-root", str(cifar10), "--seeds", "0,1,2",
+            "--epochs", "200", "--batch-size", "10", "--subset", "20", "--test-subset", "10",
+            "--grad-batch", "4", "--device", "cpu", "--no-progress", "--jobs", "2", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((run_folder(out, v, 0) / "metrics.jsonl").exists() for v in ("plain", "anode")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # to the main process only, as `timeout -s INT` does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed check must not leave the comparison training
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    started = [p.name for p in (out / "runs").iterdir() if (p / "config.json").exists()]
+    assert len(started) <= 2, started  # the two running; none of the four waiting
+    assert (out / "compare_table.md").exists()

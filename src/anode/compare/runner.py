@@ -119,14 +119,14 @@ def _gradient_callback(spec: CompareSpec, config):
     return GradientErrorCallback(images, labels, tested=("backsolve", "anode"))
 
 
-def _worker(args: tuple[dict[str, Any], str, int, str, int]) -> tuple[str, int, str, float]:
+def _worker(args: tuple[dict[str, Any], str, int, str, int], results) -> None:
     spec_dict, variant, seed, out, threads = args
     import torch
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     status = run_one(CompareSpec.from_dict(spec_dict), variant, seed, out)
-    return variant, seed, status, time.perf_counter() - start
+    results.put((variant, seed, status, time.perf_counter() - start))
 
 
 def run_compare(
@@ -202,31 +202,41 @@ def _run_parallel(
     spec: CompareSpec, out: Path, plan: Sequence[tuple[str, int]], todo: Sequence[tuple[str, int]], log
 ) -> dict[tuple[str, int], str]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     statuses = {(v, s): run_status(run_folder(out, v, s), spec.epochs) for v, s in plan}
     jobs = min(spec.jobs, len(todo))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    # Separate processes (spawned: no inherited threads or CUDA state) each train one run.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, (spec.to_dict(), v, s, str(out), threads)) for v, s in todo]
-        try:
-            for fut in as_completed(futures):
-                variant, seed, status, seconds = fut.result()
+    # One spawned process per run (no inherited threads or CUDA state), at most `jobs` at a
+    # time, started here one by one: an interrupt then stops the running ones and starts no
+    # other (a process pool would already have queued the next runs).
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    pending = list(todo)
+    running: dict = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                variant, seed = pending.pop(0)
+                task = (spec.to_dict(), variant, seed, str(out), threads)
+                process = ctx.Process(target=_worker, args=(task, results))
+                process.start()
+                running[process.sentinel] = (process, variant, seed)
+            for sentinel in wait(list(running)):
+                process, variant, seed = running.pop(sentinel)
+                process.join()
+                if process.exitcode != 0:
+                    raise RuntimeError(f"run {variant}-seed{seed} failed (exit code {process.exitcode}); "
+                                       "its error is printed above")
+            while not results.empty():
+                variant, seed, status, seconds = results.get()
                 statuses[(variant, seed)] = status
                 log(f"{variant}-seed{seed}: {status} ({seconds:.0f} s)")
-        except KeyboardInterrupt:
-            # Every finished epoch is saved atomically, so stopping the runs mid-epoch loses
-            # only that epoch, where leaving the pool would wait for them to finish.
-            _stop_workers(pool)
-            raise
+    except BaseException:
+        # Every finished epoch is saved atomically: stopping a run mid-epoch loses that epoch.
+        for process, _, _ in running.values():
+            process.terminate()
+        for process, _, _ in running.values():
+            process.join()
+        raise
     return statuses
-
-
-def _stop_workers(pool) -> None:
-    pool.shutdown(wait=False, cancel_futures=True)
-    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
-        pool.terminate_workers()
-        return
-    for process in list((pool._processes or {}).values()):
-        process.terminate()
