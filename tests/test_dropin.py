@@ -192,6 +192,10 @@ def test_argument_errors():
     dropin.odeint_adjoint(f, y0, t, rtol=1e-5, adjoint_rtol=1e-5, adjoint_method="dopri5", adjoint_params=())
     with pytest.raises(ValueError, match="unknown option 'step_size' for the adaptive method 'dopri5'"):
         anode.odeint(f, y0, t, options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="'euler' has none"):
+        anode.odeint(f, y0, t, method="euler", rtol=1e-3, options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="'euler' has none"):
+        anode.odeint_adjoint(f, y0, t, method="euler", atol=1e-4, options={"step_size": 0.1})
     with pytest.raises(ValueError, match="give the step size in it"):
         anode.odeint(f, y0, t, method="euler", n_steps=3, options={})
     with pytest.raises(TypeError, match="SolveOptions or a dict"):

@@ -73,6 +73,10 @@ def test_bad_tableaus():
         anode.ButcherTableau("short", ((),), (0.5, 0.5), (0.0, 1.0))
     with pytest.raises(ValueError, match="finite"):
         anode.ButcherTableau("nan", ((),), (float("nan"),), (0.0,))
+    with pytest.raises(ValueError, match="b sums to 1.1"):
+        anode.ButcherTableau("inconsistent", ((), (1.0,)), (0.5, 0.6), (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"c\[1\] = 0.3.* row 1 of a sums to 1"):
+        anode.ButcherTableau("nodes", ((), (1.0,)), (0.5, 0.5), (0.0, 0.3))
 
 
 class TestGrid:

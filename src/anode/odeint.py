@@ -96,6 +96,9 @@ def _from_dict(options: Mapping, method, n_steps, step_size, rtol, atol, gradien
         raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
                          "not n_steps=/step_size=")
     tableau = get_tableau("dopri5" if method is None else method)  # anode's names, e.g. rk4
+    if not tableau.embedded and (rtol is not None or atol is not None):
+        raise ValueError(f"rtol/atol need a method with an error estimate; {tableau.name!r} has none "
+                         "(an embedded pair: dopri5, bosh3, tsit5, adaptive_heun)")
     return solve_options(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, tableau,
                          options, resolve(gradient, schedule, **schedule_options))
 

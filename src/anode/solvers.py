@@ -44,7 +44,8 @@ class ButcherTableau:
 
     Raises:
         ValueError: if the sizes disagree, ``a`` is not strictly lower triangular, a
-            coefficient is not finite, only one of ``b_error`` and ``order`` is given,
+            coefficient is not finite, ``b`` does not sum to 1, a node ``c[i]`` differs from
+            the sum of row ``i`` of ``a``, only one of ``b_error`` and ``order`` is given,
             ``order`` is not a positive int, or ``b_error`` does not sum to zero (both weight
             sets of a consistent pair sum to one).
     """
@@ -78,6 +79,15 @@ class ButcherTableau:
         object.__setattr__(self, "a", tuple(tuple(float(x) for x in row) for row in self.a))
         object.__setattr__(self, "b", tuple(float(x) for x in self.b))
         object.__setattr__(self, "c", tuple(float(x) for x in self.c))
+        # Consistency (order >= 1) and the row-sum condition c_i = sum_j a_ij, without which
+        # a method is not of its order on non-autonomous problems (HNW I, §II.1, (1.9)).
+        if abs(math.fsum(self.b) - 1.0) > 1e-10:
+            raise ValueError(f"Butcher tableau {self.name!r}: b sums to {math.fsum(self.b):.12g}, not 1 "
+                             "(the weights of a consistent method sum to 1)")
+        for i, (row, ci) in enumerate(zip(self.a, self.c)):
+            if abs(math.fsum(row) - ci) > 1e-10:
+                raise ValueError(f"Butcher tableau {self.name!r}: c[{i}] = {ci:.12g} but row {i} of a sums "
+                                 f"to {math.fsum(row):.12g}; the nodes must equal the row sums")
         self._check_embedded()
 
     def _check_embedded(self) -> None:
