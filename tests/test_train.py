@@ -350,3 +350,11 @@ def test_console_script_end_to_end(data_root, tmp_path):
     ours = evaluate_checkpoint(out, device="cpu", subset=10)
     assert ours["n_images"] == 10
     assert ours["test_acc"] == pytest.approx(ckpt["metrics"][-1]["test_acc"], abs=1e-12)
+
+
+def test_a_chosen_embedded_pair_steps_adaptively_unless_n_steps_is_given():
+    adaptive = resolve_config(TrainConfig(method="dopri5"), "cpu")
+    assert (adaptive.method, adaptive.n_steps) == ("dopri5", None)  # not the preset's N_t = 2
+    fixed = resolve_config(TrainConfig(method="dopri5", n_steps=3), "cpu")
+    assert fixed.n_steps == 3
+    assert resolve_config(TrainConfig(method="midpoint"), "cpu").n_steps == 2

@@ -189,7 +189,8 @@ def odeint(
     trace estimator). Under a ``torch.func`` transform (``vmap``, ``grad``, ...) the exact
     methods solve as ``direct`` does, which those transforms differentiate exactly (with
     direct's memory); ``backsolve`` runs its forward without a graph under ``vmap`` and
-    raises under ``grad``, ``jacrev``, ``jvp``.
+    raises under ``grad``, ``jacrev``, ``jvp``. Adaptive stepping raises under any of them
+    (its step sizes depend on the state's values); use a fixed grid there.
 
     Raises:
         TypeError: y0, t or params of the wrong type or dtype; options neither a

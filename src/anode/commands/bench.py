@@ -94,8 +94,8 @@ def register(subparsers) -> None:
     m.add_argument("--compile", action="store_true",
                    help="torch.compile the networks and their ODE functions")
     m.add_argument("--deterministic", action="store_true",
-                   help="deterministic cuDNN algorithms, TF32 off: anode's gradient equals direct's "
-                        "bit for bit")
+                   help="deterministic cuDNN algorithms, TF32 off: in float32, anode's gradient "
+                        "equals direct's bit for bit")
     m.add_argument("--tol", type=float, default=1e-5,
                    help="relative difference up to which an exact method equals direct "
                         "(default: %(default)s)")

@@ -79,7 +79,7 @@ def _add_train_parser(sub) -> None:
 
     model = p.add_argument_group("model and ODE solver")
     model.add_argument("--model", metavar="NAME", default=S,
-                       help="a name of anode.models.list_models(); default resnet_ode_small (CPU), "
+                       help="a name of anode.models.list_models(); default resnet_ode_tiny (CPU), "
                        "resnet18_ode (GPU)")
     model.add_argument("--method", metavar="NAME", default=S,
                        help="Runge-Kutta method: euler, midpoint, heun, ralston, rk4, rk38; with "

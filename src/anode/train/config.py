@@ -34,6 +34,7 @@ from typing import Any
 
 from ..accel import PRECISIONS, Acceleration
 from ..gradients import schedule_taking
+from ..solvers import EMBEDDED_TABLEAUS
 from .lr_schedule import LR_SCHEDULES
 
 __all__ = [
@@ -344,10 +345,10 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     ``data_root`` defaulted.
 
     Some preset values go with another setting and apply only when that one is unset too:
-    ``method`` and ``n_steps`` with ``model`` (a user-chosen model keeps its own ODE
-    defaults), ``label_smoothing`` with ``lr_schedule`` (a user-chosen schedule trains
-    without smoothing unless it is given), and ``epoch_test_subset`` with ``test_subset`` (a
-    chosen test set is evaluated whole after every epoch).
+    ``method`` and ``n_steps`` with ``model`` (a chosen model keeps its own ODE defaults;
+    ``n_steps`` also with ``rtol``/``atol`` and with a chosen embedded pair, e.g. ``dopri5``,
+    which then steps adaptively), ``label_smoothing`` with ``lr_schedule``, and
+    ``epoch_test_subset`` with ``test_subset`` (a chosen test set is evaluated whole).
 
     Raises:
         ValueError: as :meth:`TrainConfig.check`.
@@ -357,6 +358,8 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     for key, value in preset.items():
         if any(getattr(config, other) is not None for other in _TIED_TO.get(key, ())):
             continue
+        if key == "n_steps" and _embedded(config.method):
+            continue  # a chosen embedded pair takes adaptive steps unless --n-steps is given
         if key == "lr_milestones":
             continue
         if getattr(cfg, key) is None:
@@ -380,6 +383,10 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
     accel = Acceleration.for_device(device_type, cfg.precision, cfg.channels_last)
     cfg.precision, cfg.channels_last = accel.precision, accel.channels_last
     return cfg
+
+
+def _embedded(method: str | None) -> bool:
+    return method in EMBEDDED_TABLEAUS
 
 
 def lr_milestones(config: TrainConfig) -> list[int]:

@@ -146,7 +146,7 @@ def _announce(run: Run, resumed: bool) -> None:
     tested = f"{full} test images"
     if part < full:
         tested = f"{part} of the {full} test images after each epoch, all {full} after the last"
-    ode = f", {cfg.method} N_t={cfg.n_steps}, {cfg.gradient} gradients" if cfg.gradient else ""
+    ode = f", {_stepping(cfg)}, {cfg.gradient} gradients" if cfg.gradient else ""
     flags = {"channels-last": cfg.channels_last, "compiled": cfg.compile, "deterministic": cfg.deterministic}
     how = ", ".join([cfg.precision, *(name for name, on in flags.items() if on)])
     print(
@@ -213,7 +213,13 @@ def _record(run: Run, record: dict[str, Any]) -> None:
     D.barrier(ctx)
 
 
+def _stepping(cfg) -> str:
+    if cfg.n_steps is not None:
+        return f"{cfg.method} N_t={cfg.n_steps}"
+    return f"{cfg.method} rtol={cfg.rtol:g} atol={cfg.atol:g}"
+
+
 def _plot_title(run: Run) -> str:
     cfg = run.cfg
-    ode = f", {cfg.method} N_t={cfg.n_steps}, {cfg.gradient}" if cfg.gradient else ""
+    ode = f", {_stepping(cfg)}, {cfg.gradient}" if cfg.gradient else ""
     return f"{run.run_dir.name}: {cfg.model}{ode} on {cfg.dataset}"
