@@ -98,3 +98,25 @@ def test_bf16_step_keeps_loss_and_optimizer_state_in_float32():
     opt.step()
     for p in net.parameters():
         assert p.dtype == p.grad.dtype == opt.state[p]["momentum_buffer"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_bf16_anode_gradient_differs_from_direct_only_by_autocasts_weight_cache(method):
+    # Autocast keeps one bfloat16 copy of each weight for a whole forward with a graph, so
+    # direct sums the steps' weight gradients in bfloat16; anode differentiates one step at
+    # a time and sums them in float32. Without the cache both sum in float32: equal bits.
+    from anode.nn import ConvODEFunc, ODEBlock
+
+    torch.manual_seed(0)
+    func = ConvODEFunc(8)
+    x = torch.randn(2, 8, 8, 8)
+    grads = {}
+    for cache in (True, False):
+        for gradient in ("direct", "anode"):
+            func.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+                out = ODEBlock(func, method=method, n_steps=2, gradient=gradient)(x)
+            out.square().sum().backward()
+            grads[cache, gradient] = [p.grad.clone() for p in func.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(grads[False, "direct"], grads[False, "anode"]))
+    assert not all(torch.equal(a, b) for a, b in zip(grads[True, "direct"], grads[True, "anode"]))
