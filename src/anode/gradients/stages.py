@@ -76,7 +76,7 @@ def stagewise_vjp(
     """
     s = tableau.solution_stages
     drew = record.drew(j)
-    inputs: list[State] = []
+    inputs: list[State | None] = []
     ks: list[State] = []
     rng: list[tuple | None] = []
     with torch.no_grad():
@@ -85,6 +85,8 @@ def stagewise_vjp(
             rng.append(record.generator_state() if drew else None)
             if i < s - 1:  # the last stage's value comes with its graph below
                 ks.append(func(stage_times[i], inputs[i]))
+    if not need_t:
+        ks.clear()  # the stage values serve only the step size's adjoint
     stage_adj: list[State | None] = [None] * s
     y_adj = list(adjoint)
     st = stage_times.detach().requires_grad_(need_t)
@@ -99,10 +101,9 @@ def stagewise_vjp(
         with torch.enable_grad():
             y_leaf = tuple(x.detach().requires_grad_() for x in inputs[i])
             k = func(st[i] if need_t else stage_times[i], y_leaf)
-        if i == s - 1:
+        inputs[i] = None
+        if need_t and i == s - 1:
             ks.append(tuple(x.detach() for x in k))
-        if not terms:  # a stage nothing uses (not among the solution stages; kept for safety)
-            continue
         k_adj = tuple(sum(g[idx] * (w * h) for w, g in terms).to(k[idx].dtype) for idx in range(len(k)))
         wanted = [*y_leaf, *params] + ([st] if need_t else [])
         check_closed(k, wanted)
