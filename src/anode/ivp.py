@@ -37,7 +37,7 @@ class SolveStats:
     estimate uses (:attr:`~anode.solvers.ButcherTableau.solution_stages`).
     ``stage_replays`` are the evaluations the discrete adjoint takes once more to rebuild
     one stage's graph at a time (``stages - 1`` per backward step of a multi-stage method,
-    :func:`anode.gradients.stages.stage_func`). ``reverse_evaluations`` are those of the
+    :func:`anode.gradients.stages.stagewise_vjp`). ``reverse_evaluations`` are those of the
     adaptive reverse solve of ``backsolve`` after an adaptive forward (its own steps, not
     replays).
     """
