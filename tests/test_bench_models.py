@@ -129,7 +129,7 @@ def test_compiled_anode_step_gives_the_compiled_direct_gradient(tmp_path):
         res = bench_models.train_step(model="resnet_ode_small", ode_options={"gradient": gradient}, batch=4,
                                       size=16, threads=1, acceleration={"compile": True},
                                       save=str(tmp_path / f"{gradient}.pt"))
-        assert res["peak_bytes"] > 0
+        assert not res.get("error"), res
     direct, anode = (torch.load(tmp_path / f"{g}.pt")["grad"] for g in ("direct", "anode"))
     assert relative_error([anode], [direct]) <= 1e-5
 
