@@ -341,8 +341,7 @@ def embedded_step(
     """
     ks: list[State] = [] if k0 is None else [k0]
     for i in range(len(ks), tableau.stages):
-        yi = _combine(y, h, list(zip(tableau.a[i], ks)))
-        ks.append(func(stage_times[i], yi))
+        ks.append(func(stage_times[i], stage_input(y, h, tableau, i, ks)))
     y1 = _combine(y, h, list(zip(tableau.b, ks)))
     terms = [(w, k) for w, k in zip(tableau.b_error, ks) if w != 0.0]
     with torch.no_grad():
