@@ -216,12 +216,13 @@ def test_values_against_the_exact_solution(method, rtol):
         assert _scaled_error(out[k], exact(tk), rtol, atol) < 20
 
 
-def test_output_times_are_hit_exactly_and_reused_by_fsal():
+@pytest.mark.parametrize("method, dense_output", [("dopri5", False), ("tsit5", None)])
+def test_output_times_are_hit_exactly_without_dense_output(method, dense_output):
     func, y0 = PROBLEMS["mlp"]()
     t = torch.tensor([0.0, 0.3, 0.3, 1.1, 2.0], dtype=torch.float64)
     counted = Counting(func)
     with torch.no_grad():
-        out = anode.odeint(counted, y0, t, options=_adaptive("dopri5", 1e-6, 1e-8))
+        out = anode.odeint(counted, y0, t, options=_adaptive(method, 1e-6, 1e-8, dense_output=dense_output))
     for tk in t.tolist()[1:]:
         assert tk in counted.times  # the last stage of the cut step, at the output time itself
     assert torch.equal(out[1], out[2])

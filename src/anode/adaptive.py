@@ -28,10 +28,10 @@ from collections.abc import Callable
 import torch
 
 from .controllers import Adaptive
-from .grid import TimeGrid, step_geometry
+from .grid import TimeGrid, step_geometry, tap_theta
 from .ivp import IVP
 from .recompute import ForwardRecord
-from .solvers import State, embedded_step
+from .solvers import State, combine, embedded_step
 
 
 class AdaptiveSolveError(RuntimeError):
@@ -64,8 +64,9 @@ def integrate(
             closure check, see :func:`~anode.gradients.forward.forward_sweep`).
 
     Returns:
-        ``(outputs, grid)``: the states at the grid's ``solve_outputs`` and the accepted
-        grid. Counts accepted and rejected steps and function evaluations into
+        ``(outputs, grid)``: the states at the grid's ``solve_outputs``, then at its taps
+        (dense output, see :attr:`~anode.controllers.Adaptive.dense_output`), and the
+        accepted grid. Counts accepted and rejected steps and function evaluations into
         ``ivp.stats``.
 
     Raises:
@@ -79,14 +80,28 @@ def integrate(
     def time(x):
         return torch.tensor(x, dtype=t_dtype, device=device)
 
-    counts = [0] * (len(times) - 1)
-    fractions: list[tuple[float, ...]] = [()] * (len(times) - 1)
+    dense = controller.dense_output is not False and tab.dense
+    # Intervals of steps: one per pair of output times, or one over the whole span whose
+    # inner output times are taps of the dense output.
+    spans = [(0, len(times) - 1)] if dense else [(i, i + 1) for i in range(len(times) - 1)]
+    # output times strictly inside the span, in order (the output times are monotonic)
+    inner = [i for i, x in enumerate(times) if dense and x != times[0] and x != times[-1]]
+    counts = [0] * len(spans)
+    fractions: list[tuple[float, ...]] = [()] * len(spans)
     outputs: list[State] = []
+    taps: list[tuple[int, int]] = []
+    tapped: list[State] = []
     y = tuple(ivp.y0)
-    first = next((i for i in range(len(counts)) if times[i + 1] != times[i]), None)
+    first = next((k for k, (a, b) in enumerate(spans) if times[a] != times[b]), None)
+
+    def grid() -> TimeGrid:
+        if dense:
+            return TimeGrid(tuple(times), tuple(counts), tuple(fractions), tuple(taps))
+        return TimeGrid(tuple(times), tuple(counts), tuple(fractions))
+
     if first is None:
-        return outputs, TimeGrid(tuple(times), tuple(counts), tuple(fractions))
-    direction = math.copysign(1.0, times[first + 1] - times[first])
+        return outputs, grid()
+    direction = math.copysign(1.0, times[spans[first][1]] - times[spans[first][0]])
     evals, accepted, rejected = 1, 0, 0
     k0 = (first_eval or func)(time(times[0]), y)
     if not _finite(k0):
@@ -101,8 +116,8 @@ def integrate(
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
     previous, last_ratio, retried = 1.0, 0.0, None
     try:
-        for i in range(first, len(counts)):
-            t_i, t_next = times[i], times[i + 1]
+        for span in range(first, len(spans)):
+            t_i, t_next = times[spans[span][0]], times[spans[span][1]]
             if t_i == t_next:
                 continue
             length = t_next - t_i
@@ -128,7 +143,7 @@ def integrate(
                         f"step size underflow at t={start:.17g}: a step of {proposal:.3g} no longer "
                         f"advances time ({why}); the solution may blow up near this time, or the "
                         "problem is stiff or discontinuous there")
-                y1, error, k_first, k_last = embedded_step(func, y, time(stage_times), size, tab, k0)
+                y1, error, ks = embedded_step(func, y, time(stage_times), size, tab, k0)
                 evals += tab.stages - (k0 is not None)
                 with torch.no_grad():
                     ratio = controller.error_ratio(error, y, y1)
@@ -136,6 +151,12 @@ def integrate(
                 if ratio <= 1.0:  # False for NaN
                     if keep is not None:
                         keep(accepted, y)
+                    end = t_next if f1 == 1.0 else t_i + f1 * length  # as step_geometry
+                    while len(taps) < len(inner) and (times[inner[len(taps)]] - end) * direction <= 0:
+                        i = inner[len(taps)]
+                        weights = tab.dense_weights(tap_theta(times[i], start, size))
+                        tapped.append(combine(y, size, weights, ks))
+                        taps.append((i, accepted))
                     moved = record is not None and record.after_step(accepted)
                     accepted += 1
                     h_next = controller.next_step(abs(size), ratio, previous, tab.order)
@@ -143,17 +164,17 @@ def integrate(
                     previous = ratio
                     y, f = y1, f1
                     bounds.append(f1)
-                    k0 = None if moved or not tab.fsal else k_last
+                    k0 = None if moved or not tab.fsal else ks[-1]
                 else:
                     rejected += 1
                     retried = (f, f1)
                     h = controller.next_step(abs(size), ratio, previous, tab.order)
                     # the retry starts from the same state and time: reuse its first stage
                     moved = record is not None and record.after_unreplayed()
-                    k0 = None if moved else k_first
-                del y1, error, k_first, k_last
-            counts[i] = len(bounds) - 1
-            fractions[i] = tuple(bounds)
+                    k0 = None if moved else ks[0]
+                del y1, error, ks
+            counts[span] = len(bounds) - 1
+            fractions[span] = tuple(bounds)
             outputs.append(y)
     finally:  # counted also when the solve fails, to show how far it got
         stats = ivp.stats
@@ -161,4 +182,4 @@ def integrate(
         stats.rejected_steps += rejected
         stats.forward_evaluations += evals
         stats.stages = tab.solution_stages
-    return outputs, TimeGrid(tuple(times), tuple(counts), tuple(fractions))
+    return outputs + tapped, grid()

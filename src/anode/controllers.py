@@ -46,14 +46,17 @@ class Adaptive:
     size never shrinks (torchdiffeq), after a rejected one it shrinks by at least
     ``dfactor``; a NaN or Inf error estimate rejects the step with the factor ``dfactor``.
 
-    Output times are hit exactly: a step that would pass the next output time is cut to
-    end on it (and the uncut proposal is kept for the step after). The state at an output
-    time is then the state of the accepted grid itself, a function of the accepted steps
-    only, so the gradient of the discrete solve is well defined; torchdiffeq instead steps
-    past output times and interpolates, which costs no extra steps but makes outputs
-    depend on an interpolant. With many output times this takes more steps than
-    torchdiffeq; with one interval ``[t0, t1]`` about as many (it stops at ``t1`` instead of
-    passing it).
+    Output times between the first and the last come from dense output when the method has
+    an interpolant (dopri5, bosh3; ``dense_output=None`` or ``True``): the steps run over
+    the whole span as if there were no intermediate output times, and ``y(t_i)`` is the
+    interpolant of the step containing ``t_i`` (:meth:`~anode.solvers.ButcherTableau.dense_weights`),
+    as torchdiffeq does, so intermediate outputs cost no steps. The output is then a
+    function of that step's stages and of ``t_i``, differentiated with the step. Otherwise
+    (``dense_output=False``, or a method without an interpolant: tsit5, adaptive_heun) a
+    step that would pass the next output time is cut to end on it (the uncut proposal is
+    kept for the step after), so every output is a state of the accepted grid, at the price
+    of more steps when output times are close. Either way the last step ends on the last
+    output time exactly (torchdiffeq passes it and interpolates).
 
     Args:
         rtol: relative tolerance, >= 0 (dimensionless).
@@ -68,6 +71,9 @@ class Adaptive:
             (``icoeff > 0``); ``0, 1`` is the integral controller of torchdiffeq and HNW.
         max_step: largest step size (time units), > 0.
         max_num_steps: most steps (accepted and rejected) one solve may take, >= 1.
+        dense_output: None (the default): intermediate output times from the interpolant
+            when the method has one; True: always (a method without one raises ValueError
+            when the options are made); False: step onto every output time.
 
     Raises:
         ValueError: an option out of its range or NaN, naming it.
@@ -86,8 +92,11 @@ class Adaptive:
     icoeff: float = 1.0
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
+    dense_output: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.dense_output is not None and not isinstance(self.dense_output, bool):
+            raise TypeError(f"Adaptive: dense_output must be None, True or False, not {self.dense_output!r}")
         _check("rtol", self.rtol, 0.0, high=1e300)
         _check("atol", self.atol, 0.0, high=1e300)
         if self.rtol == 0 and self.atol == 0:

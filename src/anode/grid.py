@@ -11,6 +11,11 @@ an accumulated sum of step sizes).
 Non-uniform steps are held as fractions so that the stage times stay functions of the
 output times (gradients with respect to ``t`` scale the steps of an interval with its
 length) while the step pattern itself is a constant of the solve.
+
+An adaptive solve with dense output steps across the whole span ``[t[0], t[-1]]`` as one
+interval and takes the output times in between from the interpolant of the step that
+contains them (``taps``): the fraction ``θ = (t[i] - start) / h`` of that step is then a
+function of ``t`` too, so gradients reach every output time.
 """
 
 from __future__ import annotations
@@ -40,17 +45,29 @@ class TimeGrid:
             starts, the last one at ``t[i+1]`` itself; a stage with node ``c = 1`` is
             evaluated at the step's end (as for an FSAL pair, whose last stage is then the
             next step's first, bit for bit).
+        taps: None, or dense output: pairs ``(i, n)``, one per output time strictly
+            between ``t[0]`` and ``t[-1]`` (repeats included), in order: ``y(t[i])`` comes from the
+            interpolant of step ``n``, which contains ``t[i]`` (its start excluded). The
+            steps then span ``[t[0], t[-1]]`` as one interval: ``steps_per_interval`` and
+            ``fractions`` have one entry, fractions of that span.
 
     Raises:
         ValueError: fractions that do not match ``steps_per_interval``, do not run from 0
-            to 1, or do not increase.
+            to 1, or do not increase; taps with more than one interval or out of range.
     """
 
     times: tuple[float, ...]
     steps_per_interval: tuple[int, ...]
     fractions: tuple[tuple[float, ...], ...] | None = None
+    taps: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.taps is not None:
+            n = self.steps_per_interval[0] if len(self.steps_per_interval) == 1 else -1
+            if self.fractions is None or n < 1 or not all(
+                    0 < i < len(self.times) and 0 <= k < n for i, k in self.taps):
+                raise ValueError("dense output needs one interval of steps over the whole span "
+                                 f"and taps (output, step) within it, got {self.taps}")
         if self.fractions is None:
             return
         if len(self.fractions) != len(self.steps_per_interval):
@@ -61,6 +78,15 @@ class TimeGrid:
             if not ok:
                 raise ValueError(
                     f"interval {i}: {n} steps need {n + 1} increasing fractions from 0.0 to 1.0, got {f}")
+
+    def _spans(self) -> list[tuple[int, int, int, tuple[float, ...] | None]]:
+        """``(first output index, last output index, steps, fractions or None)`` per interval
+        of steps: one per pair of consecutive output times, or one over the whole span for
+        dense output."""
+        if self.taps is not None:
+            return [(0, len(self.times) - 1, self.steps_per_interval[0], self.fractions[0])]
+        return [(i, i + 1, n, None if self.fractions is None else self.fractions[i])
+                for i, n in enumerate(self.steps_per_interval)]
 
     @property
     def uniform(self) -> bool:
@@ -73,8 +99,12 @@ class TimeGrid:
         return sum(self.steps_per_interval)
 
     @property
-    def output_steps(self) -> tuple[int, ...]:
-        """For output times ``t[1:]``, the number of steps taken when each is reached."""
+    def output_steps(self) -> tuple[int | None, ...]:
+        """For output times ``t[1:]``, the number of steps taken when each is reached (None
+        for one taken from dense output)."""
+        if self.taps is not None:
+            first, last, n = self.times[0], self.times[-1], self.steps_per_interval[0]
+            return tuple(0 if x == first else n if x == last else None for x in self.times[1:])
         out, total = [], 0
         for n in self.steps_per_interval:
             total += n
@@ -85,19 +115,47 @@ class TimeGrid:
     def solve_outputs(self) -> tuple[int, ...]:
         """The distinct positive entries of :attr:`output_steps`, increasing: the step counts
         at which a solve hands out a state (a repeated output time, or one reached after
-        zero steps, reuses a state rather than producing a new one)."""
-        return tuple(sorted({s for s in self.output_steps if s > 0}))
+        zero steps, reuses a state rather than producing a new one). A solve hands out these
+        states, then one per tap (:attr:`output_sources`)."""
+        return tuple(sorted({s for s in self.output_steps if s}))
+
+    @property
+    def output_sources(self) -> tuple[tuple[str, int], ...]:
+        """Where the state at each output time ``t[1:]`` comes from: ``("step", s)``, the
+        state after ``s`` steps (the input for 0), or ``("tap", k)``, the dense output of
+        ``taps[k]``."""
+        taps = {i: k for k, (i, _) in enumerate(self.taps or ())}
+        return tuple(("step", s) if s is not None else ("tap", taps[i])
+                     for i, s in enumerate(self.output_steps, start=1))
+
+    def tap_thetas(self, t: torch.Tensor) -> torch.Tensor:
+        """The fraction ``θ = (t[i] - start) / h`` of its step at which each tap is taken,
+        a float64 tensor ``[len(taps)]`` differentiable in ``t`` (by the operations of
+        :meth:`step_times`, and of :func:`tap_theta` on the floats of the forward).
+
+        Raises:
+            ValueError: the grid has no dense output.
+        """
+        if self.taps is None:
+            raise ValueError("this time grid has no dense output")
+        t64 = t.to(torch.float64)
+        f = torch.tensor(self.fractions[0], dtype=torch.float64, device=t.device)
+        length = t64[-1] - t64[0]
+        steps = torch.tensor([n for _, n in self.taps], dtype=torch.long, device=t.device)
+        outputs = torch.tensor([i for i, _ in self.taps], dtype=torch.long, device=t.device)
+        start = t64[0] + f[steps] * length
+        end = torch.where(f[steps + 1] == 1.0, t64[-1], t64[0] + f[steps + 1] * length)
+        return (t64[outputs] - start) / (end - start)
 
     def step_sizes(self) -> list[float]:
         """The step size of every step as Python floats (time units; negative backwards)."""
         sizes = []
-        for i, n in enumerate(self.steps_per_interval):
-            if self.fractions is not None:
-                f = self.fractions[i]
-                sizes += [step_geometry(self.times[i], self.times[i + 1], f[k], f[k + 1], ())[1]
+        for i0, i1, n, f in self._spans():
+            if f is not None:
+                sizes += [step_geometry(self.times[i0], self.times[i1], f[k], f[k + 1], ())[1]
                           for k in range(n)]
             else:
-                sizes += [(self.times[i + 1] - self.times[i]) / n] * n if n else []
+                sizes += [(self.times[i1] - self.times[i0]) / n] * n if n else []
         return sizes
 
     def step_times(self, t: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,20 +175,20 @@ class TimeGrid:
         t64 = t.to(torch.float64)
         nodes = nodes.to(t.device)
         starts, sizes, ends = [], [], []
-        for i, n in enumerate(self.steps_per_interval):
+        for i, j, n, fractions in self._spans():
             if n == 0:
                 continue
-            if self.fractions is not None:
+            if fractions is not None:
                 # the same operations as step_geometry, which the adaptive forward uses
-                f = torch.tensor(self.fractions[i], dtype=torch.float64, device=t.device)
-                length = t64[i + 1] - t64[i]
+                f = torch.tensor(fractions, dtype=torch.float64, device=t.device)
+                length = t64[j] - t64[i]
                 start = t64[i] + f[:-1] * length
-                end = torch.cat([t64[i] + f[1:-1] * length, t64[i + 1 : i + 2]])
+                end = torch.cat([t64[i] + f[1:-1] * length, t64[j : j + 1]])
                 starts.append(start)
                 ends.append(end)
                 sizes.append(end - start)
                 continue
-            h = (t64[i + 1] - t64[i]) / n
+            h = (t64[j] - t64[i]) / n
             k = torch.arange(n, dtype=torch.float64, device=t.device)
             starts.append(t64[i] + k * h)
             sizes.append(h.expand(n))
@@ -165,6 +223,12 @@ def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes) -> 
     end = t_end if f1 == 1.0 else t_start + f1 * length
     h = end - start
     return [end if c == 1.0 else start + c * h for c in nodes], h
+
+
+def tap_theta(t_out: float, start: float, h: float) -> float:
+    """The fraction of a step (start time ``start``, size ``h``) at which output time
+    ``t_out`` lies, by the operation :meth:`TimeGrid.tap_thetas` repeats."""
+    return (t_out - start) / h
 
 
 def make_grid(times: list[float], n_steps: int | None, step_size: float | None) -> TimeGrid:

@@ -39,7 +39,9 @@ class SolveStats:
     one stage's graph at a time (``stages - 1`` per backward step of a multi-stage method,
     :func:`anode.gradients.stages.stagewise_vjp`). ``reverse_evaluations`` are those of the
     adaptive reverse solve of ``backsolve`` after an adaptive forward (its own steps, not
-    replays).
+    replays). ``dense_evaluations`` are the trailing stages (the last of an FSAL pair) that
+    replayed steps containing a dense-output time evaluate beyond ``stages``: the
+    interpolant needs them.
     """
 
     forward_steps: int = 0
@@ -51,12 +53,14 @@ class SolveStats:
     forward_evaluations: int = 0
     reverse_evaluations: int = 0
     stage_replays: int = 0
+    dense_evaluations: int = 0
 
     @property
     def function_evaluations(self) -> int:
         """All evaluations of ``func`` in forward and backward."""
         replayed = (self.recomputed_steps + self.backward_steps) * self.stages
-        return self.forward_evaluations + replayed + self.stage_replays + self.reverse_evaluations
+        return (self.forward_evaluations + replayed + self.stage_replays + self.reverse_evaluations
+                + self.dense_evaluations)
 
     def count_fixed_forward(self, n_steps: int, stages: int) -> None:
         """Count a forward pass of ``n_steps`` steps on a given grid, ``stages`` evaluations each."""
@@ -68,7 +72,7 @@ class SolveStats:
         """Set every count to zero."""
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
         self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
-        self.stage_replays = 0
+        self.stage_replays = self.dense_evaluations = 0
 
 
 def _reference(func: Callable) -> Callable[[], Callable | None]:

@@ -336,6 +336,9 @@ def solve(
     else:
         outputs = options.gradient.solve(ivp)
     grid = ivp.grid
-    by_step = dict(zip(grid.solve_outputs, outputs))
+    n_states = len(grid.solve_outputs)
+    by_step = dict(zip(grid.solve_outputs, outputs[:n_states]))
     by_step[0] = state
-    return state, is_tuple, [state, *(by_step[s] for s in grid.output_steps)]
+    tapped = outputs[n_states:]
+    return state, is_tuple, [state, *(by_step[k] if kind == "step" else tapped[k]
+                                      for kind, k in grid.output_sources)]

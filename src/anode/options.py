@@ -91,6 +91,10 @@ class SolveOptions:
                 f"{method.name!r} has none (no b_error). Use dopri5, bosh3, tsit5 or "
                 "adaptive_heun, or a FixedGrid"
             )
+        if isinstance(stepping, Adaptive) and stepping.dense_output and not method.dense:
+            raise ValueError(
+                f"dense_output=True needs a method with an interpolant (c_mid); {method.name!r} has "
+                "none. Use dopri5 or bosh3, or dense_output=None to step onto the output times")
         object.__setattr__(self, "gradient", resolve(self.gradient))
 
     @classmethod

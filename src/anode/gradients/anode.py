@@ -38,7 +38,7 @@ from ..recompute import ForwardRecord
 from ..schedules import Recompute, Schedule
 from ..solvers import State, rk_step
 from .base import GradientMethod
-from .direct import plain_solve
+from .direct import dense_step, plain_solve
 from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
 from .stages import stagewise_vjp
 
@@ -98,7 +98,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         # func closes over the original parameter objects; saved copies may be aliases
         # (under saved-tensor hooks), so differentiate with respect to the originals.
         params = ivp.params
-        flat_kept = saved[n_in + n_y * len(ivp.grid.solve_outputs) :]
+        flat_kept = saved[n_in + n_y * (len(ivp.grid.solve_outputs) + len(ivp.grid.taps or ())) :]
         kept = {0: tuple(saved[:n_y])}
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
@@ -127,6 +127,13 @@ class _DiscreteAdjoint(torch.autograd.Function):
 
         n_steps = ivp.grid.n_steps
         output_index = {s: k for k, s in enumerate(ivp.grid.solve_outputs)}
+        n_states = len(output_index)
+        with torch.enable_grad():
+            thetas = ivp.grid.tap_thetas(t_leaf) if ivp.grid.taps else None
+        g_theta = torch.zeros_like(thetas) if need_t and thetas is not None else None
+        taps_in: dict[int, list[int]] = {}
+        for k, (_, n) in enumerate(ivp.grid.taps or ()):
+            taps_in.setdefault(n, []).append(k)
         adjoint = None
         param_grads: list[torch.Tensor | None] = [None] * len(wanted)
 
@@ -144,25 +151,33 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     k = output_index[j + 1]
                     g_out = zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], y_j)
                     adjoint = g_out if adjoint is None else tuple(a + g for a, g in zip(adjoint, g_out))
+                taps = [(float(thetas[k]), zeros_if_none(
+                    grad_outputs[(n_states + k) * n_y : (n_states + k + 1) * n_y], y_j))
+                    for k in taps_in.get(j, ())]
                 with record.step(j):
                     step_vjp = _stagewise if stagewise else _whole_step
-                    adjoint, g_st, g_h = step_vjp(ivp, j, y_j, stage_times[j], sizes[j], adjoint,
-                                                  wanted_params, param_grads, need_t, record)
+                    adjoint, g_st, g_h, g_th = step_vjp(ivp, j, y_j, stage_times[j], sizes[j], adjoint,
+                                                        wanted_params, param_grads, need_t, record, taps)
                 if g_st is not None:
                     g_stage[j] += g_st
                 if g_h is not None:
                     g_size[j] += g_h
+                for k, g in zip(taps_in.get(j, ()), g_th or ()):
+                    g_theta[k] += g
                 ivp.stats.backward_steps += 1
+                stages = ivp.tableau.stages if taps else ivp.tableau.solution_stages
+                ivp.stats.dense_evaluations += stages - ivp.tableau.solution_stages
                 if stagewise:
-                    ivp.stats.stage_replays += ivp.tableau.solution_stages - 1
+                    ivp.stats.stage_replays += stages - 1
                 # drop this step's state before the schedule recomputes the next
                 del y_j
 
         t_grad = None
         if need_t:
+            dense = (thetas,) if thetas is not None else ()
             t_grad = torch.autograd.grad(
-                (stage_times, sizes), t_leaf, (g_stage, g_size), allow_unused=True
-            )[0]
+                (stage_times, sizes, *dense), t_leaf, (g_stage, g_size, *(g_theta,) * len(dense)),
+                allow_unused=True)[0]
         y0_grads = tuple(a if need[i] else None for i, a in enumerate(adjoint))
         all_param_grads: list[torch.Tensor | None] = [None] * len(params)
         for i, g in zip(wanted, param_grads):
@@ -170,31 +185,38 @@ class _DiscreteAdjoint(torch.autograd.Function):
         return (None, None, None, *y0_grads, t_grad, *all_param_grads)
 
 
-def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record):
-    """The vector–Jacobian product of step ``j`` by autograd through the whole rebuilt step:
-    ``(adjoint of y_j, stage-time adjoint, step-size adjoint)``; the parameters' adjoints are
-    added to ``param_adj`` in place."""
+def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record, taps):
+    """The vector–Jacobian product of step ``j`` by autograd through the whole rebuilt step,
+    and through its dense outputs at the fractions of ``taps`` (``(θ, adjoint)`` pairs):
+    ``(adjoint of y_j, stage-time adjoint, step-size adjoint, θ adjoints)``; the
+    parameters' adjoints are added to ``param_adj`` in place."""
     n_y = len(y_j)
     with torch.enable_grad():
         y_leaf = tuple(y.detach().requires_grad_() for y in y_j)
         st, h = stage_times.detach(), _value(size)
+        thetas = [theta for theta, _ in taps]
         if need_t:
             st, h = st.requires_grad_(), size.detach().requires_grad_()
-        y_next = rk_step(ivp.func, y_leaf, st, h, ivp.tableau)
-    inputs = [*y_leaf, *params] + ([st, h] if need_t else [])
-    check_closed(y_next, inputs)
-    grads = torch.autograd.grad(y_next, inputs, adjoint, allow_unused=True)
+            thetas = [torch.tensor(theta, dtype=torch.float64, device=st.device, requires_grad=True)
+                      for theta in thetas]
+        y_next, dense = dense_step(ivp, y_leaf, st, h, thetas, count=False)
+    outputs = [*y_next, *(y for state in dense for y in state)]
+    cotangents = [*adjoint, *(g for _, state in taps for g in state)]
+    inputs = [*y_leaf, *params] + ([st, h, *thetas] if need_t else [])
+    check_closed(outputs, inputs)
+    grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
     for i, g in enumerate(grads[n_y : n_y + len(params)]):
         if g is not None:
             param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
-    g_st, g_h = grads[n_y + len(params):] if need_t else (None, None)
-    return zeros_if_none(grads[:n_y], y_j), g_st, g_h
+    g_st, g_h, *g_th = grads[n_y + len(params):] if need_t else (None, None)
+    g_th = [torch.zeros((), dtype=torch.float64, device=st.device) if g is None else g for g in g_th]
+    return zeros_if_none(grads[:n_y], y_j), g_st, g_h, g_th if need_t else None
 
 
-def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record):
+def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record, taps):
     """As :func:`_whole_step`, one stage's graph at a time (:mod:`anode.gradients.stages`)."""
     return stagewise_vjp(ivp.func, y_j, stage_times.detach(), _value(size), ivp.tableau, adjoint,
-                         params, param_adj, need_t, record, j)
+                         params, param_adj, need_t, record, j, taps)
 
 
 def _differentiable_backward(ctx, grad_outputs):

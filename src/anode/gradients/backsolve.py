@@ -112,8 +112,12 @@ class _ContinuousAdjoint(torch.autograd.Function):
         saved = ctx.saved_tensors
         t, params, flat_out = saved[0], saved[1 : 1 + n_p], saved[1 + n_p :]
         outs = unflatten(flat_out, n_y)
+        grads = unflatten(grad_outputs, n_y)
         n_out = len(outs)
-        g_outs = [zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], outs[k]) for k in range(n_out)]
+        taps = ivp.grid.taps or ()
+        if taps:  # in time order: the dense outputs, then the final state
+            outs, grads = outs[1:] + outs[:1], grads[1:] + grads[:1]
+        g_outs = [zeros_if_none(g, o) for g, o in zip(grads, outs)]
         need = ctx.needs_input_grad[1:]
         need_t = need[n_y]
         if need_t and n_out != len(ivp.grid.output_steps):
@@ -132,7 +136,10 @@ class _ContinuousAdjoint(torch.autograd.Function):
             seg_times = _output_times(ivp.grid)
         else:
             stage_times, sizes = reverse_step_times(ivp.grid, t, ivp.tableau)
-        bounds = (0, *ivp.grid.solve_outputs)
+        # the step each output ends (or, for a dense output, lies in), whose random numbers
+        # an evaluation at that output replays
+        bounds = (0, *ivp.grid.solve_outputs) if not taps else (0, *(n + 1 for _, n in taps),
+                                                                ivp.grid.n_steps)
         t_values = t.detach()
         time_grads = torch.zeros_like(t_values) if need_t else None
 
@@ -150,7 +157,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     dl_dti = sum((fk * gk).sum() for fk, gk in zip(f, g_outs[i - 1])).to(t.dtype)
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)
-                if adaptive:
+                if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
                     aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1])
                 for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ():
                     with record.step(j):
@@ -173,7 +180,10 @@ class _ContinuousAdjoint(torch.autograd.Function):
 
 
 def _output_times(grid: TimeGrid) -> list[float]:
-    """The initial time and the time of each of ``grid.solve_outputs``, as Python floats."""
+    """The initial time and the time of each output a solve hands out, in time order, as
+    Python floats (dense outputs may repeat a time; the other outputs are distinct)."""
+    if grid.taps is not None:
+        return [grid.times[0], *(grid.times[i] for i, _ in grid.taps), grid.times[-1]]
     steps = grid.output_steps
     return [grid.times[0], *(grid.times[steps.index(s) + 1] for s in grid.solve_outputs)]
 

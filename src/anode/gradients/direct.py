@@ -8,17 +8,19 @@ L blocks. It is the reference every other gradient method is tested against.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..adaptive import integrate
 from ..ivp import IVP
-from ..solvers import State, rk_step
+from ..solvers import State, combine, rk_stages, rk_step
 from .base import GradientMethod
 
 
 def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[State]:
     """Step through the grid under the current grad mode; return the states at
-    ``ivp.grid.solve_outputs``.
+    ``ivp.grid.solve_outputs``, then the dense outputs at its taps.
 
     With grad enabled autograd records every step (the direct gradient); under
     ``torch.no_grad`` it is a graph-free forward. ``y0`` and ``t`` default to the problem's;
@@ -41,17 +43,43 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
         ivp.stats.recomputed_steps += ivp.grid.n_steps
     stage_times, sizes = ivp.step_times(t)
     outputs = set(ivp.grid.solve_outputs)
-    y, result = (ivp.y0 if y0 is None else y0), []
+    taps = taps_by_step(ivp, t)
+    y, result, tapped = (ivp.y0 if y0 is None else y0), [], []
     for j in range(ivp.grid.n_steps):
-        if record is None:
-            y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
-        else:
-            with record.step(j):
-                y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        with record.step(j) if record is not None else contextlib.nullcontext():
+            y, dense = dense_step(ivp, y, stage_times[j], sizes[j], taps.get(j, ()))
+        tapped.extend(dense)
         if j + 1 in outputs:
             result.append(y)
     ivp.stats.stages = ivp.tableau.solution_stages
-    return result
+    return result + tapped
+
+
+def taps_by_step(ivp: IVP, t=None) -> dict[int, list]:
+    """For a grid with dense output, ``{step: [θ of each tap in it, in order]}``; the θ are
+    0-d float64 tensors differentiable in ``t`` when it requires grad, else floats."""
+    if ivp.grid.taps is None:
+        return {}
+    t = ivp.t if t is None else t
+    thetas = ivp.grid.tap_thetas(t)
+    thetas = thetas if t.requires_grad else thetas.tolist()
+    out: dict[int, list] = {}
+    for (_, n), theta in zip(ivp.grid.taps, thetas):
+        out.setdefault(n, []).append(theta)
+    return out
+
+
+def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True) -> tuple[State, list[State]]:
+    """One step by :func:`~anode.solvers.rk_step`'s arithmetic, and the dense output at each
+    fraction in ``thetas`` (which needs every stage, also the last of an FSAL pair; counted
+    into ``ivp.stats.dense_evaluations`` when ``count``)."""
+    tab = ivp.tableau
+    if not thetas:
+        return rk_step(ivp.func, y, stage_times, h, tab), []
+    ks = rk_stages(ivp.func, y, stage_times, h, tab, tab.stages)
+    if count:
+        ivp.stats.dense_evaluations += tab.stages - tab.solution_stages
+    return combine(y, h, tab.b, ks), [combine(y, h, tab.dense_weights(th), ks) for th in thetas]
 
 
 def forward_solve(ivp: IVP) -> list[State]:

@@ -20,7 +20,7 @@ the whole-step product to rounding (the sums are grouped differently).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -45,8 +45,14 @@ def stagewise_vjp(
     need_t: bool,
     record: ForwardRecord,
     j: int,
-) -> tuple[State, torch.Tensor | None, torch.Tensor | None]:
+    taps: Sequence[tuple[float, State]] = (),
+) -> tuple[State, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
     """The adjoints of the inputs of step ``j`` from the adjoint of its result.
+
+    Dense outputs taken inside the step, ``y + h sum_i w_i(θ) k_i``
+    (:meth:`~anode.solvers.ButcherTableau.dense_weights`), enter as more weighted sums of
+    the stages: ``k̄_i`` gains ``h w_i(θ) ȳ_θ``, ``ȳ`` gains ``ȳ_θ``, ``h̄`` gains
+    ``sum_i w_i(θ) <ȳ_θ, k_i>`` and ``θ̄ = h sum_i w_i'(θ) <ȳ_θ, k_i>``.
 
     Args:
         func: ``func(t, y) -> dy/dt``.
@@ -66,15 +72,20 @@ def stagewise_vjp(
         record: the forward's record; when step ``j`` drew random numbers, each stage
             replays the generator state it started from.
         j: the step's index in the forward.
+        taps: ``(θ, ȳ_θ)`` for each dense output taken in the step: its fraction of the
+            step (a float) and its adjoint, shaped like ``y``. With taps every stage is
+            differentiated, also the last of an FSAL pair.
 
     Returns:
-        ``(ȳ, stage-time adjoint [s] or None, step-size adjoint (0-d) or None)``.
+        ``(ȳ, stage-time adjoint [s] or None, step-size adjoint (0-d) or None, θ̄ per tap
+        (0-d) or None)``.
 
     Raises:
         ValueError: func uses a tensor requiring grad outside ``params`` (as
             :func:`~anode.gradients.forward.check_closed`).
     """
-    s = tableau.solution_stages
+    s = tableau.stages if taps else tableau.solution_stages
+    weights = [tableau.dense_weights(theta) for theta, _ in taps]
     drew = record.drew(j)
     inputs: list[State | None] = []
     ks: list[State] = []
@@ -89,11 +100,13 @@ def stagewise_vjp(
         ks.clear()  # the stage values serve only the step size's adjoint
     stage_adj: list[State | None] = [None] * s
     y_adj = list(adjoint)
+    for _, g in taps:
+        y_adj = [a + x for a, x in zip(y_adj, g)]
     st = stage_times.detach().requires_grad_(need_t)
     t_adj = torch.zeros_like(st) if need_t else None
     h_adj = torch.zeros_like(h) if need_t else None
     for i in reversed(range(s)):
-        terms = [(tableau.b[i], adjoint)] + [
+        terms = [(tableau.b[i], adjoint)] + [(w[i], g) for w, (_, g) in zip(weights, taps)] + [
             (tableau.a[m][i], stage_adj[m]) for m in range(i + 1, s) if i < len(tableau.a[m])]
         terms = [(w, g) for w, g in terms if w != 0.0 and g is not None]
         if rng[i] is not None:
@@ -124,4 +137,11 @@ def stagewise_vjp(
             for m, w in enumerate(tableau.a[i]):
                 if w != 0.0 and stage_adj[i] is not None:
                     h_adj = h_adj + w * _dot(stage_adj[i], ks[m])
-    return tuple(y_adj), t_adj, h_adj
+    if not need_t:
+        return tuple(y_adj), None, None, None
+    theta_adj = []
+    for w, (theta, g) in zip(weights, taps):
+        dots = [_dot(g, k) for k in ks]
+        h_adj = h_adj + sum(wi * d for wi, d in zip(w, dots))
+        theta_adj.append(h * sum(r * d for r, d in zip(tableau.dense_rates(theta), dots)))
+    return tuple(y_adj), t_adj, h_adj, theta_adj
