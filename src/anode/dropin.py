@@ -27,12 +27,14 @@ What differs from torchdiffeq, by design:
   the ``nn.Module`` ``func`` must be passed in ``params=`` (``adjoint_params=`` for
   :func:`odeint_adjoint`); otherwise the solve raises ValueError naming it (autograd through
   the solver, ``gradient="direct"``, needs no list).
-* Output times. anode ends a step on every output time; torchdiffeq's adaptive solvers step
-  past them and interpolate, and its fixed-grid ``step_size`` grid is ``t[0] + k *
-  step_size`` (last step cut to ``t[-1]``) with outputs interpolated linearly in between.
-  The results are equal when the output times lie on that grid; otherwise anode takes the
-  fewest equal steps no longer than ``step_size`` in each interval, and adaptive results
-  differ within the tolerances.
+* Output times. Adaptive dopri5 and bosh3 take intermediate output times from the steps'
+  interpolant as torchdiffeq does (the same steps), but end the last step on ``t[-1]``;
+  tsit5 and adaptive_heun step onto every output time (see :class:`anode.Adaptive`).
+  torchdiffeq's fixed-grid ``step_size`` grid is ``t[0] + k * step_size`` (last step cut
+  to ``t[-1]``) with outputs interpolated linearly in between; anode steps onto every
+  output time there. The results are equal when the output times lie on that grid;
+  otherwise anode takes the fewest equal steps no longer than ``step_size`` in each
+  interval, and adaptive results differ within the tolerances.
 """
 
 from __future__ import annotations

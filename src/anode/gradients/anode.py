@@ -26,7 +26,10 @@ N_t: its backward first sweeps forward once from the input writing them (N_t - 1
 recomputed steps than on a fixed grid). ``Auto`` chooses at the end of the forward sweep,
 when N_t is known. The backward replays the accepted steps with their sizes held fixed, so
 the gradient is exactly that of the accepted discrete solve, as ``direct`` computes it (ACA,
-Zhuang et al., ICML 2020); rejected steps are never replayed.
+Zhuang et al., ICML 2020); rejected steps are never replayed. An output taken from dense
+output (the interpolant of the step containing it) is differentiated with that step: its
+adjoint joins the step's as further weighted sums of the step's stages
+(:func:`anode.gradients.stages.stagewise_vjp`).
 """
 
 from __future__ import annotations

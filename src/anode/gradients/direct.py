@@ -100,8 +100,11 @@ class Direct(GradientMethod):
     With adaptive stepping, autograd records the accepted steps of the controller loop (its
     rejected steps leave no graph behind): the gradient is that of the accepted discrete
     solve with every step size a constant, i.e. each step held fixed as a fraction of its
-    interval between output times, so only the interval's length depends on ``t``. How the
-    controller's choice of steps would change with the inputs is not differentiated.
+    interval of steps (between consecutive output times, or the whole span ``[t[0], t[-1]]``
+    with dense output), so only the interval's length depends on ``t``; a dense output
+    depends on its own time through its fraction θ of the step that contains it
+    (:class:`~anode.controllers.Adaptive`). How the controller's choice of steps would
+    change with the inputs is not differentiated.
     """
 
     name = "direct"
