@@ -48,3 +48,46 @@ class TimeMLP(nn.Module):
         if self.tuple_state:
             return (y[1], dx - 0.1 * y[1])
         return dx
+
+
+# ---------------------------------------------------------------- adaptive-stepping problems
+
+def linear_problem(seed=0):
+    """y' = A y with a random 4x4 A: ``(func, y0 [2, 4], exact(t))``, float64."""
+    g = torch.Generator().manual_seed(seed)
+    a = 0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64)
+    y0 = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    return (lambda t, y: y @ a.T), y0, (lambda t: y0 @ torch.linalg.matrix_exp(a * t).T)
+
+
+def mlp_problem(seed=0):
+    """y' = cos(t) net(y) with a small tanh MLP: ``(func, y0 [3, 4], net)``, float64."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).double()
+    y0 = torch.randn(3, 4, dtype=torch.float64)
+    return (lambda t, y: net(y) * torch.cos(t)), y0, net
+
+
+def oscillator_problem():
+    """A tuple state (position, velocity) of different scales: x'' = -4x."""
+    y0 = (torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64),
+          torch.tensor([10.0, 3.0, -7.0], dtype=torch.float64))
+    return lambda t, y: (y[1], -4 * y[0]), y0
+
+
+ADAPTIVE_PROBLEMS = {"linear": lambda: linear_problem()[:2], "mlp": lambda: mlp_problem()[:2],
+                     "tuple": oscillator_problem}
+"""``(func, y0)`` of the adaptive-stepping tests, by name."""
+
+
+class Counting(torch.nn.Module):
+    """func with a call counter and a log of the times it was called at."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func, self.calls, self.times = func, 0, []
+
+    def forward(self, t, y):
+        self.calls += 1
+        self.times.append(float(t.detach()))
+        return self.func(t, y)

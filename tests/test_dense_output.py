@@ -9,41 +9,12 @@ import torchdiffeq
 
 import anode
 from anode.tableaus import ButcherTableau
+from problems import ADAPTIVE_PROBLEMS as PROBLEMS
+from problems import Counting
+from problems import linear_problem as _linear
+from problems import mlp_problem as _mlp
 
 T5 = [0.0, 0.3, 0.9, 1.4, 2.0]
-
-
-def _linear(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    a = 0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64)
-    y0 = torch.randn(2, 4, generator=g, dtype=torch.float64)
-    return (lambda t, y: y @ a.T), y0, (lambda t: y0 @ torch.linalg.matrix_exp(a * t).T)
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).double()
-    y0 = torch.randn(3, 4, dtype=torch.float64)
-    return (lambda t, y: net(y) * torch.cos(t)), y0, net
-
-
-def _oscillator():
-    y0 = (torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64),
-          torch.tensor([10.0, 3.0, -7.0], dtype=torch.float64))
-    return lambda t, y: (y[1], -4 * y[0]), y0
-
-
-PROBLEMS = {"linear": lambda: _linear()[:2], "mlp": lambda: _mlp()[:2], "tuple": _oscillator}
-
-
-class Counting(torch.nn.Module):
-    def __init__(self, func):
-        super().__init__()
-        self.func, self.calls = func, 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.func(t, y)
 
 
 def _options(method, rtol, atol, gradient="direct", **kw):
