@@ -384,6 +384,25 @@ def test_double_backward_auto_and_a_second_backward():
     assert torch.equal(first, torch.autograd.grad(out.sum(), y0)[0])  # snapshots written again
 
 
+@pytest.mark.parametrize("states, schedule", [(10**6, "store"), (3, "revolve")])
+def test_auto_on_an_adaptive_solve_keeps_states_while_they_fit(states, schedule):
+    """A budget that holds every state: the forward keeps them and Store recomputes nothing;
+    one that does not: the input only, and the revolve recomputes its snapshots."""
+    func, y0, net = _mlp(2)
+    y0 = y0.requires_grad_()
+    t = torch.tensor([0.0, 0.7, 2.0], dtype=torch.float64)
+    grads, stats = [], []
+    for gradient in [anode.Anode(anode.Auto(memory_budget=states * y0.numel() * 8)), "direct"]:
+        stats.append(anode.SolveStats())
+        out = anode.odeint(func, y0, t, params=list(net.parameters()), stats=stats[-1],
+                           options=_adaptive("dopri5", 1e-7, 1e-9, gradient))
+        grads.append(torch.autograd.grad(out.sum(), [y0, *net.parameters()]))
+    assert stats[0].schedule.startswith(schedule)
+    assert (stats[0].recomputed_steps == 0) == (schedule == "store")
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10 * max(1.0, b.abs().max().item()))
+
+
 def test_ode_block_inference_and_autocast():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))

@@ -24,7 +24,8 @@ and keeps the states the schedule can name before N_t is known: every state for 
 the input for ``Recompute``, and the input only for ``Revolve``, whose snapshots depend on
 N_t: its backward first sweeps forward once from the input writing them (N_t - 1 more
 recomputed steps than on a fixed grid). ``Auto`` chooses at the end of the forward sweep,
-when N_t is known. The backward replays the accepted steps with their sizes held fixed, so
+when N_t is known; until then it keeps every state while they fit its budget, so that a
+chosen ``Store`` recomputes nothing. The backward replays the accepted steps with their sizes held fixed, so
 the gradient is exactly that of the accepted discrete solve, as ``direct`` computes it (ACA,
 Zhuang et al., ICML 2020); rejected steps are never replayed. An output taken from dense
 output (the interpolant of the step containing it) is differentiated with that step: its
@@ -38,7 +39,7 @@ import torch
 
 from ..ivp import IVP
 from ..recompute import ForwardRecord
-from ..schedules import Recompute, Schedule
+from ..schedules import Auto, Recompute, Schedule, Store
 from ..solvers import State, rk_step
 from .base import GradientMethod
 from .direct import dense_step, plain_solve
@@ -58,18 +59,27 @@ class _DiscreteAdjoint(torch.autograd.Function):
         pending = ivp.grid is None
         # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
         # decide without it (Store: all, Recompute: the input), else the input only; the
-        # backward sweeps forward once for the rest (Schedule.forward_needs_length).
+        # backward sweeps forward once for the rest (Schedule.forward_needs_length). Under a
+        # memory budget (Auto) it keeps every state while they fit, the input only once they
+        # do not: if they all fit, Auto chooses Store and nothing is recomputed.
+        budget = schedule.memory_budget if pending and isinstance(schedule, Auto) else None
         during = schedule if not pending or (
             isinstance(schedule, Schedule) and not schedule.forward_needs_length) else Recompute()
+        during = Store() if budget is not None else during
         n_known = None if pending else ivp.grid.n_steps
+        state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
 
         def keep(j: int, y: State) -> None:
+            nonlocal during
             if during.keeps(j, n_known):
                 kept[j] = during.hold(j, n_known, y)
+            if budget is not None and len(kept) * state_bytes > budget:
+                for k in [k for k in kept if k != 0]:
+                    del kept[k]
+                during = Recompute()
 
         result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep)
         if pending:  # a policy (Auto) chooses now that N_t is known
-            state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to

@@ -33,8 +33,9 @@ class Auto:
     the only revolve considered.
 
     The choice is made per solve in :meth:`choose` (for an adaptive solve at the end of its
-    forward sweep, when N_t is known; states a chosen ``Store`` or ``Revolve`` did not keep
-    then are recomputed from the input), recorded in ``SolveStats.schedule``
+    forward sweep, when N_t is known: that sweep keeps every state while they fit the budget,
+    so a chosen ``Store`` has them all; the snapshots of a chosen ``Revolve`` are then
+    recomputed from the input), recorded in ``SolveStats.schedule``
     (e.g. ``ODEBlock.stats.schedule == "revolve(4)"``) and in :attr:`choice`.
 
     Args:
