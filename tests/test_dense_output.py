@@ -82,9 +82,11 @@ def test_dense_output_options_and_tableau_checks():
         ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.5,))
     with pytest.raises(ValueError, match="sums to"):
         ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.5, 0.5, 0.0, 0.0))
+    with pytest.raises(ValueError, match="not second order"):  # torchdiffeq's bosh3 midpoint
+        ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.0, 0.5, 0.0, 0.0))
     heun = anode.get_tableau("adaptive_heun")
     with pytest.raises(ValueError, match="first-same-as-last"):
-        ButcherTableau("x", heun.a, heun.b, heun.c, heun.b_error, heun.order, (0.5, 0.0))
+        ButcherTableau("x", heun.a, heun.b, heun.c, heun.b_error, heun.order, (0.375, 0.125))
     with pytest.raises(ValueError, match="no dense output"):
         heun.dense_weights(0.5)
     with pytest.raises(ValueError, match="dense_output=True needs a method with an interpolant"):
@@ -234,15 +236,37 @@ def test_backsolve_with_dense_outputs_matches_torchdiffeq():
         assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
 
 
-def test_stats_count_every_evaluation_with_dense_output():
+@pytest.mark.parametrize("t_grad", [False, True])
+def test_stats_count_every_evaluation_with_dense_output(t_grad):
     func, y0, net = _mlp(4)
     y0 = y0.requires_grad_()
-    for gradient in ["direct", anode.Anode(anode.Recompute()), anode.Anode(anode.Revolve(2))]:
+    for gradient in ["direct", anode.Anode(anode.Recompute()), anode.Anode(anode.Revolve(2)), "backsolve"]:
         counted, stats = Counting(func), anode.SolveStats()
-        out = anode.odeint(counted, y0, torch.tensor(T5, dtype=torch.float64), params=list(net.parameters()),
+        t = torch.tensor(T5, dtype=torch.float64, requires_grad=t_grad)
+        out = anode.odeint(counted, y0, t, params=list(net.parameters()),
                            stats=stats, options=_options("dopri5", 1e-6, 1e-8, gradient))
         out.sum().backward()
         assert stats.function_evaluations == counted.calls, gradient
+
+
+@pytest.mark.parametrize("method", ["bosh3", "dopri5"])
+def test_an_output_time_on_a_step_end(method):
+    """θ = 1, where the last stage's weight in the interpolant vanishes (bosh3) but its
+    slope there does not."""
+    w = torch.tensor(-0.5, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    stepping = anode.Adaptive(rtol=1e-1, atol=1e-1, first_step=0.5, max_step=0.5)
+    grads = []
+    for gradient in ["direct", anode.Anode(anode.Recompute()), anode.Anode(anode.Store(), stagewise=False)]:
+        t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+        stats = anode.SolveStats()
+        out = anode.odeint(lambda t, y: w * y * torch.cos(t), y0, t, params=[w], stats=stats,
+                           options=anode.SolveOptions(method, stepping, gradient))
+        grads.append(torch.autograd.grad((out ** 2).sum(), [y0, w, t]))
+    assert stats.forward_steps == 4
+    for g in grads[1:]:
+        for a, b in zip(g, grads[0]):
+            assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
 def test_reversed_time_dense_output():

@@ -48,7 +48,8 @@ class ButcherTableau:
             the sum of row ``i`` of ``a``, only one of ``b_error`` and ``order`` is given,
             ``order`` is not a positive int, or ``b_error`` does not sum to zero (both weight
             sets of a consistent pair sum to one); ``c_mid`` of the wrong length, not
-            summing to 1/2, or given for a pair that is not first-same-as-last.
+            summing to 1/2, with ``sum_i c_mid[i] c[i] != 1/8`` (a midpoint estimate below
+            second order), or given for a pair that is not first-same-as-last.
     """
 
     name: str
@@ -103,6 +104,11 @@ class ButcherTableau:
         if abs(math.fsum(self.c_mid) - 0.5) > 1e-10:
             raise ValueError(f"Butcher tableau {self.name!r}: c_mid sums to {math.fsum(self.c_mid):.12g}, "
                              "not 1/2 (it gives the state half a step on)")
+        second = math.fsum(m * c for m, c in zip(self.c_mid, self.c))
+        if abs(second - 0.125) > 1e-10:
+            raise ValueError(f"Butcher tableau {self.name!r}: c_mid is not second order: sum of "
+                             f"c_mid[i] * c[i] is {second:.12g}, not 1/8 (the midpoint estimate "
+                             "would make the interpolant first order)")
         if not self.fsal:
             raise ValueError(f"Butcher tableau {self.name!r}: c_mid needs a first-same-as-last pair, "
                              "whose last stage is f(t + h, y1), the interpolant's end slope")

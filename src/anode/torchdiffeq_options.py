@@ -62,7 +62,8 @@ there; ``min_step`` 0 only, ``dtype`` float64 only (anode controls steps in floa
 
 _NOT_SUPPORTED_OPTIONS = {
     "grid_constructor": "give step_size, or call anode.odeint with a FixedGrid",
-    "step_t": "anode cannot force steps onto given times other than the output times",
+    "step_t": "anode cannot force steps onto given times (it steps onto the last output time, and "
+              "onto every output time with anode.Adaptive(dense_output=False))",
     "jump_t": "anode cannot restart steps at discontinuities other than the output times",
 }
 

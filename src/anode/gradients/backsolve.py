@@ -122,8 +122,9 @@ class _ContinuousAdjoint(torch.autograd.Function):
         need_t = need[n_y]
         if need_t and n_out != len(ivp.grid.output_steps):
             raise ValueError(
-                "gradient='backsolve' cannot differentiate with respect to t when output times "
-                "repeat: the continuous sensitivity of a repeated time is not defined; use "
+                "gradient='backsolve' cannot differentiate with respect to t when an output time "
+                "repeats one whose state the steps end on (the first or last time, or any time "
+                "without dense output): its continuous sensitivity is not defined there; use "
                 "gradient='anode' or 'direct', or detach t"
             )
         wanted = [i for i in range(n_p) if need[n_y + 1 + i]]
@@ -154,6 +155,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 if need_t:
                     with record.step(bounds[i] - 1):
                         f = ivp.func(t_values[i], outs[i - 1])
+                    ivp.stats.reverse_evaluations += 1
                     dl_dti = sum((fk * gk).sum() for fk, gk in zip(f, g_outs[i - 1])).to(t.dtype)
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)

@@ -117,7 +117,10 @@ def stagewise_vjp(
         inputs[i] = None
         if need_t and i == s - 1:
             ks.append(tuple(x.detach() for x in k))
-        k_adj = tuple(sum(g[idx] * (w * h) for w, g in terms).to(k[idx].dtype) for idx in range(len(k)))
+        # no terms: a stage only a dense output uses, at a θ where its weight vanishes (its
+        # value still serves θ's adjoint)
+        k_adj = tuple(sum(g[idx] * (w * h) for w, g in terms).to(k[idx].dtype) if terms
+                      else torch.zeros_like(k[idx]) for idx in range(len(k)))
         wanted = [*y_leaf, *params] + ([st] if need_t else [])
         check_closed(k, wanted)
         grads = torch.autograd.grad(k, wanted, k_adj, allow_unused=True)
