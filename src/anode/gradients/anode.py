@@ -144,6 +144,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         with torch.enable_grad():
             thetas = ivp.grid.tap_thetas(t_leaf) if ivp.grid.taps else None
         g_theta = torch.zeros_like(thetas) if need_t and thetas is not None else None
+        theta_values = thetas.tolist() if thetas is not None else []
         taps_in: dict[int, list[int]] = {}
         for k, (_, n) in enumerate(ivp.grid.taps or ()):
             taps_in.setdefault(n, []).append(k)
@@ -164,7 +165,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     k = output_index[j + 1]
                     g_out = zeros_if_none(grad_outputs[k * n_y : (k + 1) * n_y], y_j)
                     adjoint = g_out if adjoint is None else tuple(a + g for a, g in zip(adjoint, g_out))
-                taps = [(float(thetas[k]), zeros_if_none(
+                taps = [(theta_values[k], zeros_if_none(
                     grad_outputs[(n_states + k) * n_y : (n_states + k + 1) * n_y], y_j))
                     for k in taps_in.get(j, ())]
                 with record.step(j):
