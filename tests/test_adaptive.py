@@ -184,7 +184,8 @@ def test_values_against_the_exact_solution(method, rtol):
         assert _scaled_error(out[k], exact(tk), rtol, atol) < 20
 
 
-@pytest.mark.parametrize("method, dense_output", [("dopri5", False), ("tsit5", None)])
+@pytest.mark.parametrize("method, dense_output",
+                         [("dopri5", False), ("tsit5", False), ("adaptive_heun", None)])
 def test_output_times_are_hit_exactly_without_dense_output(method, dense_output):
     func, y0 = PROBLEMS["mlp"]()
     t = torch.tensor([0.0, 0.3, 0.3, 1.1, 2.0], dtype=torch.float64)

@@ -38,7 +38,7 @@ def _trees(tab, w):
     }
 
 
-@pytest.mark.parametrize("name, order", [("dopri5", 4), ("bosh3", 3)])
+@pytest.mark.parametrize("name, order", [("dopri5", 4), ("bosh3", 3), ("tsit5", 4)])
 @pytest.mark.parametrize("theta", [0.2, 0.5, 0.77, 1.0])
 def test_interpolant_has_its_order_and_ends_on_the_step(name, order, theta):
     tab = anode.get_tableau(name)
@@ -54,7 +54,7 @@ def test_interpolant_has_its_order_and_ends_on_the_step(name, order, theta):
     assert tab.dense_rates(theta) == pytest.approx(fd, abs=1e-8)
 
 
-@pytest.mark.parametrize("method, degree", [("dopri5", 4), ("bosh3", 3)])
+@pytest.mark.parametrize("method, degree", [("dopri5", 4), ("bosh3", 3), ("tsit5", 4)])
 def test_dense_output_is_exact_for_polynomial_solutions(method, degree):
     """y' = p(t) with deg y = order of the interpolant: every output time, wherever it falls
     in a step, is exact to rounding, although the steps are long."""
@@ -90,7 +90,7 @@ def test_dense_output_options_and_tableau_checks():
     with pytest.raises(ValueError, match="no dense output"):
         heun.dense_weights(0.5)
     with pytest.raises(ValueError, match="dense_output=True needs a method with an interpolant"):
-        anode.SolveOptions("tsit5", anode.Adaptive(dense_output=True))
+        anode.SolveOptions("adaptive_heun", anode.Adaptive(dense_output=True))
     with pytest.raises(TypeError, match="dense_output"):
         anode.Adaptive(dense_output="yes")
     # a user's own pair with c_mid steps with dense output
@@ -116,7 +116,7 @@ def test_function_evaluations_with_many_outputs_within_ten_percent(method, probl
     assert ours.calls <= 1.1 * theirs.calls, (ours.calls, theirs.calls)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "tsit5"])
 @pytest.mark.parametrize("rtol", [1e-4, 1e-7])
 def test_dense_outputs_against_the_exact_solution(method, rtol):
     func, y0, exact = _linear()
@@ -156,7 +156,7 @@ def _solve_and_grad(gradient, method="dopri5", t_list=T5, problem="mlp", weights
 @pytest.mark.parametrize("gradient", [
     anode.Anode(anode.Recompute()), anode.Anode(anode.Recompute(), stagewise=False),
     anode.Anode(anode.Store()), anode.Anode(anode.Revolve(2))], ids=repr)
-@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "tsit5"])
 def test_anode_equals_direct_through_the_interpolant(gradient, method):
     """Also with respect to every output time: those inside steps move only their θ."""
     t_list = [0.0, 0.3, 0.3, 0.9, 1.4, 2.0]
@@ -249,7 +249,7 @@ def test_stats_count_every_evaluation_with_dense_output(t_grad):
         assert stats.function_evaluations == counted.calls, gradient
 
 
-@pytest.mark.parametrize("method", ["bosh3", "dopri5"])
+@pytest.mark.parametrize("method", ["bosh3", "dopri5", "tsit5"])
 def test_an_output_time_on_a_step_end(method):
     """θ = 1, where the last stage's weight in the interpolant vanishes (bosh3) but its
     slope there does not."""

@@ -47,12 +47,12 @@ class Adaptive:
     ``dfactor``; a NaN or Inf error estimate rejects the step with the factor ``dfactor``.
 
     Output times between the first and the last come from dense output when the method has
-    an interpolant (dopri5, bosh3; ``dense_output=None`` or ``True``): the steps run over
+    an interpolant (dopri5, bosh3, tsit5; ``dense_output=None`` or ``True``): the steps run over
     the whole span as if there were no intermediate output times, and ``y(t_i)`` is the
     interpolant of the step containing ``t_i`` (:meth:`~anode.solvers.ButcherTableau.dense_weights`),
     as torchdiffeq does, so intermediate outputs cost no steps. The output is then a
     function of that step's stages and of ``t_i``, differentiated with the step. Otherwise
-    (``dense_output=False``, or a method without an interpolant: tsit5, adaptive_heun) a
+    (``dense_output=False``, or a method without an interpolant: adaptive_heun) a
     step that would pass the next output time is cut to end on it (the uncut proposal is
     kept for the step after), so every output is a state of the accepted grid, at the price
     of more steps when output times are close. Either way the last step ends on the last

@@ -29,7 +29,8 @@ What differs from torchdiffeq, by design:
   the solver, ``gradient="direct"``, needs no list).
 * Output times. Adaptive dopri5 and bosh3 take intermediate output times from the steps'
   interpolant as torchdiffeq does (the same steps), but end the last step on ``t[-1]``;
-  tsit5 and adaptive_heun step onto every output time (see :class:`anode.Adaptive`).
+  tsit5 interpolates too, adaptive_heun steps onto every output time (see
+  :class:`anode.Adaptive`).
   torchdiffeq's fixed-grid ``step_size`` grid is ``t[0] + k * step_size`` (last step cut
   to ``t[-1]``) with outputs interpolated linearly in between; anode steps onto every
   output time there. The results are equal when the output times lie on that grid;

@@ -125,8 +125,8 @@ def odeint(
     Steps are taken on a fixed grid (``n_steps``, ``step_size``) or, for an embedded pair
     such as ``dopri5``, chosen by a step-size controller (:class:`~anode.controllers.Adaptive`,
     given through ``options``); every gradient method then differentiates the accepted steps
-    with their sizes held fixed (see :mod:`anode.adaptive`). An adaptive dopri5 or bosh3
-    solve takes the output times between the first and the last from the interpolant of the
+    with their sizes held fixed (see :mod:`anode.adaptive`). An adaptive dopri5, bosh3 or
+    tsit5 solve takes the output times between the first and the last from the interpolant of the
     step containing them (dense output, as torchdiffeq; ``Adaptive(dense_output=False)``
     steps onto them instead).
 

@@ -94,7 +94,7 @@ class SolveOptions:
         if isinstance(stepping, Adaptive) and stepping.dense_output and not method.dense:
             raise ValueError(
                 f"dense_output=True needs a method with an interpolant (c_mid); {method.name!r} has "
-                "none. Use dopri5 or bosh3, or dense_output=None to step onto the output times")
+                "none. Use dopri5, bosh3 or tsit5, or dense_output=None to step onto the output times")
         object.__setattr__(self, "gradient", resolve(self.gradient))
 
     @classmethod

@@ -305,6 +305,10 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
         [0.00178001105222577714, 0.0008164344596567469, -0.007880878010261995,
          0.1447110071732629, -0.5823571654525552, 0.45808210592918697, -0.015151515151515152],
         order=5,
+        # Tsitouras' continuous extension b_i(θ) (the 2011 paper's) at θ = 1/2: it is the quartic
+        # through y, y1 and the end slopes, so this midpoint reproduces it (order 4)
+        c_mid=[0.10741235230096871, 0.01135625, 0.39560903056045305, -0.34475214352593553,
+               1.3161853649581645, -1.0170608542936508, 0.03125],
     ),
     # Heun's method (order 2) with explicit Euler (order 1) as the embedded solution;
     # torchdiffeq's "adaptive_heun". Not FSAL: 2 evaluations per step.
