@@ -25,12 +25,12 @@ the input for ``Recompute``, and the input only for ``Revolve``, whose snapshots
 N_t: its backward first sweeps forward once from the input writing them (N_t - 1 more
 recomputed steps than on a fixed grid). ``Auto`` chooses at the end of the forward sweep,
 when N_t is known; until then it keeps every state while they fit its budget, so that a
-chosen ``Store`` recomputes nothing. The backward replays the accepted steps with their sizes held fixed, so
-the gradient is exactly that of the accepted discrete solve, as ``direct`` computes it (ACA,
-Zhuang et al., ICML 2020); rejected steps are never replayed. An output taken from dense
-output (the interpolant of the step containing it) is differentiated with that step: its
-adjoint joins the step's as further weighted sums of the step's stages
-(:func:`anode.gradients.stages.stagewise_vjp`).
+chosen ``Store`` recomputes nothing. The backward replays the accepted steps with their
+sizes held fixed, so the gradient is exactly that of the accepted discrete solve, as
+``direct`` computes it (ACA, Zhuang et al., ICML 2020); rejected steps are never replayed.
+An output taken from dense output (the interpolant of the step containing it) is
+differentiated with that step: its adjoint joins the step's as further weighted sums of the
+step's stages (:func:`anode.gradients.stages.stagewise_vjp`).
 """
 
 from __future__ import annotations
