@@ -95,9 +95,7 @@ def integrate(
     first = next((k for k, (a, b) in enumerate(spans) if times[a] != times[b]), None)
 
     def grid() -> TimeGrid:
-        if dense:
-            return TimeGrid(tuple(times), tuple(counts), tuple(fractions), tuple(taps))
-        return TimeGrid(tuple(times), tuple(counts), tuple(fractions))
+        return TimeGrid(tuple(times), tuple(counts), tuple(fractions), tuple(taps) if dense else None)
 
     if first is None:
         return outputs, grid()

@@ -138,14 +138,11 @@ class TimeGrid:
         """
         if self.taps is None:
             raise ValueError("this time grid has no dense output")
-        t64 = t.to(torch.float64)
-        f = torch.tensor(self.fractions[0], dtype=torch.float64, device=t.device)
-        length = t64[-1] - t64[0]
-        steps = torch.tensor([n for _, n in self.taps], dtype=torch.long, device=t.device)
-        outputs = torch.tensor([i for i, _ in self.taps], dtype=torch.long, device=t.device)
-        start = t64[0] + f[steps] * length
-        end = torch.where(f[steps + 1] == 1.0, t64[-1], t64[0] + f[steps + 1] * length)
-        return (t64[outputs] - start) / (end - start)
+        # a node c = 0 gives each step's start exactly
+        starts, sizes = self.step_times(t, torch.zeros(1, dtype=torch.float64))
+        steps = [n for _, n in self.taps]
+        outputs = [i for i, _ in self.taps]
+        return (t.to(torch.float64)[outputs] - starts[steps, 0]) / sizes[steps]
 
     def step_sizes(self) -> list[float]:
         """The step size of every step as Python floats (time units; negative backwards)."""
