@@ -174,9 +174,10 @@ def odeint(
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
             ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
             schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
-            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size`` for a
-            fixed-grid method; ``first_step``, ``max_num_steps``, ``safety``, ``ifactor``,
-            ``dfactor``, ``max_step`` for an adaptive one; see
+            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size``,
+            ``perturb``, ``grid_constructor`` for a fixed-grid method; ``first_step``,
+            ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``, ``norm``,
+            ``step_t``, ``jump_t`` for an adaptive one; see
             :mod:`anode.torchdiffeq_options`), which goes with ``method``, ``rtol``,
             ``atol`` and ``gradient`` as torchdiffeq's does (default method dopri5). Method
             names stay anode's (``rk4`` is the classic method); :mod:`anode.dropin` takes
@@ -248,7 +249,9 @@ def odeint_adjoint(
 
     ``adjoint_params`` are added to ``func.parameters()`` (torchdiffeq uses them instead);
     the reverse solve uses the forward's method, tolerances and options, so each
-    ``adjoint_*`` argument must be None or equal to the forward's. For the exact gradient of
+    ``adjoint_*`` argument must be None or equal to the forward's, except that
+    ``adjoint_options`` may name the reverse solve's error norm (``norm="seminorm"`` or a
+    callable, see :class:`~anode.gradients.Backsolve`). For the exact gradient of
     the solve at similar memory, call :func:`odeint` (discrete adjoint). Method names are
     anode's; :func:`anode.dropin.odeint_adjoint` takes torchdiffeq's (its ``rk4`` is Kutta's
     3/8 rule).

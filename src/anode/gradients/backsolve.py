@@ -282,13 +282,24 @@ class Backsolve(GradientMethod):
     Keeps only the outputs and gets the gradient by solving the augmented adjoint system
     backwards in time: on the forward's grid reversed for fixed stepping; with adaptive
     stepping, with its own adaptive steps between output times (the forward's tolerances and
-    tableau; torchdiffeq's default adjoint norm), as torchdiffeq does; those steps are not
+    tableau; torchdiffeq's adjoint norm), as torchdiffeq does; those steps are not
     the forward's, so random numbers are not replayed per step there. O(1) states in
     N_t, but optimize-then-discretize, so the gradient is approximate and the reverse solve
     is unstable for contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use
     it to compare with torchdiffeq or to measure that error; train with
     :class:`~anode.gradients.Anode`.
     Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
+
+    Args:
+        norm: the adaptive reverse solve's error norm (torchdiffeq's
+            ``adjoint_options["norm"]``): None (torchdiffeq's default), ``"seminorm"``
+            (leave out the parameters' adjoints: fewer steps) or a callable; see
+            :func:`adjoint_controller`. Not with a fixed grid (ValueError at solve time).
+
+    Raises:
+        ValueError: ``norm`` of another kind; a norm with a fixed-grid solve.
+        NotImplementedError: per-component tolerances (the reverse solve's augmented state
+            has other components).
     """
 
     name = "backsolve"
