@@ -329,3 +329,22 @@ def test_per_component_tolerances_act_as_torchdiffeq_and_keep_gradients_exact():
         dropin.odeint(g, x0, t, atol=torch.ones(2, dtype=F64, requires_grad=True))
     with pytest.raises(NotImplementedError, match="per-component"):
         dropin.odeint_adjoint(g, x0, t, atol=atol, adjoint_params=())
+
+
+def test_records_and_options_dicts_of_anode_odeint_take_the_same_options():
+    func, y0 = Jump(), torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    perturbed = dropin.odeint(func, y0, t, method="rk4", options={"step_size": 0.25, "perturb": True})
+    record = anode.SolveOptions("rk38", anode.FixedGrid(step_size=0.25, perturb=True))
+    assert torch.equal(anode.odeint(func, y0, t, options=record), perturbed)
+    as_dict = anode.odeint(func, y0, t, method="rk38", options={"step_size": 0.25, "perturb": True})
+    assert torch.equal(as_dict, perturbed)
+    grid = anode.FixedGrid(grid_constructor=lambda f, y, tt: torch.linspace(0, 1, 9, dtype=F64))
+    constructed = dropin.odeint(func, y0, t, method="rk4",
+                                options={"grid_constructor": grid.grid_constructor})
+    assert torch.equal(anode.odeint(func, y0, t, options=anode.SolveOptions("rk38", grid)), constructed)
+    jumped = dropin.odeint(func, y0, t, rtol=1e-6, atol=1e-8, options={"jump_t": [0.5]})
+    adaptive = anode.Adaptive(rtol=1e-6, atol=1e-8, jump_t=(0.5,))
+    assert torch.equal(anode.odeint(func, y0, t, options=anode.SolveOptions("dopri5", adaptive)), jumped)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        anode.FixedGrid(n_steps=2, grid_constructor=grid.grid_constructor)
