@@ -163,12 +163,12 @@ def test_options_map_onto_the_controller():
     ("dopri5", {"step_size": 0.1}, ValueError, r"unknown option 'step_size'.*'first_step'"),
     ("euler", {"first_step": 0.1}, ValueError, r"unknown option 'first_step'.*\['step_size'"),
     ("euler", {"stepsize": 0.1}, ValueError, "unknown option 'stepsize'"),
-    ("dopri5", {"jump_t": [0.5]}, NotImplementedError, "'jump_t' is not supported"),
-    ("dopri5", {"step_t": [0.5]}, NotImplementedError, "'step_t'"),
-    ("dopri5", {"norm": lambda x: x.abs().max()}, NotImplementedError, "'norm'"),
+    ("dopri5", {"jump_t": "0.5"}, TypeError, "jump_t must be a sequence or tensor of times"),
+    ("dopri5", {"step_t": [0.5, 0.5]}, ValueError, "repeated"),
+    ("dopri5", {"norm": "max"}, TypeError, "norm must be None or a callable"),
     ("dopri5", {"min_step": 1e-3}, NotImplementedError, "'min_step'"),
-    ("euler", {"perturb": True}, NotImplementedError, "perturb"),
-    ("euler", {"grid_constructor": None}, NotImplementedError, "'grid_constructor'"),
+    ("euler", {"perturb": "yes"}, TypeError, "perturb must be True or False"),
+    ("euler", {"grid_constructor": 0.1}, TypeError, "grid_constructor must be callable"),
     ("dopri8", None, NotImplementedError, "'dopri8' is not supported.*Supported"),
     ("explicit_adams", None, NotImplementedError, "multistep"),
     ("scipy_solver", None, NotImplementedError, "SciPy"),
@@ -184,12 +184,13 @@ def test_argument_errors():
     f, y0, t = (lambda t, y: -y), torch.ones(2), torch.tensor([0.0, 1.0])
     with pytest.raises(NotImplementedError, match="event_fn"):
         dropin.odeint(f, y0, t, event_fn=lambda t, y: y.sum())
-    with pytest.raises(ValueError, match="per-component"):
-        dropin.odeint(f, (y0, y0), t, rtol=(1e-3, 1e-4))
+    with pytest.raises(ValueError, match="3 entries; the tuple state has 2"):
+        dropin.odeint(lambda t, y: (-y[0], y[1]), (y0, y0), t, rtol=(1e-3, 1e-4, 1e-5))
     with pytest.raises(NotImplementedError, match="adjoint_rtol=0.001 differs"):
         dropin.odeint_adjoint(f, y0, t, adjoint_rtol=1e-3, adjoint_params=())
     with pytest.raises(NotImplementedError, match="adjoint_options"):
-        dropin.odeint_adjoint(f, y0, t, adjoint_options={"norm": "seminorm"}, adjoint_params=())
+        dropin.odeint_adjoint(f, y0, t, adjoint_options={"norm": "seminorm", "safety": 0.5},
+                              adjoint_params=())
     dropin.odeint_adjoint(f, y0, t, rtol=1e-5, adjoint_rtol=1e-5, adjoint_method="dopri5", adjoint_params=())
     with pytest.raises(ValueError, match="unknown option 'step_size' for the adaptive method 'dopri5'"):
         anode.odeint(f, y0, t, options={"step_size": 0.1})

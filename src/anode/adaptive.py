@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from .controllers import Adaptive
-from .grid import TimeGrid, step_geometry, tap_theta
+from .grid import TimeGrid, nudge_stages, step_geometry, tap_theta
 from .ivp import IVP
 from .recompute import ForwardRecord
 from .solvers import State, combine, embedded_step
@@ -93,9 +93,17 @@ def integrate(
     tapped: list[State] = []
     y = tuple(ivp.y0)
     first = next((k for k, (a, b) in enumerate(spans) if times[a] != times[b]), None)
+    is_tuple = getattr(func, "is_tuple", True)  # how a custom norm sees the state
+    # step_t / jump_t: absolute times steps end on (pinned), and the step boundaries where
+    # func is evaluated from inside the steps (jumps)
+    forced = sorted({*controller.step_t, *controller.jump_t})
+    jumps = set(controller.jump_t)
+    pinned: list[tuple[int, float]] = []
+    perturbed: list[int] = []
 
     def grid() -> TimeGrid:
-        return TimeGrid(tuple(times), tuple(counts), tuple(fractions), tuple(taps) if dense else None)
+        return TimeGrid(tuple(times), tuple(counts), tuple(fractions), tuple(taps) if dense else None,
+                        perturbed=tuple(perturbed) or False, pinned=tuple(pinned))
 
     if first is None:
         return outputs, grid()
@@ -108,7 +116,7 @@ def integrate(
         h = controller.first_step
     else:
         with torch.no_grad():  # step sizes are held fixed, never differentiated
-            h = controller.initial_step(func, times[0], y, k0, tab.order, direction, time)
+            h = controller.initial_step(func, times[0], y, k0, tab.order, direction, time, is_tuple)
         evals += 1
     if record is not None and record.after_unreplayed():
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
@@ -120,8 +128,9 @@ def integrate(
                 continue
             length = t_next - t_i
             f, bounds = 0.0, [0.0]
+            start_pin, start_jump = None, bool(perturbed) and perturbed[-1] == accepted
             while f < 1.0:
-                start = t_i + f * length
+                start = t_i + f * length if start_pin is None else start_pin
                 if accepted + rejected >= controller.max_num_steps:
                     raise AdaptiveSolveError(
                         f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g} "
@@ -131,7 +140,16 @@ def integrate(
                 target = start + direction * proposal
                 cut = (target - t_next) * direction >= 0
                 f1 = 1.0 if cut else (target - t_i) / length
-                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c)
+                # a step_t/jump_t time strictly inside the step ends it (torchdiffeq's rule)
+                end_pin = next((x for x in forced if (x - start) * direction > 0 and (
+                    (t_next if cut else target) - x) * direction > 0), None)
+                if end_pin is not None:
+                    f1, cut = (end_pin - t_i) / length, False
+                    if not f1 < 1.0:  # rounds onto the interval's end: end there
+                        f1, end_pin, cut = 1.0, None, True
+                end_jump = end_pin in jumps if end_pin is not None else (
+                    cut and t_next in jumps and span < len(spans) - 1)
+                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c, start_pin, end_pin)
                 # Time has a finite resolution: a proposal below it rounds to the same step as
                 # the attempt just rejected, or to none at all.
                 if not f1 > f or start + size == start or (f, f1) == retried:
@@ -141,15 +159,19 @@ def integrate(
                         f"step size underflow at t={start:.17g}: a step of {proposal:.3g} no longer "
                         f"advances time ({why}); the solution may blow up near this time, or the "
                         "problem is stiff or discontinuous there")
-                y1, error, ks = embedded_step(func, y, time(stage_times), size, tab, k0)
+                times_now = time(stage_times)
+                if start_jump or end_jump:  # torchdiffeq's perturb at a discontinuity
+                    times_now = nudge_stages(times_now[None], tab.c, [0] if start_jump else [],
+                                             [0] if end_jump else [], direction)[0]
+                y1, error, ks = embedded_step(func, y, times_now, size, tab, k0)
                 evals += tab.stages - (k0 is not None)
                 with torch.no_grad():
-                    ratio = controller.error_ratio(error, y, y1)
+                    ratio = controller.error_ratio(error, y, y1, is_tuple)
                 last_ratio = ratio
                 if ratio <= 1.0:  # False for NaN
                     if keep is not None:
                         keep(accepted, y)
-                    end = t_next if f1 == 1.0 else t_i + f1 * length  # as step_geometry
+                    end = (t_next if f1 == 1.0 else t_i + f1 * length) if end_pin is None else end_pin
                     while len(taps) < len(inner) and (times[inner[len(taps)]] - end) * direction <= 0:
                         i = inner[len(taps)]
                         weights = tab.dense_weights(tap_theta(times[i], start, size))
@@ -162,7 +184,12 @@ def integrate(
                     previous = ratio
                     y, f = y1, f1
                     bounds.append(f1)
-                    k0 = None if moved or not tab.fsal else ks[-1]
+                    k0 = None if moved or not tab.fsal or end_jump else ks[-1]
+                    if end_pin is not None:
+                        pinned.append((accepted, end_pin))
+                    if end_jump:
+                        perturbed.append(accepted)
+                    start_pin, start_jump = end_pin, end_jump
                 else:
                     rejected += 1
                     retried = (f, f1)

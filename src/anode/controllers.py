@@ -16,6 +16,7 @@ The sweep that takes the steps is :func:`anode.adaptive.integrate`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,25 @@ class Adaptive:
         dense_output: None (the default): intermediate output times from the interpolant
             when the method has one; True: always (a method without one raises ValueError
             when the options are made); False: step onto every output time.
+        norm: torchdiffeq's ``norm``: a callable taking the scaled error (and, for the
+            initial step, the scaled state and derivatives) structured like the state, a
+            tensor or a tuple of tensors, and returning a non-negative number or 0-d tensor;
+            it replaces the default RMS / largest-RMS norm everywhere the controller
+            measures (:meth:`error_ratio`, :meth:`initial_step`). None: the default.
+        step_t: torchdiffeq's ``step_t``: times (time units) that steps must end on; a step
+            that would pass one ends there instead. Gradients treat them as constants.
+        jump_t: torchdiffeq's ``jump_t``: times where ``func`` is discontinuous in time;
+            steps end there as for ``step_t``, the step ending there evaluates its
+            ``c = 1`` stages just before the time and the next step starts afresh (no FSAL
+            reuse) just after it (:attr:`~anode.grid.TimeGrid.perturbed`). No time may be in
+            both (ValueError, as torchdiffeq).
+
+    Tolerances may also be given per component and per element, as torchdiffeq takes them
+    (``_check_inputs``, ``_tuple_tol``): a tuple or list with one entry per component of a
+    tuple state (a number, or a tensor of one or ``numel`` elements, in the component's
+    element order), or a tensor broadcastable to a tensor state's shape (for a tuple state
+    a 1-D tensor is one entry per component). They are checked against the state when the
+    solve starts (ValueError for a wrong length or shape).
 
     Raises:
         ValueError: an option out of its range or NaN, naming it.
@@ -93,13 +113,15 @@ class Adaptive:
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
     dense_output: bool | None = None
+    norm: Callable | None = None
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dense_output is not None and not isinstance(self.dense_output, bool):
             raise TypeError(f"Adaptive: dense_output must be None, True or False, not {self.dense_output!r}")
-        _check("rtol", self.rtol, 0.0, high=1e300)
-        _check("atol", self.atol, 0.0, high=1e300)
-        if self.rtol == 0 and self.atol == 0:
+        self._check_options()
+        if _is_number(self.rtol) and _is_number(self.atol) and self.rtol == 0 and self.atol == 0:
             raise ValueError("Adaptive: rtol and atol are both 0; give at least one positive tolerance")
         if self.first_step is not None:
             _check("first_step", self.first_step, 0.0, strict=True, high=1e300)
@@ -117,13 +139,56 @@ class Adaptive:
 
     def describe(self) -> str:
         """``"adaptive(rtol=..., atol=...)"``."""
+        if not (_is_number(self.rtol) and _is_number(self.atol)):
+            return "adaptive(per-component tolerances)"
         return f"adaptive(rtol={self.rtol:g}, atol={self.atol:g})"
 
-    def error_ratio(self, error: State, y0: State, y1: State) -> float:
+    def error_ratio(self, error: State, y0: State, y1: State, is_tuple: bool = True) -> float:
         """The scaled error ``r`` of a step (accept when ``r <= 1``); NaN or Inf when the
-        estimate is. One device synchronisation."""
-        return _mixed([e / (self.atol + self.rtol * torch.maximum(a.abs(), b.abs()))
-                       for e, a, b in zip(error, y0, y1)])
+        estimate is. One device synchronisation. ``is_tuple``: whether a custom
+        :attr:`norm` receives a tuple (else the one tensor of the state)."""
+        scale = self.scales(y0, [torch.maximum(a.abs(), b.abs()) for a, b in zip(y0, y1)])
+        return self.measure([e / s for e, s in zip(error, scale)], is_tuple)
+
+    def scales(self, state: State, magnitudes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``atol + rtol * magnitude`` per component of ``state`` (the tolerances per
+        component and element as given; see the class)."""
+        rtols = _per_component("rtol", self.rtol, state)
+        atols = _per_component("atol", self.atol, state)
+        return [a + r * m for a, r, m in zip(atols, rtols, magnitudes)]
+
+    def measure(self, xs: list[torch.Tensor], is_tuple: bool = True) -> float:
+        """The norm of the scaled quantities ``xs`` (one per state component): :attr:`norm`
+        on the state's structure when given, else the largest RMS over components."""
+        if self.norm is None:
+            return mixed_norm(xs)
+        value = self.norm(tuple(xs) if is_tuple else xs[0])
+        return abs(float(value))
+
+    def _check_options(self) -> None:
+        for name in ("rtol", "atol"):
+            _check_tolerance(name, getattr(self, name))
+        if self.norm is not None and not callable(self.norm):
+            raise TypeError(f"Adaptive: norm must be None or a callable, not {type(self.norm).__name__}")
+        seen: set[float] = set()
+        for name in ("step_t", "jump_t"):
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                value = value.detach().reshape(-1).cpu().tolist()
+            try:
+                if isinstance(value, (str, bytes)):
+                    raise TypeError
+                times = tuple(float(x) for x in value)
+            except (TypeError, ValueError):
+                raise TypeError(f"Adaptive: {name} must be a sequence or tensor of times, not "
+                                f"{type(value).__name__}") from None
+            if not all(math.isfinite(x) for x in times):
+                raise ValueError(f"Adaptive: {name} must be finite times, got {times}")
+            if len(set(times)) != len(times) or seen & set(times):
+                raise ValueError("Adaptive: step_t and jump_t must not have any repeated elements "
+                                 "between them")
+            seen |= set(times)
+            object.__setattr__(self, name, tuple(sorted(times)))
 
     def next_step(self, h: float, ratio: float, previous: float, order: int) -> float:
         """The next step size magnitude after a step of magnitude ``h`` (time units) with
@@ -140,7 +205,7 @@ class Adaptive:
         return h * min(self.ifactor, max(factor, floor))
 
     def initial_step(self, func, t0: float, y0: State, f0: State, order: int, direction: float,
-                     time) -> float:
+                     time, is_tuple: bool = True) -> float:
         """Hairer's starting step size (HNW I §II.4; torchdiffeq's ``_select_initial_step``
         with its ``order - 1`` argument): one evaluation of ``func`` at ``t0 + h0``.
 
@@ -148,17 +213,18 @@ class Adaptive:
             func: ``func(t, y)`` on tuple states; ``time(x)`` makes its time argument.
             t0: initial time; ``y0``, ``f0``: the state and ``func(t0, y0)``.
             order: the tableau's ``order``; ``direction``: +1 or -1.
+            is_tuple: as :meth:`error_ratio`.
 
         Returns:
             The step size magnitude (time units), > 0.
         """
-        scale = [self.atol + self.rtol * y.abs() for y in y0]
-        d0 = _mixed([y / s for y, s in zip(y0, scale)])
-        d1 = _mixed([f / s for f, s in zip(f0, scale)])
+        scale = self.scales(y0, [y.abs() for y in y0])
+        d0 = self.measure([y / s for y, s in zip(y0, scale)], is_tuple)
+        d1 = self.measure([f / s for f, s in zip(f0, scale)], is_tuple)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         y1 = tuple(y + (direction * h0) * f for y, f in zip(y0, f0))
         f1 = func(time(t0 + direction * h0), y1)
-        d2 = _mixed([(b - a) / s for a, b, s in zip(f0, f1, scale)]) / h0
+        d2 = self.measure([(b - a) / s for a, b, s in zip(f0, f1, scale)], is_tuple) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -170,9 +236,69 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.abs().pow(2).mean().sqrt() if x.numel() else x.new_zeros(())
 
 
-def _mixed(xs: list[torch.Tensor]) -> float:
+def mixed_norm(xs: list[torch.Tensor]) -> float:
     """torchdiffeq's norm of a tuple: the largest root mean square over its components."""
     if len(xs) == 1:
         return float(_rms(xs[0]))
     device = xs[0].device
     return float(torch.stack([_rms(x).to(device, torch.float64) for x in xs]).max())
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_tolerance(name: str, value) -> None:
+    """A number as :func:`_check`; per-component tolerances: each entry >= 0 and finite."""
+    if _is_number(value) or isinstance(value, bool):
+        _check(name, value, 0.0, high=1e300)
+        return
+    entries = [value] if isinstance(value, torch.Tensor) else value
+    if not isinstance(entries, (tuple, list)) or not entries:
+        raise TypeError(f"Adaptive: {name} must be a number, a tuple per component or a tensor, "
+                        f"not {type(value).__name__}")
+    for entry in entries:
+        if isinstance(entry, torch.Tensor):
+            if entry.requires_grad:
+                raise ValueError(f"Adaptive: {name} cannot require gradient")
+            bad = entry.is_complex() or not bool(((entry >= 0) & torch.isfinite(entry)).all())
+        elif _is_number(entry):
+            bad = not (math.isfinite(entry) and entry >= 0)
+        else:
+            raise TypeError(f"Adaptive: each entry of {name} must be a number or a tensor, not "
+                            f"{type(entry).__name__}")
+        if bad:
+            raise ValueError(f"Adaptive: {name} must be >= 0 and finite everywhere, got {entry}")
+
+
+def _per_component(name: str, value, state: State) -> list:
+    """The tolerance for each component of ``state``: a number, or a tensor shaped to
+    broadcast with it (torchdiffeq's ``_tuple_tol`` for tuple states)."""
+    if _is_number(value):
+        return [value] * len(state)
+    if isinstance(value, torch.Tensor):
+        if len(state) == 1:
+            try:
+                fits = torch.broadcast_shapes(value.shape, state[0].shape) == state[0].shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the "
+                                 f"state's shape {tuple(state[0].shape)}")
+            return [value.to(state[0].device)]
+        if value.ndim != 1:
+            raise ValueError(f"{name} for a tuple state must be a number or one entry per component; "
+                             f"got a tensor of shape {tuple(value.shape)}")
+        value = list(value)
+    if len(value) != len(state):
+        raise ValueError(f"{name} has {len(value)} entries; the tuple state has {len(state)} components")
+    out = []
+    for entry, y in zip(value, state):
+        if isinstance(entry, torch.Tensor):
+            flat = entry.to(y.device).reshape(-1)
+            if flat.numel() not in (1, y.numel()):
+                raise ValueError(f"{name}: an entry of {flat.numel()} elements for a component of "
+                                 f"{y.numel()}")
+            entry = flat.expand(y.numel()).reshape(y.shape) if y.numel() else flat[:0].reshape(y.shape)
+        out.append(entry)
+    return out

@@ -53,6 +53,7 @@ from .torchdiffeq_options import (
     FIXED_OPTIONS,
     METHODS,
     UNSUPPORTED_METHODS,
+    adjoint_gradient,
     check_adjoint_arguments,
     solve_options,
 )
@@ -119,10 +120,11 @@ def odeint_adjoint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, a
             naming it; as :func:`odeint`.
         ValueError, TypeError: as :func:`odeint`.
     """
-    check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
-                            adjoint_options)
+    norm = check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol, adjoint_atol,
+                                   adjoint_method, adjoint_options)
     return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  event_fn=event_fn, gradient=gradient, params=adjoint_params, stats=stats)
+                  event_fn=event_fn, gradient=adjoint_gradient(gradient, norm), params=adjoint_params,
+                  stats=stats)
 
 
 __all__ = ["odeint", "odeint_adjoint", "solve_options", "METHODS", "UNSUPPORTED_METHODS",

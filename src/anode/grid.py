@@ -50,6 +50,18 @@ class TimeGrid:
             interpolant of step ``n``, which contains ``t[i]`` (its start excluded). The
             steps then span ``[t[0], t[-1]]`` as one interval: ``steps_per_interval`` and
             ``fractions`` have one entry, fractions of that span.
+        perturbed: where ``func`` is evaluated from inside the steps (torchdiffeq's
+            ``perturb``, for a function discontinuous in time at those step boundaries):
+            False (nowhere), True (at every step boundary), or the indices ``b`` of the
+            boundaries (``b`` in ``0..N_t``, counted over all steps: boundary ``b`` is the
+            start of step ``b`` and the end of step ``b - 1``). There a stage with node
+            ``c = 0`` is evaluated at the next representable time after the step's start (in
+            the direction of integration) and a stage with ``c = 1`` at the last one before
+            its end, in the time's dtype (:meth:`nudge`).
+        pinned: ``(b, time)`` pairs: step boundary ``b`` (as in ``perturbed``, ``0 < b < N_t``)
+            lies at the given absolute time (time units; a ``step_t``/``jump_t`` time or a
+            point of a constructed grid) rather than at its fraction of the interval, so it
+            is hit exactly and does not move with ``t``. Needs ``fractions``.
 
     Raises:
         ValueError: fractions that do not match ``steps_per_interval``, do not run from 0
@@ -60,8 +72,13 @@ class TimeGrid:
     steps_per_interval: tuple[int, ...]
     fractions: tuple[tuple[float, ...], ...] | None = None
     taps: tuple[tuple[int, int], ...] | None = None
+    perturbed: bool | tuple[int, ...] = False
+    pinned: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.pinned and (self.fractions is None or not all(
+                0 < b < self.n_steps for b, _ in self.pinned)):
+            raise ValueError(f"pinned step boundaries need fractions and 0 < b < N_t, got {self.pinned}")
         if self.taps is not None:
             n = self.steps_per_interval[0] if len(self.steps_per_interval) == 1 else -1
             if self.fractions is None or n < 1 or not all(
@@ -144,15 +161,42 @@ class TimeGrid:
         outputs = [i for i, _ in self.taps]
         return (t.to(torch.float64)[outputs] - starts[steps, 0]) / sizes[steps]
 
+    def nudge(self, stage_times: torch.Tensor, nodes, reverse: bool = False) -> torch.Tensor:
+        """Move the stage times of :attr:`perturbed` boundaries inside their steps
+        (:func:`nudge_stages`).
+
+        Args:
+            stage_times: ``[N_t, s]`` stage times in the dtype ``func`` receives them
+                (from :meth:`step_times`, or the reverse solve's, whose row ``j`` runs step
+                ``j`` backwards: its ``c = 0`` stage at the step's end).
+            nodes: the tableau's nodes ``c``.
+            reverse: rows are steps taken backwards.
+
+        Returns:
+            The stage times, unchanged when nothing is perturbed.
+        """
+        if self.perturbed is False or self.n_steps == 0:
+            return stage_times
+        n = self.n_steps
+        marks = set(range(n + 1)) if self.perturbed is True else set(self.perturbed)
+        first = [j for j in range(n) if j in marks]
+        last = [j for j in range(n) if j + 1 in marks]
+        direction = 1.0 if self.times[-1] > self.times[0] else -1.0
+        if reverse:
+            first, last, direction = last, first, -direction
+        return nudge_stages(stage_times, nodes, first, last, direction)
+
     def step_sizes(self) -> list[float]:
         """The step size of every step as Python floats (time units; negative backwards)."""
-        sizes = []
+        sizes, offset, pins = [], 0, dict(self.pinned)
         for i0, i1, n, f in self._spans():
             if f is not None:
-                sizes += [step_geometry(self.times[i0], self.times[i1], f[k], f[k + 1], ())[1]
+                sizes += [step_geometry(self.times[i0], self.times[i1], f[k], f[k + 1], (),
+                                        pins.get(offset + k), pins.get(offset + k + 1))[1]
                           for k in range(n)]
             else:
                 sizes += [(self.times[i1] - self.times[i0]) / n] * n if n else []
+            offset += n
         return sizes
 
     def step_times(self, t: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +216,9 @@ class TimeGrid:
         t64 = t.to(torch.float64)
         nodes = nodes.to(t.device)
         starts, sizes, ends = [], [], []
+        offset, pins = 0, dict(self.pinned)
         for i, j, n, fractions in self._spans():
+            offset += n
             if n == 0:
                 continue
             if fractions is not None:
@@ -181,6 +227,12 @@ class TimeGrid:
                 length = t64[j] - t64[i]
                 start = t64[i] + f[:-1] * length
                 end = torch.cat([t64[i] + f[1:-1] * length, t64[j : j + 1]])
+                here = [(b - (offset - n), x) for b, x in pins.items() if offset - n < b < offset]
+                if here:  # a pinned boundary is a constant: the end of one step, the start of the next
+                    at = torch.tensor([k for k, _ in here], device=t.device)
+                    value = torch.tensor([x for _, x in here], dtype=torch.float64, device=t.device)
+                    start = start.index_put((at,), value)
+                    end = end.index_put((at - 1,), value)
                 starts.append(start)
                 ends.append(end)
                 sizes.append(end - start)
@@ -200,7 +252,29 @@ class TimeGrid:
         return stage_times, size
 
 
-def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes) -> tuple[list[float], float]:
+def nudge_stages(stage_times: torch.Tensor, nodes, starts, ends, direction: float) -> torch.Tensor:
+    """``stage_times`` ``[N, s]`` with the stages of node ``c = 0`` in rows ``starts`` moved to
+    the next representable time in ``direction`` (+1 or -1), and those of node ``c = 1`` in
+    rows ``ends`` to the next one against it: torchdiffeq's ``Perturb.NEXT`` and
+    ``Perturb.PREV`` (``torchdiffeq/_impl/misc.py``, ``_PerturbFunc``), which evaluate a
+    function discontinuous in time from inside the step. The values move by one unit in the
+    last place of the times' dtype; their derivative stays 1 (as torchdiffeq's
+    ``_StitchGradient``)."""
+    out = stage_times
+    for col, c in enumerate(nodes):
+        rows = list(starts) if c == 0.0 else list(ends) if c == 1.0 else []
+        if not rows:
+            continue
+        sign = direction if c == 0.0 else -direction
+        at = (torch.tensor(rows, device=out.device), torch.full((len(rows),), col, device=out.device))
+        current = out[at]
+        moved = torch.nextafter(current.detach(), torch.full_like(current.detach(), sign * math.inf))
+        out = out.index_put(at, current + (moved - current).detach())
+    return out
+
+
+def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes,
+                  start_at: float | None = None, end_at: float | None = None) -> tuple[list[float], float]:
     """Stage times and size of one step between fractions ``f0 < f1`` of the interval
     ``[t_start, t_end]``, as Python floats, by exactly the operations that
     :meth:`TimeGrid.step_times` applies to a grid with fractions (so a step taken with these
@@ -211,13 +285,15 @@ def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes) -> 
         f0, f1: the step's boundaries as fractions of the interval; ``f1 == 1.0`` ends at
             ``t_end`` exactly.
         nodes: the tableau's nodes ``c``.
+        start_at, end_at: a pinned start or end time (:attr:`TimeGrid.pinned`), used
+            instead of its fraction.
 
     Returns:
         ``([t + c_i h for each node, t + h for c_i == 1], h)``, h signed (time units).
     """
     length = t_end - t_start
-    start = t_start + f0 * length
-    end = t_end if f1 == 1.0 else t_start + f1 * length
+    start = t_start + f0 * length if start_at is None else start_at
+    end = (t_end if f1 == 1.0 else t_start + f1 * length) if end_at is None else end_at
     h = end - start
     return [end if c == 1.0 else start + c * h for c in nodes], h
 
@@ -269,3 +345,4 @@ def make_grid(times: list[float], n_steps: int | None, step_size: float | None) 
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     return TimeGrid(tuple(times), tuple(n_steps if length > 0 else 0 for length in intervals))
+

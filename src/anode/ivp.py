@@ -213,7 +213,8 @@ class IVP:
         t = self.t if t is None else t
         nodes = torch.tensor(self.tableau.c, dtype=torch.float64)
         stage_times, sizes = self.grid.step_times(t, nodes)
-        stage_times = stage_times.to(t.dtype)
+        # torchdiffeq's perturb: stages at perturbed step boundaries move inside the step
+        stage_times = self.grid.nudge(stage_times.to(t.dtype), self.tableau.c)
         if not t.requires_grad:
             return stage_times, self.grid.step_sizes()
         return stage_times, sizes

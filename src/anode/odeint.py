@@ -15,7 +15,7 @@ from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau, State, get_tableau
-from .torchdiffeq_options import check_adjoint_arguments, solve_options
+from .torchdiffeq_options import adjoint_gradient, check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -174,9 +174,10 @@ def odeint(
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
             ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
             schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
-            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size`` for a
-            fixed-grid method; ``first_step``, ``max_num_steps``, ``safety``, ``ifactor``,
-            ``dfactor``, ``max_step`` for an adaptive one; see
+            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size``,
+            ``perturb``, ``grid_constructor`` for a fixed-grid method; ``first_step``,
+            ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``, ``norm``,
+            ``step_t``, ``jump_t`` for an adaptive one; see
             :mod:`anode.torchdiffeq_options`), which goes with ``method``, ``rtol``,
             ``atol`` and ``gradient`` as torchdiffeq's does (default method dopri5). Method
             names stay anode's (``rk4`` is the classic method); :mod:`anode.dropin` takes
@@ -248,7 +249,9 @@ def odeint_adjoint(
 
     ``adjoint_params`` are added to ``func.parameters()`` (torchdiffeq uses them instead);
     the reverse solve uses the forward's method, tolerances and options, so each
-    ``adjoint_*`` argument must be None or equal to the forward's. For the exact gradient of
+    ``adjoint_*`` argument must be None or equal to the forward's, except that
+    ``adjoint_options`` may name the reverse solve's error norm (``norm="seminorm"`` or a
+    callable, see :class:`~anode.gradients.Backsolve`). For the exact gradient of
     the solve at similar memory, call :func:`odeint` (discrete adjoint). Method names are
     anode's; :func:`anode.dropin.odeint_adjoint` takes torchdiffeq's (its ``rk4`` is Kutta's
     3/8 rule).
@@ -269,10 +272,11 @@ def odeint_adjoint(
     """
     adaptive = rtol is not None or atol is not None or isinstance(options, Mapping)
     default = options.method.name if isinstance(options, SolveOptions) else "dopri5" if adaptive else "rk4"
-    check_adjoint_arguments(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, method,
-                            options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, default)
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, gradient=gradient,
-                  params=adjoint_params, **kwargs)
+    norm = check_adjoint_arguments(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol,
+                                   method, options, adjoint_rtol, adjoint_atol, adjoint_method,
+                                   adjoint_options, default)
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=adjoint_gradient(gradient, norm), params=adjoint_params, **kwargs)
 
 
 # torch.compile runs the solve itself eagerly (a graph break around it) and compiles what is
@@ -297,7 +301,7 @@ def solve(
             f"adaptive stepping cannot run under torch.func {'/'.join(sorted(transforms))}: its step "
             "sizes depend on the values of the state; use a FixedGrid (n_steps= or step_size=)")
     # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
-    grid = None if adaptive else options.stepping.grid(times)
+    grid = None if adaptive else options.stepping.grid(times, func, y0, t)
     stats = stats if stats is not None else SolveStats()
     if len(set(times)) == 1:  # no step to take (one output time, or only repeats of it)
         return state, is_tuple, [state] * len(times)

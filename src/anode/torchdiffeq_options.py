@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from .controllers import Adaptive
-from .gradients import GradientMethod
+from .gradients import Backsolve, GradientMethod
 from .options import FixedGrid, SolveOptions
 from .solvers import ButcherTableau, get_tableau
 
@@ -48,24 +48,17 @@ UNSUPPORTED_METHODS: dict[str, str] = {
     "scipy_solver": "a wrapper of SciPy, through which nothing can be differentiated",
 }
 
-FIXED_OPTIONS = ("step_size", "perturb", "interp")
-"""torchdiffeq options taken by the fixed-grid methods: ``step_size`` (→
-:class:`~anode.options.FixedGrid`), ``perturb`` (False only) and ``interp`` (accepted: anode
+FIXED_OPTIONS = ("step_size", "perturb", "interp", "grid_constructor")
+"""torchdiffeq options taken by the fixed-grid methods, → :class:`~anode.options.FixedGrid`:
+``step_size``, ``perturb`` and ``grid_constructor`` as there; ``interp`` accepted (anode
 steps onto each output time, so nothing is interpolated)."""
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "max_step",
-                    "min_step", "dtype", "norm")
+                    "min_step", "dtype", "norm", "step_t", "jump_t")
 """torchdiffeq options taken by the adaptive methods, → :class:`~anode.controllers.Adaptive`:
-``first_step``, ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step`` as
-there; ``min_step`` 0 only, ``dtype`` float64 only (anode controls steps in float64),
-``norm`` None only (torchdiffeq's default norm is anode's)."""
-
-_NOT_SUPPORTED_OPTIONS = {
-    "grid_constructor": "give step_size, or call anode.odeint with a FixedGrid",
-    "step_t": "anode cannot force steps onto given times (it steps onto the last output time, and "
-              "onto every output time with anode.Adaptive(dense_output=False))",
-    "jump_t": "anode cannot restart steps at discontinuities other than the output times",
-}
+``first_step``, ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``,
+``norm``, ``step_t``, ``jump_t`` as there; ``min_step`` 0 only, ``dtype`` float64 only
+(anode controls steps in float64)."""
 
 
 def _number(name: str, value, kind=float):
@@ -102,8 +95,9 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     ``method`` and ``options`` dict (see the module docstring for the mapping).
 
     Args:
-        rtol, atol: tolerances of the adaptive methods (floats or one-element tensors;
-            ignored by fixed-grid methods, as in torchdiffeq).
+        rtol, atol: tolerances of the adaptive methods (ignored by fixed-grid methods, as in
+            torchdiffeq): numbers or one-element tensors; a tuple or list per component of
+            a tuple state; a tensor per element (see :class:`~anode.controllers.Adaptive`).
         method: a name in :data:`METHODS` (None: ``dopri5``) or an anode tableau.
         options: the options dict: :data:`FIXED_OPTIONS` for a fixed-grid method,
             :data:`ADAPTIVE_OPTIONS` for an adaptive one.
@@ -111,11 +105,11 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
 
     Raises:
         ValueError: an unknown method; an option the method does not take (naming it and
-            listing those it takes); an option value anode cannot honour; per-element
-            tolerances; out-of-range values (as :class:`~anode.controllers.Adaptive`).
-        NotImplementedError: a torchdiffeq method or option anode does not implement
-            (``dopri8``, the Adams methods, ``scipy_solver``; ``grid_constructor``,
-            ``step_t``, ``jump_t``, ``perturb=True``, a custom ``norm``).
+            listing those it takes); an option value anode cannot honour; out-of-range
+            values (as :class:`~anode.controllers.Adaptive`, :class:`~anode.options.FixedGrid`).
+        NotImplementedError: a torchdiffeq method anode does not implement (``dopri8``, the
+            Adams methods, ``scipy_solver``); ``min_step`` other than 0, ``dtype`` other
+            than float64.
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
     tableau = _tableau(method)
@@ -126,20 +120,18 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     embedded, name = resolved.embedded, method if isinstance(method, str) else resolved.name
     supported = ADAPTIVE_OPTIONS if embedded else FIXED_OPTIONS
     for key in opts:
-        if key in _NOT_SUPPORTED_OPTIONS:
-            raise NotImplementedError(f"option {key!r} is not supported: {_NOT_SUPPORTED_OPTIONS[key]}")
         if key not in supported:
             kind = "adaptive" if embedded else "fixed-grid"
             raise ValueError(f"unknown option {key!r} for the {kind} method {name!r}; "
                              f"its supported options are {list(supported)}")
     if not embedded:
-        if opts.get("perturb", False):
-            raise NotImplementedError("option 'perturb=True' is not supported: anode evaluates "
-                                      "func at the step times themselves")
         if opts.get("interp", "linear") not in ("linear", "cubic"):
             raise ValueError(f"option interp must be 'linear' or 'cubic', got {opts['interp']!r}")
         step = opts.get("step_size")
-        stepping = FixedGrid(step_size=None if step is None else _number("step_size", step))
+        perturb = opts.get("perturb", False)
+        stepping = FixedGrid(step_size=None if step is None else _number("step_size", step),
+                             perturb=bool(perturb) if isinstance(perturb, (bool, int)) else perturb,
+                             grid_constructor=opts.get("grid_constructor"))
         return SolveOptions(resolved, stepping, gradient)
     if _number("min_step", opts.pop("min_step", 0.0)) != 0:
         raise NotImplementedError("option 'min_step' other than 0 is not supported: anode's "
@@ -147,24 +139,52 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     if opts.pop("dtype", torch.float64) is not torch.float64:
         raise NotImplementedError("option 'dtype' other than torch.float64 is not supported: "
                                   "anode controls step sizes in float64")
-    if opts.pop("norm", None) is not None:
-        raise NotImplementedError("option 'norm' is not supported: anode uses torchdiffeq's "
-                                  "default norm (RMS; the largest over a tuple's components)")
-    if isinstance(rtol, (tuple, list)) or isinstance(atol, (tuple, list)):
-        raise ValueError("per-component tolerances (a tuple rtol/atol) are not supported; give numbers")
+    given = {k: opts.pop(k) for k in ("norm", "step_t", "jump_t") if k in opts}
+    given = {k: () if k != "norm" and v is None else v for k, v in given.items()}
+    if opts.get("first_step", 0.0) is None:  # torchdiffeq's default
+        del opts["first_step"]
     kwargs = {k: _number(k, v, int if k == "max_num_steps" else float) for k, v in opts.items()}
-    stepping = Adaptive(rtol=_number("rtol", rtol), atol=_number("atol", atol), **kwargs)
+    stepping = Adaptive(rtol=_tolerance("rtol", rtol), atol=_tolerance("atol", atol), **kwargs, **given)
     return SolveOptions(resolved, stepping, gradient)
 
 
+def _tolerance(name: str, value):
+    """torchdiffeq's rtol/atol as :class:`~anode.controllers.Adaptive` takes them: a number
+    (also a one-element tensor), a tuple per component, or a tensor per element."""
+    if isinstance(value, torch.Tensor):
+        return _number(name, value) if value.numel() == 1 and not value.requires_grad else value
+    if isinstance(value, (tuple, list)):
+        return tuple(v if isinstance(v, torch.Tensor) and (v.numel() != 1 or v.requires_grad)
+                     else _number(name, v) for v in value)
+    return _number(name, value)
+
+
 def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjoint_atol=None,
-                            adjoint_method=None, adjoint_options=None, default_method="dopri5") -> None:
+                            adjoint_method=None, adjoint_options=None, default_method="dopri5"):
     """Raise unless each of torchdiffeq's ``adjoint_*`` arguments is None or equal to the
-    forward's value (``method`` None standing for ``default_method``).
+    forward's value (``method`` None standing for ``default_method``); return the reverse
+    solve's error norm.
+
+    ``adjoint_options`` is compared without its ``norm`` (the forward's ``norm`` never
+    passes to the reverse solve, as in torchdiffeq): ``adjoint_options["norm"]`` is
+    ``"seminorm"`` or a callable (see :func:`~anode.gradients.backsolve.adjoint_controller`).
+
+    Returns:
+        ``adjoint_options["norm"]``, or None (torchdiffeq's default adjoint norm).
 
     Raises:
         NotImplementedError: naming the first argument that differs.
     """
+    adjoint_norm = None
+    if adjoint_options is not None:
+        if not isinstance(adjoint_options, Mapping):
+            raise TypeError(f"adjoint_options must be a dict, not {type(adjoint_options).__name__}")
+        adjoint_options = dict(adjoint_options)
+        adjoint_norm = adjoint_options.pop("norm", None)
+        if isinstance(options, Mapping):
+            options = {k: v for k, v in options.items() if k != "norm"}
+        elif not adjoint_options:
+            adjoint_options = None  # only a norm: nothing to compare with a record
     forward = {"adjoint_rtol": (adjoint_rtol, rtol), "adjoint_atol": (adjoint_atol, atol),
                "adjoint_method": (adjoint_method, method or default_method),
                "adjoint_options": (adjoint_options, options)}
@@ -173,15 +193,39 @@ def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjo
             raise NotImplementedError(
                 f"{name}={value!r} differs from the forward's {own!r}; anode's reverse solve uses "
                 "the forward's method, tolerances and options (or use odeint for exact gradients)")
+    return adjoint_norm
+
+
+def adjoint_gradient(gradient, norm):
+    """``gradient`` with the reverse solve's error ``norm`` of ``adjoint_options`` (None:
+    unchanged): ``"backsolve"`` becomes ``Backsolve(norm=norm)``.
+
+    Raises:
+        ValueError: a norm with another gradient method, which has no reverse solve.
+    """
+    if norm is None:
+        return gradient
+    if gradient == "backsolve" or (isinstance(gradient, Backsolve) and gradient.norm is None):
+        return Backsolve(norm=norm)
+    raise ValueError(f"adjoint_options norm={norm!r} applies to the continuous adjoint's reverse solve "
+                     f"(gradient='backsolve'), not to gradient={gradient!r}")
 
 
 def _same(a, b) -> bool:
     if isinstance(a, Mapping) or isinstance(b, Mapping):
-        return dict(a or {}) == dict(b or {})
+        if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+            return not a and not b
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return bool(torch.as_tensor(a, dtype=torch.float64).eq(torch.as_tensor(b, dtype=torch.float64)).all())
-    return a == b
+        try:
+            x, y = (torch.as_tensor(v, dtype=torch.float64) for v in (a, b))
+            return x.shape == y.shape and bool(x.eq(y).all())
+        except (TypeError, ValueError, RuntimeError):
+            return False
+    return a is b or a == b
 
 
 __all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "solve_options",
-           "check_adjoint_arguments"]
+           "check_adjoint_arguments", "adjoint_gradient"]

@@ -44,9 +44,12 @@ are put back afterwards, so the backward leaves the model as the forward left it
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..adaptive import integrate
+from ..controllers import Adaptive, mixed_norm
 from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
@@ -80,15 +83,15 @@ def reverse_step_times(
     ends = torch.cat([starts[1:, 0], t64[-1:]])
     nodes = torch.tensor(tableau.c, dtype=torch.float64, device=t.device)
     stage_times = ends[:, None] - nodes[None, :] * sizes[:, None]
-    return stage_times.to(t.dtype), [-h for h in sizes.tolist()]
+    return grid.nudge(stage_times.to(t.dtype), tableau.c, reverse=True), [-h for h in sizes.tolist()]
 
 
 class _ContinuousAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, *y0, t, *params)``; outputs: the states at
+    """Inputs: ``(ivp, adjoint norm, *y0, t, *params)``; outputs: the states at
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, *tensors):
+    def forward(ctx, ivp: IVP, norm, *tensors):
         n_y = len(ivp.y0)
         y0 = tensors[:n_y]
         record = ForwardRecord(ivp.func.module, y0)
@@ -96,7 +99,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         ivp.stats.schedule = "backsolve"
         # Only the outputs are kept (the caller holds them anyway); the input is not.
         ctx.save_for_backward(tensors[n_y], *tensors[n_y + 1 :], *result)
-        ctx.ivp, ctx.record = ivp, record
+        ctx.ivp, ctx.record, ctx.norm = ivp, record, norm
         return tuple(result)
 
     @staticmethod
@@ -118,7 +121,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         if taps:  # in time order: the dense outputs, then the final state
             outs, grads = outs[1:] + outs[:1], grads[1:] + grads[:1]
         g_outs = [zeros_if_none(g, o) for g, o in zip(grads, outs)]
-        need = ctx.needs_input_grad[1:]
+        need = ctx.needs_input_grad[2:]
         need_t = need[n_y]
         if need_t and n_out != len(ivp.grid.output_steps):
             raise ValueError(
@@ -131,6 +134,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         wanted_params = [params[i] for i in wanted]
         n_w = len(wanted)
         dynamics = _AugmentedDynamics(ivp, wanted_params, need_t)
+        reverse_controller = adjoint_controller(ivp, ctx.norm, n_w, need_t)
 
         adaptive = ivp.controller is not None
         if adaptive:
@@ -160,7 +164,8 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
-                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1])
+                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
+                                            reverse_controller)
                 for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ():
                     with record.step(j):
                         aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
@@ -178,7 +183,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         for i, g in zip(wanted, aug[2 * n_y : 2 * n_y + n_w]):
             all_param_grads[i] = g
         y0_grads = tuple(a if need[k] else None for k, a in enumerate(adjoint))
-        return (None, *y0_grads, time_grads, *all_param_grads)
+        return (None, None, *y0_grads, time_grads, *all_param_grads)
 
 
 def _output_times(grid: TimeGrid) -> list[float]:
@@ -190,17 +195,53 @@ def _output_times(grid: TimeGrid) -> list[float]:
     return [grid.times[0], *(grid.times[steps.index(s) + 1] for s in grid.solve_outputs)]
 
 
-def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float) -> State:
+def adjoint_controller(ivp: IVP, norm, n_params: int, need_t: bool) -> Adaptive | None:
+    """The step-size controller of the adaptive reverse solve: the forward's options, with
+    the error norm of torchdiffeq's ``odeint_adjoint`` (``adjoint.py``,
+    ``handle_adjoint_norm_``) on the augmented state ``(z, a, θ_a[, t_a])``:
+
+    * ``norm=None``: the largest of the forward's norm of ``z``, the forward's norm of ``a``,
+      the largest RMS over the parameters' adjoints and ``|t_a|``;
+    * ``"seminorm"``: the same without the parameters' adjoints (Kidger, Chen, Lyons,
+      "'Hey, that's not an ODE': Faster ODE Adjoints via Seminorms", ICML 2021), which
+      lets the reverse solve take longer steps;
+    * a callable: called as torchdiffeq calls it, with ``(t_a, *z, *a, *θ_a)`` (``t_a`` a
+      0-d tensor, zero when ``t`` needs no gradient; ``z`` and ``a`` one tensor each for a
+      tensor state, every component for a tuple state).
+
+    None after a fixed-grid forward (the reverse solve then runs on the forward's grid)."""
+    forward = ivp.controller
+    if forward is None:
+        return None
+    n_y, is_tuple = len(ivp.y0), ivp.func.is_tuple
+
+    def aug_norm(xs: tuple) -> float:
+        z, a, p = xs[:n_y], xs[n_y:2 * n_y], xs[2 * n_y:2 * n_y + n_params]
+        t_a = xs[2 * n_y + n_params] if need_t else None
+        if callable(norm):
+            zero = torch.zeros((), dtype=z[0].dtype, device=z[0].device)
+            return norm((zero if t_a is None else t_a, *z, *a, *p))
+        parts = [forward.measure(list(z), is_tuple), forward.measure(list(a), is_tuple)]
+        if t_a is not None:
+            parts.append(abs(float(t_a)))
+        if norm != "seminorm" and p:
+            parts.append(mixed_norm(list(p)))
+        return max(parts)
+
+    return replace(forward, norm=aug_norm)
+
+
+def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float,
+                      controller: Adaptive) -> State:
     """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
-    adaptive steps (the forward's controller options and tableau), as torchdiffeq's
-    ``odeint_adjoint`` does: the error norm is the largest RMS over the augmented state's
-    components (torchdiffeq's default adjoint norm). Its evaluations count into
-    ``ivp.stats.reverse_evaluations``."""
+    adaptive steps (the forward's controller options and tableau, the adjoint norm of
+    :func:`adjoint_controller`), as torchdiffeq's ``odeint_adjoint`` does. Its evaluations
+    count into ``ivp.stats.reverse_evaluations``."""
     t = ivp.t
     sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
-              grid=None, tableau=ivp.tableau, params=(), controller=ivp.controller,
+              grid=None, tableau=ivp.tableau, params=(), controller=controller,
               times=(t_from, t_to))
-    outputs, _ = integrate(sub, ivp.controller)
+    outputs, _ = integrate(sub, controller)
     ivp.stats.reverse_evaluations += sub.stats.forward_evaluations
     return outputs[-1]
 
@@ -241,18 +282,47 @@ class Backsolve(GradientMethod):
     Keeps only the outputs and gets the gradient by solving the augmented adjoint system
     backwards in time: on the forward's grid reversed for fixed stepping; with adaptive
     stepping, with its own adaptive steps between output times (the forward's tolerances and
-    tableau; torchdiffeq's default adjoint norm), as torchdiffeq does; those steps are not
+    tableau; torchdiffeq's adjoint norm), as torchdiffeq does; those steps are not
     the forward's, so random numbers are not replayed per step there. O(1) states in
     N_t, but optimize-then-discretize, so the gradient is approximate and the reverse solve
     is unstable for contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use
     it to compare with torchdiffeq or to measure that error; train with
     :class:`~anode.gradients.Anode`.
     Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
+
+    Args:
+        norm: the adaptive reverse solve's error norm (torchdiffeq's
+            ``adjoint_options["norm"]``): None (torchdiffeq's default), ``"seminorm"``
+            (leave out the parameters' adjoints: fewer steps) or a callable; see
+            :func:`adjoint_controller`. Not with a fixed grid (ValueError at solve time).
+
+    Raises:
+        ValueError: ``norm`` of another kind; a norm with a fixed-grid solve.
+        NotImplementedError: per-component tolerances (the reverse solve's augmented state
+            has other components).
     """
 
     name = "backsolve"
     exact = False
 
+    def __init__(self, norm=None) -> None:
+        if not (norm is None or norm == "seminorm" or callable(norm)):
+            raise ValueError(f"Backsolve: norm must be None, 'seminorm' or a callable, not {norm!r}")
+        self.norm = norm
+
     def solve(self, ivp: IVP) -> list[State]:
-        flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)
+        controller = ivp.controller
+        if controller is None and self.norm is not None:
+            raise ValueError("Backsolve: norm applies to an adaptive reverse solve; a fixed-grid "
+                             "solve's reverse runs on its grid and measures no error")
+        if controller is not None and not all(
+                isinstance(x, (int, float)) for x in (controller.rtol, controller.atol)):
+            raise NotImplementedError(
+                "gradient='backsolve' with per-component rtol/atol is not supported: the reverse "
+                "solve's augmented state has other components (torchdiffeq needs adjoint_rtol/"
+                "adjoint_atol there); give numbers, or use gradient='anode'")
+        flat = _ContinuousAdjoint.apply(ivp, self.norm, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, len(ivp.y0))
+
+    def __repr__(self) -> str:
+        return "Backsolve()" if self.norm is None else f"Backsolve(norm={self.norm!r})"
