@@ -127,5 +127,65 @@ def odeint_adjoint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, a
                   stats=stats)
 
 
-__all__ = ["odeint", "odeint_adjoint", "solve_options", "METHODS", "UNSUPPORTED_METHODS",
+def odeint_dense(func: Callable, y0: torch.Tensor, t0, t1, *, rtol=1e-7, atol=1e-9,
+                 method: str | None = None, options: Mapping | None = None,
+                 gradient: str | GradientMethod = "anode",
+                 params: Sequence[torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchdiffeq's ``odeint_dense``: solve from ``t0`` to ``t1`` with dopri5 and return
+    ``dense_output_fn(t_eval)``, the solution at any times in between.
+
+    ``dense_output_fn`` gives the dense output of the accepted steps of this solve: the
+    interpolant (Shampine's quartic for dopri5, HNW I §II.6) of the step containing each
+    time, as torchdiffeq's does. It solves again with ``t_eval`` as output times: a dense
+    solve steps over the whole span whatever its intermediate output times
+    (:class:`anode.Adaptive`), so the steps are those of this call and only the
+    interpolation is new, and its gradient is the exact one of ``gradient`` (the discrete
+    adjoint by default) with respect to ``y0``, ``func``'s parameters, ``t0``, ``t1`` and
+    ``t_eval``. Each call of ``dense_output_fn`` costs one solve.
+
+    Args:
+        func: ``func(t, y)``; y0: the initial state, a tensor of shape ``S`` (torchdiffeq
+            takes no tuple here either).
+        t0, t1: start and end times (0-d tensors or numbers, time units); ``t1 < t0``
+            solves backwards.
+        rtol, atol, options, gradient, params: as :func:`odeint`.
+        method: ``"dopri5"`` or None, as torchdiffeq.
+
+    Returns:
+        ``dense_output_fn(t_eval)``: ``t_eval`` a 0-d or 1-D tensor of times between ``t0``
+        and ``t1`` (any order); the result has shape ``(*t_eval.shape, *S)``.
+
+    Raises:
+        ValueError: a method other than dopri5; (from ``dense_output_fn``) a time outside
+            ``[t0, t1]``. TypeError: ``y0`` not a tensor. As :func:`odeint` (the solve runs
+            once at the call, without a graph, so bad input raises here).
+    """
+    if method not in (None, "dopri5"):
+        raise ValueError(f"odeint_dense solves with dopri5 only, as torchdiffeq's; got method={method!r}")
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(f"odeint_dense takes a tensor y0 (as torchdiffeq's), not {type(y0).__name__}")
+    start = torch.as_tensor(t0).reshape(())
+    end = torch.as_tensor(t1).reshape(()).to(start)
+    span = torch.stack([start, end])
+    solve = solve_options(rtol, atol, "dopri5", options, gradient)
+    with torch.no_grad():
+        _odeint(func, y0, span.detach(), options=solve, params=params)
+    low, high = sorted((float(start), float(end)))
+
+    def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
+        t_eval = torch.as_tensor(t_eval).to(start)
+        flat = t_eval.reshape(-1)
+        values = flat.detach().tolist()
+        if any(not low <= x <= high for x in values):
+            raise ValueError(f"dense_output_fn: times must lie in [{low}, {high}], the span solved; "
+                             f"got {[x for x in values if not low <= x <= high][:3]}")
+        order = torch.argsort(flat, descending=float(end) < float(start))
+        ys = _odeint(func, y0, torch.cat([start[None], flat[order], end[None]]), options=solve,
+                     params=params)[1:-1]
+        return ys[torch.argsort(order)].reshape(*t_eval.shape, *y0.shape)
+
+    return dense_output_fn
+
+
+__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "solve_options", "METHODS", "UNSUPPORTED_METHODS",
            "FIXED_OPTIONS", "ADAPTIVE_OPTIONS"]
