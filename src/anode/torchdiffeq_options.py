@@ -9,14 +9,16 @@ throughout) and by :func:`anode.odeint` / :func:`anode.odeint_adjoint` for an op
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 
+from .adams import Adams, get_method, is_multistep
 from .controllers import Adaptive
 from .gradients import GradientMethod
 from .options import FixedGrid, SolveOptions
-from .solvers import ButcherTableau, get_tableau
+from .solvers import ButcherTableau
 
 # Heun's third-order method, torchdiffeq's "heun3" (fixed_grid.py, Heun3).
 HEUN3 = ButcherTableau("heun3", ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75), (0.0, 1 / 3, 2 / 3))
@@ -36,15 +38,15 @@ METHODS: dict[str, str | ButcherTableau] = {
     "heun3": HEUN3,
     "rk4": "rk38",  # torchdiffeq's fixed-grid rk4 is Kutta's 3/8 rule (rk4_alt_step_func)
     "tsit5": "tsit5",  # not in torchdiffeq 0.2.5; anode's Tsitouras 5(4) pair
+    "explicit_adams": "explicit_adams",  # anode.adams: the same fixed-grid Adams methods
+    "implicit_adams": "implicit_adams",
+    "fixed_adams": "implicit_adams",
 }
 """torchdiffeq's method names and the anode method each runs (a name of
-:func:`anode.get_tableau` or a tableau)."""
+:func:`anode.get_tableau` or of :data:`anode.adams.ADAMS_METHODS`, or a tableau)."""
 
 UNSUPPORTED_METHODS: dict[str, str] = {
     "dopri8": "an 8th-order pair anode does not implement; use dopri5 or tsit5",
-    "explicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
-    "implicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
-    "fixed_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "scipy_solver": "a wrapper of SciPy, through which nothing can be differentiated",
 }
 
@@ -52,6 +54,12 @@ FIXED_OPTIONS = ("step_size", "perturb", "interp")
 """torchdiffeq options taken by the fixed-grid methods: ``step_size`` (→
 :class:`~anode.options.FixedGrid`), ``perturb`` (False only) and ``interp`` (accepted: anode
 steps onto each output time, so nothing is interpolated)."""
+
+ADAMS_OPTIONS = FIXED_OPTIONS + ("max_order", "max_iters")
+"""torchdiffeq options taken by ``explicit_adams``/``implicit_adams``: the fixed-grid ones and
+``max_order``, ``max_iters`` (→ :class:`~anode.adams.Adams`; ``max_iters`` is used by the
+implicit method only, as in torchdiffeq). The implicit method's corrector takes ``rtol`` and
+``atol``."""
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "max_step",
                     "min_step", "dtype", "norm")
@@ -79,11 +87,13 @@ def _number(name: str, value, kind=float):
     return kind(value)
 
 
-def _tableau(method) -> ButcherTableau | str:
+def _tableau(method) -> ButcherTableau | Adams | str:
     if isinstance(method, ButcherTableau):
         return method
     if method is None:
         return "dopri5"
+    if isinstance(method, Adams):
+        return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a torchdiffeq method name, not {type(method).__name__}")
     if method in UNSUPPORTED_METHODS:
@@ -102,11 +112,14 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     ``method`` and ``options`` dict (see the module docstring for the mapping).
 
     Args:
-        rtol, atol: tolerances of the adaptive methods (floats or one-element tensors;
-            ignored by fixed-grid methods, as in torchdiffeq).
-        method: a name in :data:`METHODS` (None: ``dopri5``) or an anode tableau.
+        rtol, atol: tolerances of the adaptive methods and of implicit_adams' corrector
+            (floats or one-element tensors; ignored by the other fixed-grid methods, as in
+            torchdiffeq).
+        method: a name in :data:`METHODS` (None: ``dopri5``), an anode tableau or an
+            :class:`~anode.adams.Adams`.
         options: the options dict: :data:`FIXED_OPTIONS` for a fixed-grid method,
-            :data:`ADAPTIVE_OPTIONS` for an adaptive one.
+            :data:`ADAPTIVE_OPTIONS` for an adaptive one, :data:`ADAMS_OPTIONS` for the
+            Adams methods.
         gradient: the gradient method.
 
     Raises:
@@ -114,7 +127,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
             listing those it takes); an option value anode cannot honour; per-element
             tolerances; out-of-range values (as :class:`~anode.controllers.Adaptive`).
         NotImplementedError: a torchdiffeq method or option anode does not implement
-            (``dopri8``, the Adams methods, ``scipy_solver``; ``grid_constructor``,
+            (``dopri8``, ``scipy_solver``; ``grid_constructor``,
             ``step_t``, ``jump_t``, ``perturb=True``, a custom ``norm``).
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
@@ -122,9 +135,9 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of torchdiffeq options, not {type(options).__name__}")
     opts = dict(options or {})
-    resolved = get_tableau(tableau)
+    resolved = get_method(tableau)
     embedded, name = resolved.embedded, method if isinstance(method, str) else resolved.name
-    supported = ADAPTIVE_OPTIONS if embedded else FIXED_OPTIONS
+    supported = ADAPTIVE_OPTIONS if embedded else ADAMS_OPTIONS if is_multistep(resolved) else FIXED_OPTIONS
     for key in opts:
         if key in _NOT_SUPPORTED_OPTIONS:
             raise NotImplementedError(f"option {key!r} is not supported: {_NOT_SUPPORTED_OPTIONS[key]}")
@@ -140,6 +153,8 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
             raise ValueError(f"option interp must be 'linear' or 'cubic', got {opts['interp']!r}")
         step = opts.get("step_size")
         stepping = FixedGrid(step_size=None if step is None else _number("step_size", step))
+        if is_multistep(resolved):
+            resolved = _adams(resolved, opts, rtol, atol)
         return SolveOptions(resolved, stepping, gradient)
     if _number("min_step", opts.pop("min_step", 0.0)) != 0:
         raise NotImplementedError("option 'min_step' other than 0 is not supported: anode's "
@@ -155,6 +170,17 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     kwargs = {k: _number(k, v, int if k == "max_num_steps" else float) for k, v in opts.items()}
     stepping = Adaptive(rtol=_number("rtol", rtol), atol=_number("atol", atol), **kwargs)
     return SolveOptions(resolved, stepping, gradient)
+
+
+def _adams(method: Adams, opts: dict, rtol, atol) -> Adams:
+    """``method`` with the dict's ``max_order``/``max_iters`` and, when implicit, the
+    corrector tolerances ``rtol``/``atol`` (as torchdiffeq's AdamsBashforthMoulton takes them)."""
+    changes = {k: _number(k, opts[k], int) for k in ("max_order", "max_iters") if k in opts}
+    if method.implicit:
+        if isinstance(rtol, (tuple, list)) or isinstance(atol, (tuple, list)):
+            raise ValueError("per-component tolerances (a tuple rtol/atol) are not supported; give numbers")
+        changes.update(rtol=_number("rtol", rtol), atol=_number("atol", atol))
+    return dataclasses.replace(method, **changes) if changes else method
 
 
 def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjoint_atol=None,
@@ -183,5 +209,5 @@ def _same(a, b) -> bool:
     return a == b
 
 
-__all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "solve_options",
-           "check_adjoint_arguments"]
+__all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "ADAMS_OPTIONS",
+           "solve_options", "check_adjoint_arguments"]
