@@ -73,7 +73,8 @@ def methods(snapshots: int = 4, torchdiffeq: bool = True) -> list[tuple[str, dic
 
 def run(fields: list[str], *, rtol: float, atol: float, quick: bool = False, repeats: int = 3,
         threads: int = 1, clock: str = "cpu", isolation: str = "fork", tol: float = 1e-5, seed: int = 0,
-        log=print, solver: str = "dopri5", step_size: float | None = None) -> list[dict]:
+        log=print, solver: str = "dopri5", step_size: float | None = None,
+        max_order: int | None = None) -> list[dict]:
     """Measure every method on every workload; one row per ``(field, method)``.
 
     Memory and the gradient comparison with ``direct`` come from
@@ -99,6 +100,8 @@ def run(fields: list[str], *, rtol: float, atol: float, quick: bool = False, rep
                           **sizes)
             if step_size is not None:  # an Adams solver's grid (anode.bench.adaptive_workloads.build)
                 common["step_size"] = step_size
+            if max_order is not None:
+                common["max_order"] = max_order
             entries, kept = [], {}
             for label, options, exact in methods(torchdiffeq=have_tdq):
                 row = {"field": field, "method": label, "exact_method": exact}

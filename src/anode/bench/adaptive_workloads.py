@@ -112,13 +112,16 @@ def two_moons(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
 
 
 def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | None, rtol: float,
-            atol: float, solver: str = "dopri5", step_size: float | None = None):
+            atol: float, solver: str = "dopri5", step_size: float | None = None,
+            max_order: int | None = None):
     """``solve(func, y0, t)`` for a method; returns ``(solution, stats or None)``."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if (solver == "dopri5") != (step_size is None):
-        raise ValueError("step_size goes with an Adams solver, and only with one")
+    if (solver == "dopri5") != (step_size is None) or (solver == "dopri5" and max_order is not None):
+        raise ValueError("step_size (and max_order) go with an Adams solver, and only with one")
     extra = {} if step_size is None else {"options": {"step_size": step_size}}
+    if max_order is not None:
+        extra["options"]["max_order"] = max_order
     if library == "torchdiffeq":
         import torchdiffeq
 
@@ -132,7 +135,8 @@ def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | 
     if solver == "dopri5":
         options = anode.SolveOptions("dopri5", anode.Adaptive(rtol=rtol, atol=atol), method)
     else:  # the corrector's tolerances, as torchdiffeq's
-        adams = anode.Adams(implicit=solver == "implicit_adams", rtol=rtol, atol=atol)
+        adams = anode.Adams(implicit=solver == "implicit_adams", rtol=rtol, atol=atol,
+                            max_order=max_order or anode.Adams.max_order)
         options = anode.SolveOptions(adams, anode.FixedGrid(step_size=step_size), method)
 
     def solve(func, y0, t):
@@ -145,7 +149,7 @@ def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | 
 def build(field: str, *, library: str = "anode", gradient: str = "direct", schedule: str | None = None,
           snapshots: int | None = None, rtol: float = 1e-5, atol: float = 1e-7, batch: int = 2048,
           hidden: int = 256, dim: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-          solver: str = "dopri5", step_size: float | None = None):
+          solver: str = "dopri5", step_size: float | None = None, max_order: int | None = None):
     """The model and one forward+backward step of a workload.
 
     Args:
@@ -156,8 +160,9 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
             or ``"adjoint"`` (``odeint_adjoint``).
         rtol, atol: dopri5's tolerances (implicit_adams': its corrector's), the same for every
             method.
-        solver, step_size: :data:`SOLVERS`; an Adams method steps on a fixed grid of
-            ``step_size`` (time units), which dopri5 does not take.
+        solver, step_size, max_order: :data:`SOLVERS`; an Adams method steps on a fixed grid
+            of ``step_size`` (time units) with its ``max_order`` (None: 12); dopri5 takes
+            neither.
         batch, hidden, dim, seed, device: the sizes; the seed fixes weights, data and probe,
             the same for every method.
 
@@ -174,7 +179,7 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
         raise ValueError(f"unknown field {field!r}; choose one of {FIELDS}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    solve = _solver(library, gradient, schedule, snapshots, rtol, atol, solver, step_size)
+    solve = _solver(library, gradient, schedule, snapshots, rtol, atol, solver, step_size, max_order)
     t = torch.tensor([0.0, 1.0], device=device)
     if field == "mlp":
         model = MLPField(dim, hidden).to(device)

@@ -129,6 +129,8 @@ def register(subparsers) -> None:
                         "corrector (implicit_adams) takes --rtol/--atol (default: %(default)s)")
     a.add_argument("--step-size", type=float, default=None,
                    help="an Adams solver's step size (default: 0.05 for Adams; dopri5 takes none)")
+    a.add_argument("--max-order", type=int, default=None,
+                   help="an Adams solver's max_order, 2 to 12 (default: 12; dopri5 takes none)")
     a.add_argument("--tol", type=float, default=1e-5,
                    help="relative difference up to which an anode gradient equals direct's "
                         "(default: %(default)s)")
@@ -337,8 +339,9 @@ def run_adaptive(args: argparse.Namespace) -> int:
         print(f"error: fields must be among {sorted(adaptive.WORKLOADS)}, --repeats positive, and the "
               "adaptive benchmark runs on cpu only", file=sys.stderr)
         return 2
-    if args.solver == "dopri5" and args.step_size is not None:
-        print("error: --step-size goes with an Adams --solver; dopri5 chooses its steps", file=sys.stderr)
+    if args.solver == "dopri5" and (args.step_size is not None or args.max_order is not None):
+        print("error: --step-size and --max-order go with an Adams --solver; dopri5 chooses its steps",
+              file=sys.stderr)
         return 2
     step_size = None if args.solver == "dopri5" else (args.step_size or 0.05)
     if args.quick:
@@ -347,9 +350,10 @@ def run_adaptive(args: argparse.Namespace) -> int:
     rows = adaptive.run(list(args.fields), rtol=args.rtol, atol=args.atol, quick=args.quick,
                         repeats=args.repeats, threads=threads, clock=clock, isolation=args.isolation,
                         tol=args.tol, seed=args.seed, log=lambda s: print(s, flush=True),
-                        solver=args.solver, step_size=step_size)
+                        solver=args.solver, step_size=step_size, max_order=args.max_order)
     found = adaptive.evaluate(rows, quick=args.quick, solver=args.solver)
-    solver = args.solver if step_size is None else f"{args.solver}, step_size={step_size:g}"
+    solver = args.solver if step_size is None else f"{args.solver}, step_size={step_size:g}" + (
+        f", max_order={args.max_order}" if args.max_order else "")
     kind = "Adaptive" if step_size is None else "Fixed-grid"
     command = args.command_line or "anode bench adaptive"
     fields = "; ".join(f"{f}: {adaptive.describe(f, args.quick)}" for f in args.fields)
