@@ -185,7 +185,8 @@ class IVP:
         grid: the time grid; for an adaptive solve None until its forward sweep
             (:func:`anode.adaptive.integrate`) sets the accepted grid, which the backward
             then replays.
-        tableau: the Runge–Kutta method.
+        tableau: the Runge–Kutta method, or an :class:`~anode.adams.Adams` multistep
+            method (fixed grid only; :mod:`anode.gradients.multistep`).
         params: tensors ``func`` depends on whose gradients are wanted.
         stats: counts to accumulate into.
         controller: the step-size options of an adaptive solve

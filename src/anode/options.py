@@ -68,7 +68,7 @@ class SolveOptions:
 
     Raises:
         ValueError: adaptive stepping with a method that has no error estimate (no
-            ``b_error``); and as :func:`~anode.solvers.get_tableau`, :class:`FixedGrid`,
+            ``b_error``); and as :func:`~anode.adams.get_method`, :class:`FixedGrid`,
             :class:`~anode.controllers.Adaptive` and :func:`~anode.gradients.resolve`.
         TypeError: a stepping that is neither; as the above.
     """
