@@ -70,3 +70,24 @@ def test_targets_are_judged_from_the_recompute_row():
     assert all(t.met is None and t.unjudged for t in adaptive.evaluate(rows, quick=True))
     missing = adaptive.evaluate([{"field": "cnf", "method": "direct"}])
     assert all(t.measured is None for t in missing)
+
+
+@pytest.mark.parametrize("solver", ["explicit_adams", "implicit_adams"])
+def test_adams_solvers_give_the_direct_gradient_on_their_grid(solver):
+    sizes = dict(batch=16, hidden=8, dim=3, rtol=1e-2, atol=1e-3, solver=solver, step_size=0.125, max_order=5)
+    grads = {}
+    for label, options, _ in adaptive.methods(snapshots=2, torchdiffeq=False):
+        model, step, _ = build("mlp", **sizes, **options)
+        _, stats = step()
+        grads[label] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        assert stats.forward_steps == 8
+    for label, g in grads.items():
+        torch.testing.assert_close(g, grads["direct"], rtol=1e-5, atol=1e-6, msg=label)
+    targets = adaptive.evaluate([{"field": "mlp", "method": "anode/recompute"}], solver=solver)
+    assert all(t.unjudged == f"set for dopri5, not {solver}" for t in targets)
+    with pytest.raises(ValueError, match="go with an Adams solver"):
+        build("mlp", batch=4, hidden=4, dim=2, step_size=0.1)
+
+
+def test_step_size_without_an_adams_solver_exits_2(tmp_path):
+    assert main(["bench", "adaptive", "--step-size", "0.1", "--out", str(tmp_path)]) == 2

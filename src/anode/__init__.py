@@ -7,6 +7,7 @@ also takes its method names exactly (:mod:`anode.dropin`).
 """
 
 from . import dropin
+from .adams import Adams
 from .adaptive import AdaptiveSolveError
 from .controllers import Adaptive
 from .gradients import Anode, Backsolve, Direct, GradientMethod
@@ -35,6 +36,7 @@ __all__ = [
     "Direct",
     "Backsolve",
     "ButcherTableau",
+    "Adams",
     "TABLEAUS",
     "EMBEDDED_TABLEAUS",
     "get_tableau",

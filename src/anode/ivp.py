@@ -44,6 +44,9 @@ class SolveStats:
     ``dense_evaluations`` are the trailing stages (the last of an FSAL pair) that
     replayed steps containing a dense-output time evaluate beyond ``stages``: the
     interpolant needs them.
+    ``replayed_evaluations`` are the evaluations of the recomputed and backward steps of a
+    multistep (Adams) solve, whose steps differ in their number of evaluations (``stages``
+    is 0 for it; see :mod:`anode.adams`).
     """
 
     forward_steps: int = 0
@@ -56,13 +59,14 @@ class SolveStats:
     reverse_evaluations: int = 0
     stage_replays: int = 0
     dense_evaluations: int = 0
+    replayed_evaluations: int = 0
 
     @property
     def function_evaluations(self) -> int:
         """All evaluations of ``func`` in forward and backward."""
         replayed = (self.recomputed_steps + self.backward_steps) * self.stages
         return (self.forward_evaluations + replayed + self.stage_replays + self.reverse_evaluations
-                + self.dense_evaluations)
+                + self.dense_evaluations + self.replayed_evaluations)
 
     def count_fixed_forward(self, n_steps: int, stages: int) -> None:
         """Count a forward pass of ``n_steps`` steps on a given grid, ``stages`` evaluations each."""
@@ -74,7 +78,7 @@ class SolveStats:
         """Set every count to zero."""
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
         self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
-        self.stage_replays = self.dense_evaluations = 0
+        self.stage_replays = self.dense_evaluations = self.replayed_evaluations = 0
 
 
 def _reference(func: Callable) -> Callable[[], Callable | None]:
@@ -181,7 +185,8 @@ class IVP:
         grid: the time grid; for an adaptive solve None until its forward sweep
             (:func:`anode.adaptive.integrate`) sets the accepted grid, which the backward
             then replays.
-        tableau: the Runge–Kutta method.
+        tableau: the Runge–Kutta method, or an :class:`~anode.adams.Adams` multistep
+            method (fixed grid only; :mod:`anode.gradients.multistep`).
         params: tensors ``func`` depends on whose gradients are wanted.
         stats: counts to accumulate into.
         controller: the step-size options of an adaptive solve

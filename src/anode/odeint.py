@@ -8,13 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .adams import get_method, is_multistep
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature
 from .options import SolveOptions
 from .schedules import Auto, Schedule
-from .solvers import ButcherTableau, State, get_tableau
+from .solvers import ButcherTableau, State
 from .torchdiffeq_options import adjoint_gradient, check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
@@ -95,8 +96,9 @@ def _from_dict(options: Mapping, method, n_steps, step_size, rtol, atol, gradien
     if n_steps is not None or step_size is not None:
         raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
                          "not n_steps=/step_size=")
-    tableau = get_tableau("dopri5" if method is None else method)  # anode's names, e.g. rk4
-    if not tableau.embedded and (rtol is not None or atol is not None):
+    tableau = get_method("dopri5" if method is None else method)  # anode's names, e.g. rk4
+    corrector = is_multistep(tableau) and tableau.implicit  # rtol/atol: its convergence test
+    if not (tableau.embedded or corrector) and (rtol is not None or atol is not None):
         raise ValueError(f"rtol/atol need a method with an error estimate; {tableau.name!r} has none "
                          "(an embedded pair: dopri5, bosh3, tsit5, adaptive_heun)")
     return solve_options(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, tableau,
@@ -146,8 +148,10 @@ def odeint(
             ``rk4`` (the classic one; torchdiffeq's ``rk4`` is ``rk38``), ``rk38``), an
             embedded pair (``dopri5``, ``bosh3``, ``tsit5``, ``adaptive_heun``; adaptive with
             default tolerances unless ``n_steps`` or ``step_size`` is given) or any explicit
-            :class:`ButcherTableau`. None (the default): ``dopri5`` when ``rtol``/``atol``
-            are given, else ``rk4``.
+            :class:`ButcherTableau`; or an Adams multistep method on a fixed grid
+            (``explicit_adams``, ``implicit_adams`` (alias ``fixed_adams``) or an
+            :class:`anode.Adams`; see :mod:`anode.adams`). None (the default): ``dopri5`` when
+            ``rtol``/``atol`` are given, else ``rk4``.
         n_steps: number of equal steps in each interval between consecutive output times.
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
             equal steps no longer than it (see :func:`anode.grid.make_grid`). With neither
@@ -155,7 +159,8 @@ def odeint(
         rtol, atol: relative (dimensionless) and absolute (state units) tolerances of adaptive
             stepping, :class:`~anode.controllers.Adaptive`'s meaning (torchdiffeq's); giving
             either selects adaptive steps (default method dopri5), the other at its default
-            (``1e-7``, ``1e-9``). Not with ``n_steps``/``step_size``. Other controller options
+            (``1e-7``, ``1e-9``). Not with ``n_steps``/``step_size``, except for
+            ``implicit_adams``, whose corrector they set (as torchdiffeq). Other controller options
             (``first_step``, ``max_num_steps``, ...) go through ``options``.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
@@ -201,6 +206,7 @@ def odeint(
             SolveOptions nor a dict; func returns a wrong type,
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
+            implicit_adams under a ``torch.func`` transform,
             gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
             grid and tolerances both given, tolerances with a method that has no error
             estimate, options given twice, an unknown key in an options dict (naming it and
@@ -218,7 +224,7 @@ def odeint(
         options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
                                     atol=atol, **schedule_options)
     elif schedule_options or (n_steps, step_size, rtol, atol, gradient, schedule) != _UNSET[1:] or (
-            method is not None and get_tableau(method) != options.method):
+            method is not None and get_method(method) != options.method):
         # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
         # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
         raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
@@ -300,6 +306,10 @@ def solve(
         raise ValueError(
             f"adaptive stepping cannot run under torch.func {'/'.join(sorted(transforms))}: its step "
             "sizes depend on the values of the state; use a FixedGrid (n_steps= or step_size=)")
+    if transforms and is_multistep(options.method) and options.method.implicit:
+        raise ValueError(
+            f"implicit_adams cannot run under torch.func {'/'.join(sorted(transforms))}: its corrector "
+            "iterates until the values converge; use explicit_adams or a Runge-Kutta method")
     # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
     grid = None if adaptive else options.stepping.grid(times, func, y0, t)
     stats = stats if stats is not None else SolveStats()

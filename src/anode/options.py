@@ -7,15 +7,17 @@ validates the new record again. Every option is checked here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
+from .adams import Adams, get_method, is_multistep
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .grid import TimeGrid, make_grid
-from .solvers import ButcherTableau, get_tableau
+from .solvers import ButcherTableau
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,9 @@ class SolveOptions:
     """How a solve is taken and differentiated, validated once at construction.
 
     Attributes:
-        method: the Runge–Kutta method (a name is resolved to its :class:`ButcherTableau`).
+        method: the Runge–Kutta method (a name is resolved to its :class:`ButcherTableau`),
+            or an Adams multistep method (:class:`~anode.adams.Adams`; names
+            ``explicit_adams``, ``implicit_adams``), which steps on a fixed grid only.
             None (the default): ``"dopri5"`` for adaptive stepping (torchdiffeq's default),
             else ``"rk4"``.
         stepping: the time stepping: a :class:`FixedGrid`, or :class:`~anode.controllers.Adaptive`
@@ -156,12 +160,12 @@ class SolveOptions:
 
     Raises:
         ValueError: adaptive stepping with a method that has no error estimate (no
-            ``b_error``); and as :func:`~anode.solvers.get_tableau`, :class:`FixedGrid`,
+            ``b_error``); and as :func:`~anode.adams.get_method`, :class:`FixedGrid`,
             :class:`~anode.controllers.Adaptive` and :func:`~anode.gradients.resolve`.
         TypeError: a stepping that is neither; as the above.
     """
 
-    method: ButcherTableau | str | None = None
+    method: ButcherTableau | Adams | str | None = None
     stepping: FixedGrid | Adaptive | None = None
     gradient: GradientMethod = "anode"
 
@@ -169,7 +173,7 @@ class SolveOptions:
         method = self.method
         if method is None:
             method = "dopri5" if isinstance(self.stepping, Adaptive) else "rk4"
-        method = get_tableau(method)
+        method = get_method(method)
         object.__setattr__(self, "method", method)
         stepping = self.stepping
         if stepping is None:
@@ -195,7 +199,9 @@ class SolveOptions:
              atol: float | None = None, **schedule_options) -> SolveOptions:
         """The record from :func:`anode.odeint`'s keyword arguments (names or objects).
 
-        ``n_steps``/``step_size`` make a :class:`FixedGrid`; ``rtol``/``atol`` an
+        For an implicit Adams method ``rtol``/``atol`` are its corrector's tolerances (as in
+        torchdiffeq) and the grid stays fixed; an explicit one has no use for them (ValueError).
+        Otherwise ``n_steps``/``step_size`` make a :class:`FixedGrid`; ``rtol``/``atol`` an
         :class:`~anode.controllers.Adaptive` (the other tolerance at its default) and, with
         ``method`` None, dopri5; ``stepping`` (e.g. ``Adaptive(rtol=1e-6, max_step=0.1)``)
         is any stepping object. With none of them, an embedded pair steps adaptively and any
@@ -205,6 +211,9 @@ class SolveOptions:
             ValueError: more than one of ``stepping``, ``n_steps``/``step_size`` and
                 ``rtol``/``atol``, naming them; as the class.
         """
+        if (rtol is not None or atol is not None) and method is not None and is_multistep(get_method(method)):
+            method = _with_tolerances(get_method(method), rtol, atol)
+            rtol = atol = None
         groups = {"stepping": stepping is not None,
                   "n_steps/step_size": n_steps is not None or step_size is not None,
                   "rtol/atol": rtol is not None or atol is not None}
@@ -219,3 +228,11 @@ class SolveOptions:
             tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
             stepping = Adaptive(**tolerances)
         return cls(method, stepping, resolve(gradient, schedule, **schedule_options))
+
+
+def _with_tolerances(method: Adams, rtol, atol) -> Adams:
+    if not method.implicit:
+        raise ValueError(f"rtol/atol have no use in {method.name}, which has no corrector and no error "
+                         "estimate; use implicit_adams for a corrector iterated to rtol/atol")
+    tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    return dataclasses.replace(method, **tolerances)

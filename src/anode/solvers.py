@@ -4,7 +4,9 @@ Every method in the library is an explicit Runge–Kutta method given by its But
 tableau (:mod:`anode.tableaus`). Solvers differ only in the tableau;
 the step function below is the single place where a step is taken, so the direct, the
 discrete-adjoint (ANODE) and the continuous-adjoint gradients all differentiate exactly the
-same arithmetic.
+same arithmetic. The Adams multistep methods (:mod:`anode.adams`) are the one exception:
+their steps combine f-values of earlier steps, and their first steps (3/8-rule) use the
+stage arithmetic here.
 """
 
 from __future__ import annotations

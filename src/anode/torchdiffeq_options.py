@@ -9,14 +9,16 @@ throughout) and by :func:`anode.odeint` / :func:`anode.odeint_adjoint` for an op
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 
+from .adams import Adams, get_method, is_multistep
 from .controllers import Adaptive
 from .gradients import Backsolve, GradientMethod
 from .options import FixedGrid, SolveOptions
-from .solvers import ButcherTableau, get_tableau
+from .solvers import ButcherTableau
 
 # Heun's third-order method, torchdiffeq's "heun3" (fixed_grid.py, Heun3).
 HEUN3 = ButcherTableau("heun3", ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75), (0.0, 1 / 3, 2 / 3))
@@ -36,15 +38,15 @@ METHODS: dict[str, str | ButcherTableau] = {
     "heun3": HEUN3,
     "rk4": "rk38",  # torchdiffeq's fixed-grid rk4 is Kutta's 3/8 rule (rk4_alt_step_func)
     "tsit5": "tsit5",  # not in torchdiffeq 0.2.5; anode's Tsitouras 5(4) pair
+    "explicit_adams": "explicit_adams",  # anode.adams: the same fixed-grid Adams methods
+    "implicit_adams": "implicit_adams",
+    "fixed_adams": "implicit_adams",
 }
 """torchdiffeq's method names and the anode method each runs (a name of
-:func:`anode.get_tableau` or a tableau)."""
+:func:`anode.get_tableau` or of :data:`anode.adams.ADAMS_METHODS`, or a tableau)."""
 
 UNSUPPORTED_METHODS: dict[str, str] = {
     "dopri8": "an 8th-order pair anode does not implement; use dopri5 or tsit5",
-    "explicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
-    "implicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
-    "fixed_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "scipy_solver": "a wrapper of SciPy, through which nothing can be differentiated",
 }
 
@@ -52,6 +54,12 @@ FIXED_OPTIONS = ("step_size", "perturb", "interp", "grid_constructor")
 """torchdiffeq options taken by the fixed-grid methods, → :class:`~anode.options.FixedGrid`:
 ``step_size``, ``perturb`` and ``grid_constructor`` as there; ``interp`` accepted (anode
 steps onto each output time, so nothing is interpolated)."""
+
+ADAMS_OPTIONS = FIXED_OPTIONS + ("max_order", "max_iters")
+"""torchdiffeq options taken by ``explicit_adams``/``implicit_adams``: the fixed-grid ones and
+``max_order``, ``max_iters`` (→ :class:`~anode.adams.Adams`; ``max_iters`` is used by the
+implicit method only, as in torchdiffeq). The implicit method's corrector takes ``rtol`` and
+``atol``."""
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "max_step",
                     "min_step", "dtype", "norm", "step_t", "jump_t")
@@ -72,11 +80,13 @@ def _number(name: str, value, kind=float):
     return kind(value)
 
 
-def _tableau(method) -> ButcherTableau | str:
+def _tableau(method) -> ButcherTableau | Adams | str:
     if isinstance(method, ButcherTableau):
         return method
     if method is None:
         return "dopri5"
+    if isinstance(method, Adams):
+        return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a torchdiffeq method name, not {type(method).__name__}")
     if method in UNSUPPORTED_METHODS:
@@ -95,30 +105,32 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     ``method`` and ``options`` dict (see the module docstring for the mapping).
 
     Args:
-        rtol, atol: tolerances of the adaptive methods (ignored by fixed-grid methods, as in
-            torchdiffeq): numbers or one-element tensors; a tuple or list per component of
-            a tuple state; a tensor per element (see :class:`~anode.controllers.Adaptive`).
-        method: a name in :data:`METHODS` (None: ``dopri5``) or an anode tableau.
+        rtol, atol: tolerances of the adaptive methods and of implicit_adams' corrector
+            (ignored by the other fixed-grid methods, as in torchdiffeq): numbers or
+            one-element tensors; a tuple or list per component of a tuple state; a tensor
+            per element (see :class:`~anode.controllers.Adaptive`).
+        method: a name in :data:`METHODS` (None: ``dopri5``), an anode tableau or an
+            :class:`~anode.adams.Adams`.
         options: the options dict: :data:`FIXED_OPTIONS` for a fixed-grid method,
-            :data:`ADAPTIVE_OPTIONS` for an adaptive one.
+            :data:`ADAPTIVE_OPTIONS` for an adaptive one, :data:`ADAMS_OPTIONS` for the
+            Adams methods.
         gradient: the gradient method.
 
     Raises:
         ValueError: an unknown method; an option the method does not take (naming it and
             listing those it takes); an option value anode cannot honour; out-of-range
             values (as :class:`~anode.controllers.Adaptive`, :class:`~anode.options.FixedGrid`).
-        NotImplementedError: a torchdiffeq method anode does not implement (``dopri8``, the
-            Adams methods, ``scipy_solver``); ``min_step`` other than 0, ``dtype`` other
-            than float64.
+        NotImplementedError: a torchdiffeq method anode does not implement; ``min_step``
+            other than 0, ``dtype`` other than float64.
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
     tableau = _tableau(method)
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of torchdiffeq options, not {type(options).__name__}")
     opts = dict(options or {})
-    resolved = get_tableau(tableau)
+    resolved = get_method(tableau)
     embedded, name = resolved.embedded, method if isinstance(method, str) else resolved.name
-    supported = ADAPTIVE_OPTIONS if embedded else FIXED_OPTIONS
+    supported = ADAPTIVE_OPTIONS if embedded else ADAMS_OPTIONS if is_multistep(resolved) else FIXED_OPTIONS
     for key in opts:
         if key not in supported:
             kind = "adaptive" if embedded else "fixed-grid"
@@ -132,6 +144,8 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
         stepping = FixedGrid(step_size=None if step is None else _number("step_size", step),
                              perturb=bool(perturb) if isinstance(perturb, (bool, int)) else perturb,
                              grid_constructor=opts.get("grid_constructor"))
+        if is_multistep(resolved):
+            resolved = _adams(resolved, opts, rtol, atol)
         return SolveOptions(resolved, stepping, gradient)
     if _number("min_step", opts.pop("min_step", 0.0)) != 0:
         raise NotImplementedError("option 'min_step' other than 0 is not supported: anode's "
@@ -157,6 +171,15 @@ def _tolerance(name: str, value):
         return tuple(v if isinstance(v, torch.Tensor) and (v.numel() != 1 or v.requires_grad)
                      else _number(name, v) for v in value)
     return _number(name, value)
+def _adams(method: Adams, opts: dict, rtol, atol) -> Adams:
+    """``method`` with the dict's ``max_order``/``max_iters`` and, when implicit, the
+    corrector tolerances ``rtol``/``atol`` (as torchdiffeq's AdamsBashforthMoulton takes them)."""
+    changes = {k: _number(k, opts[k], int) for k in ("max_order", "max_iters") if k in opts}
+    if method.implicit:
+        if isinstance(rtol, (tuple, list)) or isinstance(atol, (tuple, list)):
+            raise ValueError("per-component tolerances (a tuple rtol/atol) are not supported; give numbers")
+        changes.update(rtol=_number("rtol", rtol), atol=_number("atol", atol))
+    return dataclasses.replace(method, **changes) if changes else method
 
 
 def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjoint_atol=None,
@@ -227,5 +250,5 @@ def _same(a, b) -> bool:
     return a is b or a == b
 
 
-__all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "solve_options",
-           "check_adjoint_arguments", "adjoint_gradient"]
+__all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "ADAMS_OPTIONS",
+           "solve_options", "check_adjoint_arguments", "adjoint_gradient"]

@@ -29,6 +29,8 @@ import anode
 from .measure import peak_memory, prepare, time_methods
 
 FIELDS = ("mlp", "cnf")
+SOLVERS = ("dopri5", "explicit_adams", "implicit_adams")
+"""dopri5 with adaptive steps (the default), or an Adams method on a fixed grid of ``step_size``."""
 
 
 def _init(net: nn.Sequential, gain: float) -> None:
@@ -110,19 +112,32 @@ def two_moons(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
 
 
 def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | None, rtol: float,
-            atol: float):
+            atol: float, solver: str = "dopri5", step_size: float | None = None,
+            max_order: int | None = None):
     """``solve(func, y0, t)`` for a method; returns ``(solution, stats or None)``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if (solver == "dopri5") != (step_size is None) or (solver == "dopri5" and max_order is not None):
+        raise ValueError("step_size (and max_order) go with an Adams solver, and only with one")
+    extra = {} if step_size is None else {"options": {"step_size": step_size}}
+    if max_order is not None:
+        extra["options"]["max_order"] = max_order
     if library == "torchdiffeq":
         import torchdiffeq
 
         fn = torchdiffeq.odeint_adjoint if gradient == "adjoint" else torchdiffeq.odeint
-        return lambda func, y0, t: (fn(func, y0, t, method="dopri5", rtol=rtol, atol=atol), None)
+        return lambda func, y0, t: (fn(func, y0, t, method=solver, rtol=rtol, atol=atol, **extra), None)
     if gradient == "direct":
         method = anode.Direct()
     else:
         method = anode.Anode({"store": anode.Store(), "recompute": anode.Recompute(),
                               "revolve": anode.Revolve(snapshots or 4)}[schedule or "recompute"])
-    options = anode.SolveOptions("dopri5", anode.Adaptive(rtol=rtol, atol=atol), method)
+    if solver == "dopri5":
+        options = anode.SolveOptions("dopri5", anode.Adaptive(rtol=rtol, atol=atol), method)
+    else:  # the corrector's tolerances, as torchdiffeq's
+        adams = anode.Adams(implicit=solver == "implicit_adams", rtol=rtol, atol=atol,
+                            max_order=max_order or anode.Adams.max_order)
+        options = anode.SolveOptions(adams, anode.FixedGrid(step_size=step_size), method)
 
     def solve(func, y0, t):
         stats = anode.SolveStats()
@@ -133,7 +148,8 @@ def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | 
 
 def build(field: str, *, library: str = "anode", gradient: str = "direct", schedule: str | None = None,
           snapshots: int | None = None, rtol: float = 1e-5, atol: float = 1e-7, batch: int = 2048,
-          hidden: int = 256, dim: int = 32, seed: int = 0, device: torch.device | str = "cpu"):
+          hidden: int = 256, dim: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+          solver: str = "dopri5", step_size: float | None = None, max_order: int | None = None):
     """The model and one forward+backward step of a workload.
 
     Args:
@@ -142,7 +158,11 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
             ``"anode"`` and a ``schedule`` (``store``, ``recompute``, ``revolve`` with
             ``snapshots``); or ``"torchdiffeq"`` with ``gradient`` ``"direct"`` (``odeint``)
             or ``"adjoint"`` (``odeint_adjoint``).
-        rtol, atol: dopri5's tolerances, the same for every method.
+        rtol, atol: dopri5's tolerances (implicit_adams': its corrector's), the same for every
+            method.
+        solver, step_size, max_order: :data:`SOLVERS`; an Adams method steps on a fixed grid
+            of ``step_size`` (time units) with its ``max_order`` (None: 12); dopri5 takes
+            neither.
         batch, hidden, dim, seed, device: the sizes; the seed fixes weights, data and probe,
             the same for every method.
 
@@ -153,13 +173,13 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
         torchdiffeq); ``state_bytes`` the size of one state.
 
     Raises:
-        ValueError: unknown field.
+        ValueError: unknown field or solver; ``step_size`` with dopri5 or missing for Adams.
     """
     if field not in FIELDS:
         raise ValueError(f"unknown field {field!r}; choose one of {FIELDS}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    solve = _solver(library, gradient, schedule, snapshots, rtol, atol)
+    solve = _solver(library, gradient, schedule, snapshots, rtol, atol, solver, step_size, max_order)
     t = torch.tensor([0.0, 1.0], device=device)
     if field == "mlp":
         model = MLPField(dim, hidden).to(device)

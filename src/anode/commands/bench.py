@@ -124,6 +124,13 @@ def register(subparsers) -> None:
     a.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: %(default)s)")
     a.add_argument("--atol", type=float, default=1e-7, help="absolute tolerance (default: %(default)s)")
     a.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default: %(default)s)")
+    a.add_argument("--solver", default="dopri5", choices=("dopri5", "explicit_adams", "implicit_adams"),
+                   help="dopri5 (adaptive) or an Adams method on a fixed grid of --step-size, whose "
+                        "corrector (implicit_adams) takes --rtol/--atol (default: %(default)s)")
+    a.add_argument("--step-size", type=float, default=None,
+                   help="an Adams solver's step size (default: 0.05 for Adams; dopri5 takes none)")
+    a.add_argument("--max-order", type=int, default=None,
+                   help="an Adams solver's max_order, 2 to 12 (default: 12; dopri5 takes none)")
     a.add_argument("--tol", type=float, default=1e-5,
                    help="relative difference up to which an anode gradient equals direct's "
                         "(default: %(default)s)")
@@ -332,17 +339,26 @@ def run_adaptive(args: argparse.Namespace) -> int:
         print(f"error: fields must be among {sorted(adaptive.WORKLOADS)}, --repeats positive, and the "
               "adaptive benchmark runs on cpu only", file=sys.stderr)
         return 2
+    if args.solver == "dopri5" and (args.step_size is not None or args.max_order is not None):
+        print("error: --step-size and --max-order go with an Adams --solver; dopri5 chooses its steps",
+              file=sys.stderr)
+        return 2
+    step_size = None if args.solver == "dopri5" else (args.step_size or 0.05)
     if args.quick:
         args.repeats = 1
     threads, clock = _threads_and_clock(args)
     rows = adaptive.run(list(args.fields), rtol=args.rtol, atol=args.atol, quick=args.quick,
                         repeats=args.repeats, threads=threads, clock=clock, isolation=args.isolation,
-                        tol=args.tol, seed=args.seed, log=lambda s: print(s, flush=True))
-    found = adaptive.evaluate(rows, quick=args.quick)
+                        tol=args.tol, seed=args.seed, log=lambda s: print(s, flush=True),
+                        solver=args.solver, step_size=step_size, max_order=args.max_order)
+    found = adaptive.evaluate(rows, quick=args.quick, solver=args.solver)
+    solver = args.solver if step_size is None else f"{args.solver}, step_size={step_size:g}" + (
+        f", max_order={args.max_order}" if args.max_order else "")
+    kind = "Adaptive" if step_size is None else "Fixed-grid"
     command = args.command_line or "anode bench adaptive"
     fields = "; ".join(f"{f}: {adaptive.describe(f, args.quick)}" for f in args.fields)
     header = (
-        f"## Adaptive solves: dopri5, rtol={args.rtol:g}, atol={args.atol:g}, float32, cpu\n\n"
+        f"## {kind} solves: {solver}, rtol={args.rtol:g}, atol={args.atol:g}, float32, cpu\n\n"
         f"Command: `{command}`  \nMachine: {machine('cpu')}; {threads or 'torch default'} thread(s) per "
         f"measurement.  \nWorkloads: {fields}; over t in [0, 1].  \n"
         "Peak = extra peak resident memory of one forward+backward, a fresh process per method; time = "
@@ -351,7 +367,7 @@ def run_adaptive(args: argparse.Namespace) -> int:
         "of this library's discrete solve (direct) and to torchdiffeq odeint's autograd gradient.")
     adaptive.write(rows, found, args.out, header)
     png = adaptive.plot(rows, args.out / "adaptive_ratios.png",
-                        title=f"dopri5, rtol={args.rtol:g}, atol={args.atol:g}, cpu")
+                        title=f"{solver}, rtol={args.rtol:g}, atol={args.atol:g}, cpu")
     print()
     from ..bench.report import targets_table
 

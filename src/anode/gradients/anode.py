@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import torch
 
+from ..adams import is_multistep
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..schedules import Auto, Recompute, Schedule, Store
 from ..solvers import State, rk_step
+from . import multistep
 from .base import GradientMethod
 from .direct import dense_step, plain_solve
 from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
@@ -298,7 +300,8 @@ class Anode(GradientMethod):
             steps: faster, it holds all ``s`` stages' graphs at once, and it sums each
             step's terms before adding them (exact to rounding, where the default equals
             ``direct`` bit for bit under deterministic settings). No effect for
-            single-stage methods (Euler).
+            single-stage methods (Euler) and Adams methods, whose steps are rebuilt whole
+            (:mod:`anode.gradients.multistep`).
 
     Raises:
         TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``, or
@@ -323,6 +326,8 @@ class Anode(GradientMethod):
         self.schedule = schedule
 
     def solve(self, ivp: IVP) -> list[State]:
+        if is_multistep(ivp.tableau):  # an Adams method: the schedule keeps extended states
+            return multistep.anode_solve(ivp, self.schedule)
         n_y = len(ivp.y0)
         schedule = self.schedule
         if ivp.grid is not None:  # else chosen at the end of the adaptive forward

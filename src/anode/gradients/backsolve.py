@@ -48,12 +48,14 @@ from dataclasses import replace
 
 import torch
 
+from ..adams import is_multistep
 from ..adaptive import integrate
 from ..controllers import Adaptive, mixed_norm
 from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, State, rk_step
+from . import multistep
 from .base import GradientMethod
 from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
 
@@ -95,7 +97,10 @@ class _ContinuousAdjoint(torch.autograd.Function):
         n_y = len(ivp.y0)
         y0 = tensors[:n_y]
         record = ForwardRecord(ivp.func.module, y0)
-        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record)
+        if is_multistep(ivp.tableau):
+            result, _ = multistep.graph_free_forward(ivp, list(tensors[n_y + 1 :]), record)
+        else:
+            result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record)
         ivp.stats.schedule = "backsolve"
         # Only the outputs are kept (the caller holds them anyway); the input is not.
         ctx.save_for_backward(tensors[n_y], *tensors[n_y + 1 :], *result)
@@ -166,7 +171,11 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
                     aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
                                             reverse_controller)
-                for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ():
+                steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
+                if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
+                    aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record)
+                    steps = ()
+                for j in steps:
                     with record.step(j):
                         aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
                     ivp.stats.recomputed_steps += 1

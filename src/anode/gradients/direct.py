@@ -12,9 +12,11 @@ import contextlib
 
 import torch
 
+from ..adams import is_multistep
 from ..adaptive import integrate
 from ..ivp import IVP
 from ..solvers import State, combine, rk_stages, rk_step
+from . import multistep
 from .base import GradientMethod
 
 
@@ -34,6 +36,8 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
     loop runs without a graph and the accepted grid is then stepped through with one, so
     that the stage times are functions of ``t`` (one extra forward pass).
     """
+    if is_multistep(ivp.tableau):
+        return multistep.sweep(ivp, y0, t, replay=record)[0]
     if ivp.grid is None:
         if not (torch.is_grad_enabled() and (ivp.t if t is None else t).requires_grad):
             outputs, ivp.grid = integrate(ivp, ivp.controller)
@@ -84,6 +88,8 @@ def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True) -
 
 def forward_solve(ivp: IVP) -> list[State]:
     """:func:`plain_solve` as a solve's forward pass, counting its steps into ``ivp.stats``."""
+    if is_multistep(ivp.tableau):  # an Adams method: its steps carry a history
+        return multistep.forward_solve(ivp)
     pending = ivp.grid is None
     result = plain_solve(ivp)
     if not pending:
