@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .callbacks import NO_CALLBACKS, Callbacks
 from .controllers import Adaptive
 from .grid import TimeGrid
 from .recompute import FREED, autocast_state
@@ -118,7 +119,8 @@ def check_signature(func: Callable) -> None:
 class CheckedFunc:
     """``func`` on tuple states, checking each output against the state it was given.
 
-    Holds ``func`` weakly when it is an ``nn.Module`` or a bound method of one.
+    Holds ``func`` weakly when it is an ``nn.Module`` or a bound method of one. With
+    ``time_dtype`` the time argument is cast to it (the state's dtype, as torchdiffeq does).
 
     Raises:
         TypeError: the output has the wrong structure (not a tensor / tuple of the right
@@ -127,9 +129,10 @@ class CheckedFunc:
         RuntimeError: the module was garbage-collected before a backward pass needed it.
     """
 
-    def __init__(self, func: Callable, is_tuple: bool) -> None:
+    def __init__(self, func: Callable, is_tuple: bool, time_dtype: torch.dtype | None = None) -> None:
         self._ref = _reference(func)
         self.is_tuple = is_tuple
+        self.time_dtype = time_dtype
 
     @property
     def func(self) -> Callable:
@@ -145,6 +148,8 @@ class CheckedFunc:
         return func.__self__ if inspect.ismethod(func) else func if isinstance(func, nn.Module) else None
 
     def __call__(self, t: torch.Tensor, y: State) -> State:
+        if self.time_dtype is not None and t.dtype != self.time_dtype:
+            t = t.to(self.time_dtype)  # torchdiffeq's rule: func sees time in the state's dtype
         out = self.func(t, y if self.is_tuple else y[0])
         if not self.is_tuple:
             if not isinstance(out, torch.Tensor):
@@ -187,6 +192,9 @@ class IVP:
         controller: the step-size options of an adaptive solve
             (:class:`~anode.controllers.Adaptive`), else None.
         times: the output times as Python floats (float64).
+        callbacks: torchdiffeq's step hooks found on the user's function
+            (:mod:`anode.callbacks`); the forward loops call ``callbacks.forward``, the
+            backward of ``anode`` and ``backsolve`` calls ``callbacks.adjoint``.
     """
 
     func: CheckedFunc
@@ -198,6 +206,7 @@ class IVP:
     stats: SolveStats = field(default_factory=SolveStats)
     controller: Adaptive | None = None
     times: tuple[float, ...] = ()
+    callbacks: Callbacks = NO_CALLBACKS
 
     @property
     def adaptive_pending(self) -> bool:

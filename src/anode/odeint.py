@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .callbacks import find_callbacks
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
@@ -44,7 +45,17 @@ def _check_times(t) -> list[float]:
         raise ValueError(f"t must be a non-empty 1-D tensor of output times, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, not {t.dtype}")
-    times = t.detach().to(torch.float64).tolist()
+    try:
+        times = t.detach().to(torch.float64).tolist()
+    except RuntimeError as error:  # a tensor without storage: batched by torch.func.vmap
+        if "Vmap" not in _functorch_transforms():
+            raise
+        raise ValueError(
+            "t is batched by torch.func.vmap (a time grid per sample): anode builds its time grid "
+            "from the values of t, which vmap cannot give it. Share one t (vmap over y0 and "
+            "parameters only), loop over the time grids, or rescale time to a shared grid: solve "
+            "dy/ds = (t1 - t0) * func(t0 + s * (t1 - t0), y) on s = torch.linspace(0, 1, M) with "
+            "the per-sample t0, t1 closed over") from error
     if not all(math.isfinite(x) for x in times):
         raise ValueError("t contains NaN or Inf")
     diffs = [b - a for a, b in zip(times[:-1], times[1:])]
@@ -53,6 +64,19 @@ def _check_times(t) -> list[float]:
             "t is not monotonic; output times must be increasing or decreasing (repeats allowed)"
         )
     return times
+
+
+def _time_dtype(t: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.dtype]:
+    """torchdiffeq's dtype rules (``_impl/misc.py``, ``rk_common.py``): ``t`` at no less
+    precision than the state (a float32 ``t`` with a float64 state is promoted, differentiably,
+    so the time grid loses nothing), and ``func`` called with time in the state's dtype (the
+    promoted dtype of a tuple's components), so a float64 ``t`` cannot promote func's output
+    (e.g. a 0-d float32 state times ``t``). Returns ``(t, the dtype func's time takes)``."""
+    dtype = state[0].dtype
+    for y in state[1:]:
+        dtype = torch.promote_types(dtype, y.dtype)
+    wider = torch.promote_types(t.dtype, dtype)
+    return (t if wider == t.dtype else t.to(wider)), dtype
 
 
 def _functorch_transforms() -> set[str]:
@@ -291,6 +315,7 @@ def solve(
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
+    t, func_time_dtype = _time_dtype(t, state)
     adaptive = isinstance(options.stepping, Adaptive)
     if adaptive and transforms:
         raise ValueError(
@@ -309,7 +334,7 @@ def solve(
             state = tuple(y.clone() if y.is_inference() else y for y in state)
             t = t.clone() if t.is_inference() else t
     ivp = IVP(
-        func=CheckedFunc(func, is_tuple),
+        func=CheckedFunc(func, is_tuple, time_dtype=func_time_dtype),
         y0=state,
         t=t,
         grid=grid,
@@ -318,6 +343,7 @@ def solve(
         stats=stats,
         controller=options.stepping if adaptive else None,
         times=tuple(times),
+        callbacks=find_callbacks(func, is_tuple, t, adaptive, options.method.name),
     )
     if inference:
         with torch.inference_mode(False), torch.no_grad():
@@ -325,6 +351,8 @@ def solve(
     elif transforms or not torch.is_grad_enabled():
         # torch.func transforms differentiate plain operations only. For an exact method
         # that is the same gradient; an approximate one cannot be had there.
+        if transforms - {"Vmap", "Functionalize"}:
+            ivp.callbacks.check_backward(f"direct (under torch.func {'/'.join(sorted(transforms))})")
         if transforms and not options.gradient.exact:
             if transforms - {"Vmap", "Functionalize"}:
                 raise ValueError(
@@ -337,6 +365,9 @@ def solve(
         else:
             outputs = forward_solve(ivp)
     else:
+        if not options.gradient.calls_adjoint_callbacks and any(
+                x.requires_grad for x in (*state, t, *ivp.params)):
+            ivp.callbacks.check_backward(options.gradient.name)
         outputs = options.gradient.solve(ivp)
     grid = ivp.grid
     n_states = len(grid.solve_outputs)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..adaptive import integrate
+from ..callbacks import StepHooks
 from ..grid import TimeGrid
 from ..ivp import IVP
 from ..recompute import ForwardRecord
@@ -133,6 +134,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         dynamics = _AugmentedDynamics(ivp, wanted_params, need_t)
 
         adaptive = ivp.controller is not None
+        hooks = _adjoint_hooks(ivp, n_w, need_t)
         if adaptive:
             seg_times = _output_times(ivp.grid)
         else:
@@ -160,8 +162,10 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
-                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1])
+                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1], hooks)
                 for j in range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ():
+                    if hooks:
+                        hooks.on_step(stage_times[j][0], aug, sizes[j])
                     with record.step(j):
                         aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
                     ivp.stats.recomputed_steps += 1
@@ -190,17 +194,31 @@ def _output_times(grid: TimeGrid) -> list[float]:
     return [grid.times[0], *(grid.times[steps.index(s) + 1] for s in grid.solve_outputs)]
 
 
-def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float) -> State:
+def _adjoint_hooks(ivp: IVP, n_w: int, need_t: bool) -> StepHooks:
+    """torchdiffeq's ``*_adjoint`` callbacks, seeing the augmented state in its layout
+    ``(t adjoint, y, y adjoint, *parameter adjoints)`` (:mod:`anode.callbacks`)."""
+    n_y, is_tuple, t = len(ivp.y0), ivp.func.is_tuple, ivp.t
+
+    def view(aug: State):
+        z, a = aug[:n_y], aug[n_y : 2 * n_y]
+        t_adj = aug[-1] if need_t else torch.zeros((), dtype=t.dtype, device=t.device)
+        return (t_adj, z if is_tuple else z[0], a if is_tuple else a[0], *aug[2 * n_y : 2 * n_y + n_w])
+
+    return ivp.callbacks.adjoint.with_view(view)
+
+
+def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float,
+                      hooks: StepHooks | None = None) -> State:
     """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
     adaptive steps (the forward's controller options and tableau), as torchdiffeq's
     ``odeint_adjoint`` does: the error norm is the largest RMS over the augmented state's
     components (torchdiffeq's default adjoint norm). Its evaluations count into
-    ``ivp.stats.reverse_evaluations``."""
+    ``ivp.stats.reverse_evaluations``; ``hooks`` are called on its step attempts."""
     t = ivp.t
     sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
               grid=None, tableau=ivp.tableau, params=(), controller=ivp.controller,
               times=(t_from, t_to))
-    outputs, _ = integrate(sub, ivp.controller)
+    outputs, _ = integrate(sub, ivp.controller, hooks=hooks)
     ivp.stats.reverse_evaluations += sub.stats.forward_evaluations
     return outputs[-1]
 
@@ -252,6 +270,7 @@ class Backsolve(GradientMethod):
 
     name = "backsolve"
     exact = False
+    calls_adjoint_callbacks = True
 
     def solve(self, ivp: IVP) -> list[State]:
         flat = _ContinuousAdjoint.apply(ivp, *ivp.y0, ivp.t, *ivp.params)

@@ -18,14 +18,16 @@ from ..solvers import State, combine, rk_stages, rk_step
 from .base import GradientMethod
 
 
-def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[State]:
+def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None, hooks=None) -> list[State]:
     """Step through the grid under the current grad mode; return the states at
     ``ivp.grid.solve_outputs``, then the dense outputs at its taps.
 
     With grad enabled autograd records every step (the direct gradient); under
     ``torch.no_grad`` it is a graph-free forward. ``y0`` and ``t`` default to the problem's;
     ``record`` (a :class:`~anode.recompute.ForwardRecord`) replays each step's generator
-    state when a backward rebuilds the solve.
+    state when a backward rebuilds the solve; ``hooks`` (torchdiffeq's forward step
+    callbacks, :class:`~anode.callbacks.StepHooks`) are called for each step attempt of the
+    forward pass only, so a rebuild passes none.
 
     An adaptive problem whose steps are not chosen yet (``ivp.grid is None``) is solved by
     the controller loop (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the
@@ -36,16 +38,19 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
     """
     if ivp.grid is None:
         if not (torch.is_grad_enabled() and (ivp.t if t is None else t).requires_grad):
-            outputs, ivp.grid = integrate(ivp, ivp.controller)
+            outputs, ivp.grid = integrate(ivp, ivp.controller, hooks=hooks)
             return outputs
         with torch.no_grad():
-            _, ivp.grid = integrate(ivp, ivp.controller)
+            _, ivp.grid = integrate(ivp, ivp.controller, hooks=hooks)
+        hooks = None  # the steps below replay those just reported
         ivp.stats.recomputed_steps += ivp.grid.n_steps
     stage_times, sizes = ivp.step_times(t)
     outputs = set(ivp.grid.solve_outputs)
     taps = taps_by_step(ivp, t)
     y, result, tapped = (ivp.y0 if y0 is None else y0), [], []
     for j in range(ivp.grid.n_steps):
+        if hooks:
+            hooks.on_step(stage_times[j][0], y, sizes[j])
         with record.step(j) if record is not None else contextlib.nullcontext():
             y, dense = dense_step(ivp, y, stage_times[j], sizes[j], taps.get(j, ()))
         tapped.extend(dense)
@@ -85,7 +90,7 @@ def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True) -
 def forward_solve(ivp: IVP) -> list[State]:
     """:func:`plain_solve` as a solve's forward pass, counting its steps into ``ivp.stats``."""
     pending = ivp.grid is None
-    result = plain_solve(ivp)
+    result = plain_solve(ivp, hooks=ivp.callbacks.forward)
     if not pending:
         ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
