@@ -27,7 +27,8 @@ belongs to, never for a step that a backward pass merely recomputes):
   reverse solve's forward hooks, as in torchdiffeq: once per reverse step (and, adaptive,
   accepted or rejected), ``t0`` the reverse step's start (the later time), ``y0`` the
   augmented state in torchdiffeq's layout ``(t adjoint, y, y adjoint, *parameter
-  adjoints)`` (the ``t`` adjoint is zero when ``t`` does not require grad; ``y`` and its
+  adjoints)`` (the ``t`` adjoint is zero when ``t`` does not require grad, where torchdiffeq
+  integrates it anyway; ``y`` and its
   adjoint have the state's structure; the parameters are those differentiated).
 * ``gradient="anode"`` (the discrete adjoint): the backward differentiates the forward's
   accepted steps, last first. Before the vector–Jacobian product of each, it calls
@@ -89,7 +90,8 @@ class StepHooks:
 
     def _call(self, hook, t0, y, dt) -> None:
         if hook is not None:
-            hook(_as_time(t0, self.like), self.view(y), _as_time(abs(float(dt)), self.like))
+            dt = dt.detach().abs() if isinstance(dt, torch.Tensor) else abs(dt)
+            hook(_as_time(t0, self.like), self.view(y), _as_time(dt, self.like))
 
     def on_step(self, t0, y, dt) -> None:
         """Before a step from ``y`` at ``t0`` (a float or 0-d tensor) of size ``dt`` (signed)."""
