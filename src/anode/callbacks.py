@@ -38,8 +38,8 @@ belongs to, never for a step that a backward pass merely recomputes):
   is rejected). A backward with ``create_graph=True`` differentiates the rebuilt solve as a
   whole and raises RuntimeError if an adjoint hook is set.
 * ``gradient="direct"`` takes no backward steps (autograd differentiates the forward): an
-  adjoint hook raises ValueError when the solve is differentiated, as under a
-  ``torch.func`` transform that differentiates.
+  adjoint hook raises ValueError when the solve records a graph (grad enabled and an input
+  or parameter requiring grad), as under a ``torch.func`` transform that differentiates.
 * Fixed-grid methods accept every step: ``callback_accept_step`` and
   ``callback_reject_step`` (and their ``_adjoint`` forms) are never called there, and a
   warning says so, as torchdiffeq warns.

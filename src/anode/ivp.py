@@ -116,6 +116,19 @@ def check_signature(func: Callable) -> None:
         ) from None
 
 
+def time_dtypes(t: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.dtype]:
+    """torchdiffeq's dtype rules (``_impl/misc.py``, ``rk_common.py``): ``t`` at no less
+    precision than the state (a float32 ``t`` with a float64 state is promoted, differentiably,
+    so the time grid loses nothing), and ``func`` called with time in the state's dtype (the
+    promoted dtype of a tuple's components), so a float64 ``t`` cannot promote func's output
+    (e.g. a 0-d float32 state times ``t``). Returns ``(t, the dtype func's time takes)``."""
+    dtype = state[0].dtype
+    for y in state[1:]:
+        dtype = torch.promote_types(dtype, y.dtype)
+    wider = torch.promote_types(t.dtype, dtype)
+    return (t if wider == t.dtype else t.to(wider)), dtype
+
+
 class CheckedFunc:
     """``func`` on tuple states, checking each output against the state it was given.
 

@@ -12,7 +12,7 @@ from .callbacks import find_callbacks
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
-from .ivp import IVP, CheckedFunc, SolveStats, check_signature
+from .ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau, State, get_tableau
@@ -64,19 +64,6 @@ def _check_times(t) -> list[float]:
             "t is not monotonic; output times must be increasing or decreasing (repeats allowed)"
         )
     return times
-
-
-def _time_dtype(t: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.dtype]:
-    """torchdiffeq's dtype rules (``_impl/misc.py``, ``rk_common.py``): ``t`` at no less
-    precision than the state (a float32 ``t`` with a float64 state is promoted, differentiably,
-    so the time grid loses nothing), and ``func`` called with time in the state's dtype (the
-    promoted dtype of a tuple's components), so a float64 ``t`` cannot promote func's output
-    (e.g. a 0-d float32 state times ``t``). Returns ``(t, the dtype func's time takes)``."""
-    dtype = state[0].dtype
-    for y in state[1:]:
-        dtype = torch.promote_types(dtype, y.dtype)
-    wider = torch.promote_types(t.dtype, dtype)
-    return (t if wider == t.dtype else t.to(wider)), dtype
 
 
 def _functorch_transforms() -> set[str]:
@@ -217,7 +204,16 @@ def odeint(
     methods solve as ``direct`` does, which those transforms differentiate exactly (with
     direct's memory); ``backsolve`` runs its forward without a graph under ``vmap`` and
     raises under ``grad``, ``jacrev``, ``jvp``. Adaptive stepping raises under any of them
-    (its step sizes depend on the state's values); use a fixed grid there.
+    (its step sizes depend on the state's values); use a fixed grid there. ``t`` batched by
+    ``vmap`` (a time grid per sample) raises ValueError saying what to do instead.
+
+    Dtypes (torchdiffeq's rules): ``func`` receives time in the state's dtype (a tuple's
+    promoted dtype); a ``t`` of lower precision than the state is promoted to it. The
+    step-size controller computes its norms in at least float32 (float16/bfloat16 states).
+
+    torchdiffeq's step callbacks (``func.callback_step``, ``callback_accept_step``,
+    ``callback_reject_step`` and their ``_adjoint`` forms) are called as
+    :mod:`anode.callbacks` describes.
 
     Raises:
         TypeError: y0, t or params of the wrong type or dtype; options neither a
@@ -228,9 +224,11 @@ def odeint(
             grid and tolerances both given, tolerances with a method that has no error
             estimate, options given twice, an unknown key in an options dict (naming it and
             the supported ones), func returns a wrong shape; adaptive stepping
-            under a ``torch.func`` transform or with func NaN/Inf at y0.
-        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
-            size underflows; the message names the time reached.
+            under a ``torch.func`` transform or with func NaN/Inf at y0; tolerances below a
+            float16/bfloat16 state's resolution (naming the dtype); ``t`` batched by
+            ``vmap``; ``*_adjoint`` callbacks with a method that takes no backward steps.
+        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` between two
+            output times or its step size underflows; the message names the time reached.
     """
     check_signature(func)
     check_options_record(options)
@@ -315,7 +313,7 @@ def solve(
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
-    t, func_time_dtype = _time_dtype(t, state)
+    t, func_time_dtype = time_dtypes(t, state)
     adaptive = isinstance(options.stepping, Adaptive)
     if adaptive and transforms:
         raise ValueError(
