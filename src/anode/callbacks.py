@@ -145,7 +145,7 @@ NO_CALLBACKS = Callbacks()
 
 @functools.lru_cache(maxsize=256)
 def _class_names(cls: type) -> tuple[str, ...]:
-    return tuple(n for n in dir(cls) if n.startswith("callback"))
+    return tuple(n for n in dir(cls) if n.startswith("callback_"))
 
 
 def _hook(func, name: str) -> Callable | None:
@@ -170,10 +170,10 @@ def find_callbacks(func, is_tuple: bool, t: torch.Tensor, adaptive: bool, method
 
     Warns:
         UserWarning: accept/reject hooks with a fixed-grid method (never called, as in
-        torchdiffeq); an attribute named ``callback...`` that is not a known hook.
+        torchdiffeq); an attribute named ``callback_...`` that is not a known hook.
     """
     names = set(_class_names(type(func)))
-    names.update(n for n in getattr(func, "__dict__", ()) if n.startswith("callback"))
+    names.update(n for n in getattr(func, "__dict__", ()) if n.startswith("callback_"))
     if not names:
         return NO_CALLBACKS
     unknown = sorted(names - set(CALLBACK_NAMES) - set(ADJOINT_CALLBACK_NAMES))
