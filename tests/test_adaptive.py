@@ -212,6 +212,44 @@ def test_float32_state_and_default_options():
     assert anode.SolveOptions("rk4").stepping == anode.FixedGrid()
 
 
+@pytest.mark.parametrize("dtype, rtol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "adaptive_heun"])
+def test_half_precision_states_solve(dtype, rtol, method):
+    """The initial step and the error norms are computed in float32: in float16 the tolerance
+    scale underflows and the squares overflow (a NaN first step before)."""
+    w = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 2.0])
+    stats = anode.SolveStats()
+    out = anode.odeint(lambda t, y: y @ w.to(y.dtype).T, y0.to(dtype), t, method=method, rtol=rtol,
+                       atol=rtol, stats=stats)
+    exact = torch.stack([y0 @ torch.linalg.matrix_exp(w * s).T for s in t.tolist()])
+    assert out.dtype == dtype and stats.rejected_steps < stats.forward_steps
+    assert (out.double() - exact).abs().max() < 20 * rtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_anode_gradient_equals_direct(dtype):
+    w = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=dtype, requires_grad=True)
+    y0 = torch.tensor([1.0, -0.5], dtype=dtype, requires_grad=True)
+    grads = {}
+    for gradient in ("direct", "anode"):
+        out = anode.odeint(lambda t, y: y @ w.T, y0, torch.tensor([0.0, 1.0]), method="dopri5", rtol=1e-2,
+                           atol=1e-2, gradient=gradient, params=[w])
+        grads[gradient] = torch.autograd.grad(out[-1].float().square().sum(), (y0, w))
+    for a, b in zip(grads["anode"], grads["direct"]):
+        assert a.dtype == dtype and torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float16, 1e-4), (torch.bfloat16, 1e-3)])
+def test_tolerances_below_half_precision_raise_naming_the_dtype(dtype, rtol):
+    with pytest.raises(ValueError, match=f"below the resolution of the state's dtype {dtype}"):
+        anode.odeint(lambda t, y: -y, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]), rtol=rtol,
+                     atol=rtol)
+    with pytest.raises(ValueError, match=f"dtype {dtype}"):  # torchdiffeq's default tolerances
+        anode.dropin.odeint(lambda t, y: -y, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]))
+
+
 # ---------------------------------------------------------------- gradients of the accepted grid
 
 SCHEDULES = {"store": anode.Store, "recompute": anode.Recompute,

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from .callbacks import StepHooks
 from .controllers import Adaptive
 from .grid import TimeGrid, nudge_stages, step_geometry, tap_theta
 from .ivp import IVP
@@ -43,6 +44,22 @@ def _finite(state: State) -> bool:
     return bool(torch.stack([torch.isfinite(x).all() for x in state]).all()) if state else True
 
 
+def check_resolution(controller: Adaptive, state: State) -> None:
+    """Raise ValueError when both tolerances are below the resolution of a float16 or
+    bfloat16 state component (its machine epsilon): its rounding error alone then exceeds
+    them, and the controller would shrink the steps until they no longer change the state,
+    returning a stagnant solution rather than failing."""
+    rtol, atol = (float(torch.as_tensor(x).min()) for x in (controller.rtol, controller.atol))
+    for y in state:
+        eps = torch.finfo(y.dtype).eps
+        if torch.finfo(y.dtype).bits < 32 and max(rtol, atol) < eps:
+            raise ValueError(
+                f"rtol={rtol:g} and atol={atol:g} are both below the resolution of the state's dtype "
+                f"{y.dtype} (machine epsilon {eps:.3g}): its rounding alone can exceed them, and the "
+                f"steps would shrink until they no longer change the state; give rtol >= {eps:.3g} "
+                f"(or atol), or a float32 state (autocast keeps func in {y.dtype})")
+
+
 def integrate(
     ivp: IVP,
     controller: Adaptive,
@@ -50,6 +67,7 @@ def integrate(
     record: ForwardRecord | None = None,
     keep: Callable[[int, State], None] | None = None,
     first_eval: Callable[[torch.Tensor, State], State] | None = None,
+    hooks: StepHooks | None = None,
 ) -> tuple[list[State], TimeGrid]:
     """Solve ``ivp`` with adaptive steps under the current grad mode.
 
@@ -62,6 +80,8 @@ def integrate(
         keep: called as ``keep(j, y_j)`` with the start state of every accepted step ``j``.
         first_eval: evaluates ``func(t0, y0)`` in place of a plain call (the caller's
             closure check, see :func:`~anode.gradients.forward.forward_sweep`).
+        hooks: torchdiffeq's step callbacks, called for every step attempt
+            (:mod:`anode.callbacks`); the initial step-size probe is no step.
 
     Returns:
         ``(outputs, grid)``: the states at the grid's ``solve_outputs``, then at its taps
@@ -70,10 +90,13 @@ def integrate(
         ``ivp.stats``.
 
     Raises:
-        AdaptiveSolveError: more than ``max_num_steps`` steps, or the step size underflows
+        AdaptiveSolveError: more than ``max_num_steps`` step attempts between one output
+            time and the next (torchdiffeq's count), or the step size underflows
             (time stops advancing; the message says where and why that may be).
-        ValueError: func returns NaN or Inf at the initial state.
+        ValueError: func returns NaN or Inf at the initial state; tolerances below the
+            resolution of a float16/bfloat16 state (:func:`check_resolution`).
     """
+    check_resolution(controller, ivp.y0)
     tab, func, times = ivp.tableau, ivp.func, ivp.times
     t_dtype, device = ivp.t.dtype, ivp.t.device
 
@@ -121,6 +144,7 @@ def integrate(
     if record is not None and record.after_unreplayed():
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
     previous, last_ratio, retried = 1.0, 0.0, None
+    since_output = 0  # step attempts since the last output time was passed (torchdiffeq's count)
     try:
         for span in range(first, len(spans)):
             t_i, t_next = times[spans[span][0]], times[spans[span][1]]
@@ -131,11 +155,14 @@ def integrate(
             start_pin, start_jump = None, bool(perturbed) and perturbed[-1] == accepted
             while f < 1.0:
                 start = t_i + f * length if start_pin is None else start_pin
-                if accepted + rejected >= controller.max_num_steps:
+                if since_output >= controller.max_num_steps:
+                    goal = times[inner[len(taps)]] if len(taps) < len(inner) else t_next
                     raise AdaptiveSolveError(
-                        f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g} "
-                        f"({accepted} accepted, {rejected} rejected steps) before reaching "
-                        f"t={t_next:.17g}; raise max_num_steps or loosen rtol/atol")
+                        f"max_num_steps={controller.max_num_steps} exceeded at t={start:.17g}: as "
+                        f"many step attempts without reaching the next output time t={goal:.17g} "
+                        f"({accepted} accepted, {rejected} rejected steps in all); raise "
+                        "max_num_steps or loosen rtol/atol")
+                since_output += 1
                 proposal = min(h, controller.max_step)
                 target = start + direction * proposal
                 cut = (target - t_next) * direction >= 0
@@ -163,12 +190,16 @@ def integrate(
                 if start_jump or end_jump:  # torchdiffeq's perturb at a discontinuity
                     times_now = nudge_stages(times_now[None], tab.c, [0] if start_jump else [],
                                              [0] if end_jump else [], direction)[0]
+                if hooks:
+                    hooks.on_step(start, y, size)
                 y1, error, ks = embedded_step(func, y, times_now, size, tab, k0)
                 evals += tab.stages - (k0 is not None)
                 with torch.no_grad():
                     ratio = controller.error_ratio(error, y, y1, is_tuple)
                 last_ratio = ratio
                 if ratio <= 1.0:  # False for NaN
+                    if hooks:
+                        hooks.on_accept(start, y, size)
                     if keep is not None:
                         keep(accepted, y)
                     end = (t_next if f1 == 1.0 else t_i + f1 * length) if end_pin is None else end_pin
@@ -177,6 +208,7 @@ def integrate(
                         weights = tab.dense_weights(tap_theta(times[i], start, size))
                         tapped.append(combine(y, size, weights, ks))
                         taps.append((i, accepted))
+                        since_output = 0
                     moved = record is not None and record.after_step(accepted)
                     accepted += 1
                     h_next = controller.next_step(abs(size), ratio, previous, tab.order)
@@ -184,6 +216,7 @@ def integrate(
                     previous = ratio
                     y, f = y1, f1
                     bounds.append(f1)
+                    since_output = 0 if f1 == 1.0 else since_output
                     k0 = None if moved or not tab.fsal or end_jump else ks[-1]
                     if end_pin is not None:
                         pinned.append((accepted, end_pin))
@@ -191,6 +224,8 @@ def integrate(
                         perturbed.append(accepted)
                     start_pin, start_jump = end_pin, end_jump
                 else:
+                    if hooks:
+                        hooks.on_reject(start, y, size)
                     rejected += 1
                     retried = (f, f1)
                     h = controller.next_step(abs(size), ratio, previous, tab.order)

@@ -71,7 +71,10 @@ class Adaptive:
         pcoeff, icoeff: proportional and integral coefficients of the PI controller
             (``icoeff > 0``); ``0, 1`` is the integral controller of torchdiffeq and HNW.
         max_step: largest step size (time units), > 0.
-        max_num_steps: most steps (accepted and rejected) one solve may take, >= 1.
+        max_num_steps: most step attempts (accepted and rejected) from one output time to
+            the next, >= 1: the count restarts whenever a step reaches or passes an output
+            time (torchdiffeq's ``_advance``), so a solve may take up to
+            ``max_num_steps * (M - 1)`` attempts for ``M`` output times.
         dense_output: None (the default): intermediate output times from the interpolant
             when the method has one; True: always (a method without one raises ValueError
             when the options are made); False: step onto every output time.
@@ -98,8 +101,8 @@ class Adaptive:
     Raises:
         ValueError: an option out of its range or NaN, naming it.
         TypeError: an option that is not a number (``max_num_steps`` not an int).
-        anode.adaptive.AdaptiveSolveError (at solve time): ``max_num_steps`` exceeded, or
-            the step size underflows (a finite-time blow-up, or a stiff problem).
+        anode.adaptive.AdaptiveSolveError (at solve time): ``max_num_steps`` exceeded
+            between two output times, or the step size underflows (a finite-time blow-up, or a stiff problem).
     """
 
     rtol: float = 1e-7
@@ -146,7 +149,9 @@ class Adaptive:
     def error_ratio(self, error: State, y0: State, y1: State, is_tuple: bool = True) -> float:
         """The scaled error ``r`` of a step (accept when ``r <= 1``); NaN or Inf when the
         estimate is. One device synchronisation. ``is_tuple``: whether a custom
-        :attr:`norm` receives a tuple (else the one tensor of the state)."""
+        :attr:`norm` receives a tuple (else the one tensor of the state). Computed in at
+        least float32 (:func:`_wide`)."""
+        error, y0, y1 = _wide(error), _wide(y0), _wide(y1)
         scale = self.scales(y0, [torch.maximum(a.abs(), b.abs()) for a, b in zip(y0, y1)])
         return self.measure([e / s for e, s in zip(error, scale)], is_tuple)
 
@@ -217,19 +222,30 @@ class Adaptive:
 
         Returns:
             The step size magnitude (time units), > 0.
+
+        The norms are taken in at least float32 (:func:`_wide`): in float16 the tolerance
+        scale underflows and the norms overflow.
         """
+        narrow, y0, f0 = y0, _wide(y0), _wide(f0)
         scale = self.scales(y0, [y.abs() for y in y0])
         d0 = self.measure([y / s for y, s in zip(y0, scale)], is_tuple)
         d1 = self.measure([f / s for f, s in zip(f0, scale)], is_tuple)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        y1 = tuple(y + (direction * h0) * f for y, f in zip(y0, f0))
-        f1 = func(time(t0 + direction * h0), y1)
+        y1 = tuple((y + (direction * h0) * f).to(n.dtype) for y, f, n in zip(y0, f0, narrow))
+        f1 = _wide(func(time(t0 + direction * h0), y1))
         d2 = self.measure([(b - a) / s for a, b, s in zip(f0, f1, scale)], is_tuple) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
         return min(100 * h0, h1)
+
+
+def _wide(state: State) -> State:
+    """``state`` with float16/bfloat16 components in float32, where error norms and the
+    initial step are computed (their squares and tolerance scales leave float16's range)."""
+    return tuple(x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
+                 for x in state)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .callbacks import NO_CALLBACKS, Callbacks
 from .controllers import Adaptive
 from .grid import TimeGrid
 from .recompute import FREED, autocast_state
@@ -119,10 +120,24 @@ def check_signature(func: Callable) -> None:
         ) from None
 
 
+def time_dtypes(t: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.dtype]:
+    """torchdiffeq's dtype rules (``_impl/misc.py``, ``rk_common.py``): ``t`` at no less
+    precision than the state (a float32 ``t`` with a float64 state is promoted, differentiably,
+    so the time grid loses nothing), and ``func`` called with time in the state's dtype (the
+    promoted dtype of a tuple's components), so a float64 ``t`` cannot promote func's output
+    (e.g. a 0-d float32 state times ``t``). Returns ``(t, the dtype func's time takes)``."""
+    dtype = state[0].dtype
+    for y in state[1:]:
+        dtype = torch.promote_types(dtype, y.dtype)
+    wider = torch.promote_types(t.dtype, dtype)
+    return (t if wider == t.dtype else t.to(wider)), dtype
+
+
 class CheckedFunc:
     """``func`` on tuple states, checking each output against the state it was given.
 
-    Holds ``func`` weakly when it is an ``nn.Module`` or a bound method of one.
+    Holds ``func`` weakly when it is an ``nn.Module`` or a bound method of one. With
+    ``time_dtype`` the time argument is cast to it (the state's dtype, as torchdiffeq does).
 
     Raises:
         TypeError: the output has the wrong structure (not a tensor / tuple of the right
@@ -131,9 +146,10 @@ class CheckedFunc:
         RuntimeError: the module was garbage-collected before a backward pass needed it.
     """
 
-    def __init__(self, func: Callable, is_tuple: bool) -> None:
+    def __init__(self, func: Callable, is_tuple: bool, time_dtype: torch.dtype | None = None) -> None:
         self._ref = _reference(func)
         self.is_tuple = is_tuple
+        self.time_dtype = time_dtype
 
     @property
     def func(self) -> Callable:
@@ -149,6 +165,8 @@ class CheckedFunc:
         return func.__self__ if inspect.ismethod(func) else func if isinstance(func, nn.Module) else None
 
     def __call__(self, t: torch.Tensor, y: State) -> State:
+        if self.time_dtype is not None and t.dtype != self.time_dtype:
+            t = t.to(self.time_dtype)  # torchdiffeq's rule: func sees time in the state's dtype
         out = self.func(t, y if self.is_tuple else y[0])
         if not self.is_tuple:
             if not isinstance(out, torch.Tensor):
@@ -192,6 +210,9 @@ class IVP:
         controller: the step-size options of an adaptive solve
             (:class:`~anode.controllers.Adaptive`), else None.
         times: the output times as Python floats (float64).
+        callbacks: torchdiffeq's step hooks found on the user's function
+            (:mod:`anode.callbacks`); the forward loops call ``callbacks.forward``, the
+            backward of ``anode`` and ``backsolve`` calls ``callbacks.adjoint``.
     """
 
     func: CheckedFunc
@@ -203,6 +224,7 @@ class IVP:
     stats: SolveStats = field(default_factory=SolveStats)
     controller: Adaptive | None = None
     times: tuple[float, ...] = ()
+    callbacks: Callbacks = NO_CALLBACKS
 
     @property
     def adaptive_pending(self) -> bool:

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from .adams import get_method, is_multistep
+from .callbacks import find_callbacks
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
-from .ivp import IVP, CheckedFunc, SolveStats, check_signature
+from .ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from .options import SolveOptions
 from .schedules import Auto, Schedule
 from .solvers import ButcherTableau, State
@@ -45,7 +46,17 @@ def _check_times(t) -> list[float]:
         raise ValueError(f"t must be a non-empty 1-D tensor of output times, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, not {t.dtype}")
-    times = t.detach().to(torch.float64).tolist()
+    try:
+        times = t.detach().to(torch.float64).tolist()
+    except RuntimeError as error:  # a tensor without storage: batched by torch.func.vmap
+        if "Vmap" not in _functorch_transforms():
+            raise
+        raise ValueError(
+            "t is batched by torch.func.vmap (a time grid per sample): anode builds its time grid "
+            "from the values of t, which vmap cannot give it. Share one t (vmap over y0 and "
+            "parameters only), loop over the time grids, or rescale time to a shared grid: solve "
+            "dy/ds = (t1 - t0) * func(t0 + s * (t1 - t0), y) on s = torch.linspace(0, 1, M) with "
+            "the per-sample t0, t1 closed over") from error
     if not all(math.isfinite(x) for x in times):
         raise ValueError("t contains NaN or Inf")
     diffs = [b - a for a, b in zip(times[:-1], times[1:])]
@@ -199,7 +210,16 @@ def odeint(
     methods solve as ``direct`` does, which those transforms differentiate exactly (with
     direct's memory); ``backsolve`` runs its forward without a graph under ``vmap`` and
     raises under ``grad``, ``jacrev``, ``jvp``. Adaptive stepping raises under any of them
-    (its step sizes depend on the state's values); use a fixed grid there.
+    (its step sizes depend on the state's values); use a fixed grid there. ``t`` batched by
+    ``vmap`` (a time grid per sample) raises ValueError saying what to do instead.
+
+    Dtypes (torchdiffeq's rules): ``func`` receives time in the state's dtype (a tuple's
+    promoted dtype); a ``t`` of lower precision than the state is promoted to it. The
+    step-size controller computes its norms in at least float32 (float16/bfloat16 states).
+
+    torchdiffeq's step callbacks (``func.callback_step``, ``callback_accept_step``,
+    ``callback_reject_step`` and their ``_adjoint`` forms) are called as
+    :mod:`anode.callbacks` describes.
 
     Raises:
         TypeError: y0, t or params of the wrong type or dtype; options neither a
@@ -211,9 +231,11 @@ def odeint(
             grid and tolerances both given, tolerances with a method that has no error
             estimate, options given twice, an unknown key in an options dict (naming it and
             the supported ones), func returns a wrong shape; adaptive stepping
-            under a ``torch.func`` transform or with func NaN/Inf at y0.
-        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` or its step
-            size underflows; the message names the time reached.
+            under a ``torch.func`` transform or with func NaN/Inf at y0; tolerances below a
+            float16/bfloat16 state's resolution (naming the dtype); ``t`` batched by
+            ``vmap``; ``*_adjoint`` callbacks with a method that takes no backward steps.
+        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` between two
+            output times or its step size underflows; the message names the time reached.
     """
     check_signature(func)
     check_options_record(options)
@@ -301,6 +323,7 @@ def solve(
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
+    t, func_time_dtype = time_dtypes(t, state)
     adaptive = isinstance(options.stepping, Adaptive)
     if adaptive and transforms:
         raise ValueError(
@@ -323,7 +346,7 @@ def solve(
             state = tuple(y.clone() if y.is_inference() else y for y in state)
             t = t.clone() if t.is_inference() else t
     ivp = IVP(
-        func=CheckedFunc(func, is_tuple),
+        func=CheckedFunc(func, is_tuple, time_dtype=func_time_dtype),
         y0=state,
         t=t,
         grid=grid,
@@ -332,6 +355,7 @@ def solve(
         stats=stats,
         controller=options.stepping if adaptive else None,
         times=tuple(times),
+        callbacks=find_callbacks(func, is_tuple, t, adaptive, options.method.name),
     )
     if inference:
         with torch.inference_mode(False), torch.no_grad():
@@ -339,6 +363,8 @@ def solve(
     elif transforms or not torch.is_grad_enabled():
         # torch.func transforms differentiate plain operations only. For an exact method
         # that is the same gradient; an approximate one cannot be had there.
+        if transforms - {"Vmap", "Functionalize"}:
+            ivp.callbacks.check_backward(f"direct (under torch.func {'/'.join(sorted(transforms))})")
         if transforms and not options.gradient.exact:
             if transforms - {"Vmap", "Functionalize"}:
                 raise ValueError(
@@ -351,6 +377,9 @@ def solve(
         else:
             outputs = forward_solve(ivp)
     else:
+        if not options.gradient.calls_adjoint_callbacks and any(
+                x.requires_grad for x in (*state, t, *ivp.params)):
+            ivp.callbacks.check_backward(options.gradient.name)
         outputs = options.gradient.solve(ivp)
     grid = ivp.grid
     n_states = len(grid.solve_outputs)

@@ -160,6 +160,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
             return y_next
 
         stagewise = ctx.stagewise and ivp.tableau.solution_stages > 1
+        hooks = ivp.callbacks.adjoint
         with record.replaying():
             _fill_missing(schedule, kept, n_steps, advance)
             for j, y_j in schedule.reversed_states(kept, n_steps, advance):
@@ -170,6 +171,9 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 taps = [(theta_values[k], zeros_if_none(
                     grad_outputs[(n_states + k) * n_y : (n_states + k + 1) * n_y], y_j))
                     for k in taps_in.get(j, ())]
+                if hooks:  # the forward step's own arguments (anode.callbacks)
+                    hooks.on_step(stage_times[j][0], y_j, sizes[j])
+                    hooks.on_accept(stage_times[j][0], y_j, sizes[j])
                 with record.step(j):
                     step_vjp = _stagewise if stagewise else _whole_step
                     adjoint, g_st, g_h, g_th = step_vjp(ivp, j, y_j, stage_times[j], sizes[j], adjoint,
@@ -240,6 +244,7 @@ def _differentiable_backward(ctx, grad_outputs):
     saved inputs (replaying the forward's random numbers, modes and buffers) and
     differentiate it with ``create_graph=True``, so that the result has a graph too."""
     ivp, record = ctx.ivp, ctx.record
+    ivp.callbacks.check_double_backward()
     ctx.differentiated_twice = True
     n_y = len(ivp.y0)
     saved = ctx.saved_tensors
@@ -311,6 +316,7 @@ class Anode(GradientMethod):
     """
 
     name = "anode"
+    calls_adjoint_callbacks = True
 
     def __init__(self, schedule=None, stagewise: bool = True) -> None:
         if not isinstance(stagewise, bool):

@@ -50,6 +50,7 @@ import torch
 
 from ..adams import is_multistep
 from ..adaptive import integrate
+from ..callbacks import StepHooks
 from ..controllers import Adaptive, mixed_norm
 from ..grid import TimeGrid
 from ..ivp import IVP
@@ -142,6 +143,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         reverse_controller = adjoint_controller(ivp, ctx.norm, n_w, need_t)
 
         adaptive = ivp.controller is not None
+        hooks = _adjoint_hooks(ivp, n_w, need_t)
         if adaptive:
             seg_times = _output_times(ivp.grid)
         else:
@@ -170,12 +172,14 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     aug = (*aug[:-1], aug[-1] - dl_dti)
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
                     aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
-                                            reverse_controller)
+                                            reverse_controller, hooks)
                 steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
                 if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
                     aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record)
                     steps = ()
                 for j in steps:
+                    if hooks:
+                        hooks.on_step(stage_times[j][0], aug, sizes[j])
                     with record.step(j):
                         aug = rk_step(dynamics, aug, stage_times[j], sizes[j], ivp.tableau)
                     ivp.stats.recomputed_steps += 1
@@ -240,17 +244,30 @@ def adjoint_controller(ivp: IVP, norm, n_params: int, need_t: bool) -> Adaptive 
     return replace(forward, norm=aug_norm)
 
 
+def _adjoint_hooks(ivp: IVP, n_w: int, need_t: bool) -> StepHooks:
+    """torchdiffeq's ``*_adjoint`` callbacks, seeing the augmented state in its layout
+    ``(t adjoint, y, y adjoint, *parameter adjoints)`` (:mod:`anode.callbacks`)."""
+    n_y, is_tuple, t = len(ivp.y0), ivp.func.is_tuple, ivp.t
+
+    def view(aug: State):
+        z, a = aug[:n_y], aug[n_y : 2 * n_y]
+        t_adj = aug[-1] if need_t else torch.zeros((), dtype=t.dtype, device=t.device)
+        return (t_adj, z if is_tuple else z[0], a if is_tuple else a[0], *aug[2 * n_y : 2 * n_y + n_w])
+
+    return ivp.callbacks.adjoint.with_view(view)
+
+
 def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float,
-                      controller: Adaptive) -> State:
+                      controller: Adaptive, hooks: StepHooks | None = None) -> State:
     """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
     adaptive steps (the forward's controller options and tableau, the adjoint norm of
     :func:`adjoint_controller`), as torchdiffeq's ``odeint_adjoint`` does. Its evaluations
-    count into ``ivp.stats.reverse_evaluations``."""
+    count into ``ivp.stats.reverse_evaluations``; ``hooks`` are called on its step attempts."""
     t = ivp.t
     sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
               grid=None, tableau=ivp.tableau, params=(), controller=controller,
               times=(t_from, t_to))
-    outputs, _ = integrate(sub, controller)
+    outputs, _ = integrate(sub, controller, hooks=hooks)
     ivp.stats.reverse_evaluations += sub.stats.forward_evaluations
     return outputs[-1]
 
@@ -313,6 +330,7 @@ class Backsolve(GradientMethod):
 
     name = "backsolve"
     exact = False
+    calls_adjoint_callbacks = True
 
     def __init__(self, norm=None) -> None:
         if not (norm is None or norm == "seminorm" or callable(norm)):

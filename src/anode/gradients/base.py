@@ -20,6 +20,10 @@ class GradientMethod:
     #: optimize): then autograd through those operations (``direct``) gives the same one.
     exact = True
 
+    #: Whether the backward takes steps on which it calls torchdiffeq's ``*_adjoint`` step
+    #: callbacks (:mod:`anode.callbacks`); a method that does not raises when they are set.
+    calls_adjoint_callbacks = False
+
     def solve(self, ivp: IVP) -> list[State]:
         """Integrate ``ivp``; return the states at ``ivp.grid.solve_outputs``, in order.
 

@@ -20,14 +20,16 @@ from . import multistep
 from .base import GradientMethod
 
 
-def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[State]:
+def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None, hooks=None) -> list[State]:
     """Step through the grid under the current grad mode; return the states at
     ``ivp.grid.solve_outputs``, then the dense outputs at its taps.
 
     With grad enabled autograd records every step (the direct gradient); under
     ``torch.no_grad`` it is a graph-free forward. ``y0`` and ``t`` default to the problem's;
     ``record`` (a :class:`~anode.recompute.ForwardRecord`) replays each step's generator
-    state when a backward rebuilds the solve.
+    state when a backward rebuilds the solve; ``hooks`` (torchdiffeq's forward step
+    callbacks, :class:`~anode.callbacks.StepHooks`) are called for each step attempt of the
+    forward pass only, so a rebuild passes none.
 
     An adaptive problem whose steps are not chosen yet (``ivp.grid is None``) is solved by
     the controller loop (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the
@@ -40,16 +42,19 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None) -> list[
         return multistep.sweep(ivp, y0, t, replay=record)[0]
     if ivp.grid is None:
         if not (torch.is_grad_enabled() and (ivp.t if t is None else t).requires_grad):
-            outputs, ivp.grid = integrate(ivp, ivp.controller)
+            outputs, ivp.grid = integrate(ivp, ivp.controller, hooks=hooks)
             return outputs
         with torch.no_grad():
-            _, ivp.grid = integrate(ivp, ivp.controller)
+            _, ivp.grid = integrate(ivp, ivp.controller, hooks=hooks)
+        hooks = None  # the steps below replay those just reported
         ivp.stats.recomputed_steps += ivp.grid.n_steps
     stage_times, sizes = ivp.step_times(t)
     outputs = set(ivp.grid.solve_outputs)
     taps = taps_by_step(ivp, t)
     y, result, tapped = (ivp.y0 if y0 is None else y0), [], []
     for j in range(ivp.grid.n_steps):
+        if hooks:
+            hooks.on_step(stage_times[j][0], y, sizes[j])
         with record.step(j) if record is not None else contextlib.nullcontext():
             y, dense = dense_step(ivp, y, stage_times[j], sizes[j], taps.get(j, ()))
         tapped.extend(dense)
@@ -91,7 +96,7 @@ def forward_solve(ivp: IVP) -> list[State]:
     if is_multistep(ivp.tableau):  # an Adams method: its steps carry a history
         return multistep.forward_solve(ivp)
     pending = ivp.grid is None
-    result = plain_solve(ivp)
+    result = plain_solve(ivp, hooks=ivp.callbacks.forward)
     if not pending:
         ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result

@@ -69,7 +69,8 @@ def forward_sweep(
     An adaptive problem (``ivp.grid is None``) is solved by the controller loop
     (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the accepted grid and
     calls ``keep`` for the accepted steps only; the closure check is then made on the first
-    evaluation of ``func``.
+    evaluation of ``func``. torchdiffeq's forward step callbacks (``ivp.callbacks.forward``)
+    are called for every step (attempt) of this sweep, and only here.
 
     Raises:
         ValueError: func reaches a tensor that requires grad but is not in ``params``
@@ -85,15 +86,18 @@ def forward_sweep(
             return tuple(v.detach() for v in k)
 
         outputs, ivp.grid = integrate(ivp, ivp.controller, record=record, keep=keep,
-                                      first_eval=first_eval)
+                                      first_eval=first_eval, hooks=ivp.callbacks.forward)
         record.finish()
         return [y for state in outputs for y in state]
     stage_times, sizes = ivp.step_times(ivp.t.detach())
     outputs = set(ivp.grid.solve_outputs)
     y, result = tuple(ivp.y0), []
+    hooks = ivp.callbacks.forward
     for j in range(ivp.grid.n_steps):
         if keep is not None:
             keep(j, y)
+        if hooks:
+            hooks.on_step(stage_times[j][0], y, sizes[j])
         if j == 0:
             # One step with a graph shows whether func reaches tensors that require grad
             # but are not inputs here: fail now rather than lose their gradient. The graph
