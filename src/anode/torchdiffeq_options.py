@@ -27,6 +27,7 @@ FEHLBERG2 = ButcherTableau(
 
 METHODS: dict[str, str | ButcherTableau] = {
     "dopri5": "dopri5",
+    "dopri8": "dopri8",
     "bosh3": "bosh3",
     "fehlberg2": FEHLBERG2,
     "adaptive_heun": "adaptive_heun",
@@ -41,7 +42,6 @@ METHODS: dict[str, str | ButcherTableau] = {
 :func:`anode.get_tableau` or a tableau)."""
 
 UNSUPPORTED_METHODS: dict[str, str] = {
-    "dopri8": "an 8th-order pair anode does not implement; use dopri5 or tsit5",
     "explicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "implicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "fixed_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
@@ -114,7 +114,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
             listing those it takes); an option value anode cannot honour; per-element
             tolerances; out-of-range values (as :class:`~anode.controllers.Adaptive`).
         NotImplementedError: a torchdiffeq method or option anode does not implement
-            (``dopri8``, the Adams methods, ``scipy_solver``; ``grid_constructor``,
+            (the Adams methods, ``scipy_solver``; ``grid_constructor``,
             ``step_t``, ``jump_t``, ``perturb=True``, a custom ``norm``).
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
