@@ -170,7 +170,6 @@ def test_options_map_onto_the_controller():
     ("euler", {"perturb": True}, NotImplementedError, "perturb"),
     ("euler", {"grid_constructor": None}, NotImplementedError, "'grid_constructor'"),
     ("explicit_adams", None, NotImplementedError, "multistep"),
-    ("scipy_solver", None, NotImplementedError, "SciPy"),
     ("rk45", None, ValueError, r"unknown method 'rk45'; choose one of \["),
 ])
 def test_unsupported_methods_and_options_are_named(method, options, error, message):

@@ -45,7 +45,6 @@ UNSUPPORTED_METHODS: dict[str, str] = {
     "explicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "implicit_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
     "fixed_adams": "a multistep method; anode's gradients are for Runge–Kutta methods",
-    "scipy_solver": "a wrapper of SciPy, through which nothing can be differentiated",
 }
 
 FIXED_OPTIONS = ("step_size", "perturb", "interp")
@@ -114,7 +113,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
             listing those it takes); an option value anode cannot honour; per-element
             tolerances; out-of-range values (as :class:`~anode.controllers.Adaptive`).
         NotImplementedError: a torchdiffeq method or option anode does not implement
-            (the Adams methods, ``scipy_solver``; ``grid_constructor``,
+            (the Adams methods; ``grid_constructor``,
             ``step_t``, ``jump_t``, ``perturb=True``, a custom ``norm``).
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
