@@ -54,6 +54,14 @@ def test_lsoda_default_float32_and_tuple_states():
             assert torch.allclose(a, b, rtol=0, atol=1e-13)
 
 
+def test_step_callbacks_warn():
+    func, y0, _, t = _problem()
+    module = Counting(func)
+    module.callback_accept_step = lambda t0, y0, dt: None
+    with pytest.warns(UserWarning, match="calls no step callbacks.*callback_accept_step"):
+        dropin.odeint(module, y0, t, method="scipy_solver")
+
+
 def test_one_output_time_and_statistics():
     func, y0, _, t = _problem()
     assert torch.equal(dropin.odeint(func, y0, t[:1], method="scipy_solver"), y0[None])

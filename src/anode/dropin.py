@@ -36,6 +36,9 @@ What differs from torchdiffeq, by design:
   output time there. The results are equal when the output times lie on that grid;
   otherwise anode takes the fewest equal steps no longer than ``step_size`` in each
   interval, and adaptive results differ within the tolerances.
+* SciPy. ``method="scipy_solver"`` solves by SciPy (:mod:`anode.scipy_solve`): gradients
+  only by :func:`odeint_adjoint`; a backward through :func:`odeint`'s result raises
+  RuntimeError where torchdiffeq's silently gives no gradient.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ in float64, so nothing it computes can be differentiated by autograd. What torch
   ``func`` is called with a time and a state of the state's dtype and device, under
   ``torch.no_grad()``; the result comes back in the state's dtype and device. Decreasing
   output times are solved as the increasing problem in ``-t`` (torchdiffeq's rewriting).
-  SciPy evaluates its solution at the output times with its own dense output.
+  SciPy evaluates its solution at the output times with its own dense output. Step
+  callbacks of ``func`` (``callback_step``, ...) are never called: a warning says so.
 
 Gradients (the rule of this library, which differs from torchdiffeq's):
 
@@ -36,6 +37,7 @@ Gradients (the rule of this library, which differs from torchdiffeq's):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -45,6 +47,9 @@ from .ivp import SolveStats
 
 SCIPY_OPTIONS = ("solver", "min_step", "max_step")
 """The options ``method="scipy_solver"`` takes (torchdiffeq's)."""
+
+_CALLBACKS = tuple(f"callback_{kind}{adjoint}" for adjoint in ("", "_adjoint")
+                   for kind in ("step", "accept_step", "reject_step"))
 
 _NO_GRADIENT = (
     "method='scipy_solver' was solved by SciPy, through which nothing can be differentiated: "
@@ -106,7 +111,7 @@ class _Problem:
 
     def unflat(self, vector) -> tuple[torch.Tensor, ...]:
         # a copy: SciPy may reuse the array it passes
-        v = torch.tensor(vector, dtype=torch.float64)
+        v = torch.as_tensor(vector, dtype=torch.float64).clone()
         out, start = [], 0
         for shape, dtype in zip(self.shapes, self.dtypes):
             n = math.prod(shape)
@@ -287,6 +292,8 @@ def scipy_odeint(func: Callable, y0, t: torch.Tensor, *, rtol, atol, options: Ma
 
     Raises:
         ImportError: SciPy is not installed (naming the ``scipy`` extra).
+        UserWarning (a warning): ``func`` has step callbacks (``callback_step``, ...),
+            which SciPy's steps never call.
         ValueError: an exact gradient method (nothing differentiates through SciPy); an
             unknown option; ``min_step`` for a solver other than LSODA; per-component
             tolerances; t not 1-D or not monotonic.
@@ -295,6 +302,10 @@ def scipy_odeint(func: Callable, y0, t: torch.Tensor, *, rtol, atol, options: Ma
     from .gradients import Backsolve, GradientMethod
 
     _solve_ivp()
+    hooks = [name for name in _CALLBACKS if callable(getattr(func, name, None))]
+    if hooks:  # as torchdiffeq: a warning, not an error
+        warnings.warn(f"method='scipy_solver' calls no step callbacks, SciPy takes the steps: "
+                      f"func's {', '.join(hooks)} will not be called", stacklevel=3)
     if gradient is not None and not (gradient == "backsolve" or isinstance(gradient, Backsolve)):
         name = gradient.name if isinstance(gradient, GradientMethod) else gradient
         raise ValueError(f"gradient={name!r} cannot be used with method='scipy_solver': " + _NO_GRADIENT)
