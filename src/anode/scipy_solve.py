@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from .adaptive import AdaptiveSolveError
 from .gradients.forward import check_closed
 from .ivp import SolveStats
 
@@ -83,7 +84,8 @@ class _Problem:
         if self.min_step < 0 or not self.max_step > 0:
             raise ValueError(f"scipy_solver needs min_step >= 0 and max_step > 0, got "
                              f"{self.min_step} and {self.max_step}")
-        if self.min_step and self.solver != "LSODA":
+        self.lsoda = self.solver == "LSODA" or getattr(self.solver, "__name__", None) == "LSODA"
+        if self.min_step and not self.lsoda:
             raise ValueError(f"option min_step={self.min_step} is taken only by SciPy's LSODA, not by "
                              f"{self.solver!r}")
         if isinstance(rtol, (tuple, list)) or isinstance(atol, (tuple, list)):
@@ -122,9 +124,7 @@ class _Problem:
     def solve(self, rhs: Callable, y0, t_span: tuple[float, float], t_eval) -> object:
         """``solve_ivp`` of ``rhs`` (NumPy in and out) from ``t_span[0]``; raises
         :class:`~anode.adaptive.AdaptiveSolveError` when SciPy does not reach the end."""
-        from .adaptive import AdaptiveSolveError
-
-        extra = {"min_step": self.min_step} if self.solver == "LSODA" else {}
+        extra = {"min_step": self.min_step} if self.lsoda else {}
         sol = _solve_ivp()(rhs, t_span, y0, method=self.solver, t_eval=t_eval, rtol=self.rtol,
                            atol=self.atol, max_step=self.max_step, **extra)
         if sol.status != 0:
@@ -297,6 +297,7 @@ def scipy_odeint(func: Callable, y0, t: torch.Tensor, *, rtol, atol, options: Ma
         ValueError: an exact gradient method (nothing differentiates through SciPy); an
             unknown option; ``min_step`` for a solver other than LSODA; per-component
             tolerances; t not 1-D or not monotonic.
+        TypeError: y0 not floating-point tensors; a non-numeric option or tolerance.
         anode.AdaptiveSolveError: SciPy does not reach the last output time.
     """
     from .gradients import Backsolve, GradientMethod
@@ -311,6 +312,8 @@ def scipy_odeint(func: Callable, y0, t: torch.Tensor, *, rtol, atol, options: Ma
         raise ValueError(f"gradient={name!r} cannot be used with method='scipy_solver': " + _NO_GRADIENT)
     is_tuple = isinstance(y0, (tuple, list))
     state = tuple(y0) if is_tuple else (y0,)
+    if not state or not all(isinstance(y, torch.Tensor) and y.is_floating_point() for y in state):
+        raise TypeError("y0 must be a floating-point tensor or a non-empty tuple of them")
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() == 0:
         raise ValueError("t must be a non-empty 1-D tensor of output times")
     times = t.detach().to(torch.float64).tolist()
