@@ -12,6 +12,8 @@ from anode import dropin
 from problems import Counting, mlp_problem
 
 T = [0.0, 0.4, 1.1, 1.5]
+# torchdiffeq passes min_step=0 to every SciPy solver, which all but LSODA warn about
+pytestmark = pytest.mark.filterwarnings("ignore:The following arguments have no effect:UserWarning")
 
 
 def _problem(seed=0):
