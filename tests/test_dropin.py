@@ -169,9 +169,7 @@ def test_options_map_onto_the_controller():
     ("dopri5", {"min_step": 1e-3}, NotImplementedError, "'min_step'"),
     ("euler", {"perturb": "yes"}, TypeError, "perturb must be True or False"),
     ("euler", {"grid_constructor": 0.1}, TypeError, "grid_constructor must be callable"),
-    ("dopri8", None, NotImplementedError, "'dopri8' is not supported.*Supported"),
     ("explicit_adams", {"first_step": 0.1}, ValueError, r"unknown option 'first_step'.*'max_order'"),
-    ("scipy_solver", None, NotImplementedError, "SciPy"),
     ("rk45", None, ValueError, r"unknown method 'rk45'; choose one of \["),
 ])
 def test_unsupported_methods_and_options_are_named(method, options, error, message):

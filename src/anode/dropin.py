@@ -36,6 +36,9 @@ What differs from torchdiffeq, by design:
   output time there. The results are equal when the output times lie on that grid;
   otherwise anode takes the fewest equal steps no longer than ``step_size`` in each
   interval, and adaptive results differ within the tolerances.
+* SciPy. ``method="scipy_solver"`` solves by SciPy (:mod:`anode.scipy_solve`): gradients
+  only by :func:`odeint_adjoint`; a backward through :func:`odeint`'s result raises
+  RuntimeError where torchdiffeq's silently gives no gradient.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ import torch
 
 from .gradients import GradientMethod
 from .ivp import SolveStats
-from .odeint import Tensors
+from .odeint import Tensors, _default_params
 from .odeint import odeint as _odeint
+from .scipy_solve import scipy_odeint
 from .torchdiffeq_options import (
     ADAPTIVE_OPTIONS,
     FIXED_OPTIONS,
@@ -61,7 +65,7 @@ from .torchdiffeq_options import (
 
 def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9,
            method: str | None = None, options: Mapping | None = None, event_fn=None,
-           gradient: str | GradientMethod = "anode",
+           gradient: str | GradientMethod | None = None,
            params: Sequence[torch.Tensor] | None = None,
            stats: SolveStats | None = None) -> Tensors:
     """torchdiffeq's ``odeint`` (same arguments, method names and options), solved by anode
@@ -75,8 +79,10 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
         options: torchdiffeq's options dict (:data:`FIXED_OPTIONS` or
             :data:`ADAPTIVE_OPTIONS`).
         event_fn: not supported (NotImplementedError).
-        gradient: anode's gradient method (default ``"anode"``: exact; ``"direct"`` is
-            torchdiffeq's autograd through the solver).
+        gradient: anode's gradient method (None, the default, is ``"anode"``: exact;
+            ``"direct"`` is torchdiffeq's autograd through the solver). With
+            ``method="scipy_solver"`` only None (values; a backward through them raises) or
+            ``"backsolve"`` (see :mod:`anode.scipy_solve`).
         params: tensors reaching ``func`` by closure whose gradients are wanted.
         stats: a :class:`~anode.SolveStats` to count steps and evaluations into.
 
@@ -89,7 +95,10 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
     """
     if event_fn is not None:
         raise NotImplementedError("event_fn is not supported: anode solves to the given output times")
-    solve = solve_options(rtol, atol, method, options, gradient)
+    if method == "scipy_solver":
+        return scipy_odeint(func, y0, t, rtol=rtol, atol=atol, options=options, gradient=gradient,
+                            params=_default_params(func, params), stats=stats)
+    solve = solve_options(rtol, atol, method, options, "anode" if gradient is None else gradient)
     return _odeint(func, y0, t, options=solve, params=params, stats=stats)
 
 

@@ -157,7 +157,7 @@ def odeint(
             step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
         method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
             ``rk4`` (the classic one; torchdiffeq's ``rk4`` is ``rk38``), ``rk38``), an
-            embedded pair (``dopri5``, ``bosh3``, ``tsit5``, ``adaptive_heun``; adaptive with
+            embedded pair (``dopri5``, ``bosh3``, ``tsit5``, ``dopri8``, ``adaptive_heun``; adaptive with
             default tolerances unless ``n_steps`` or ``step_size`` is given) or any explicit
             :class:`ButcherTableau`; or an Adams multistep method on a fixed grid
             (``explicit_adams``, ``implicit_adams`` (alias ``fixed_adams``) or an

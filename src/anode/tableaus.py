@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import dopri8_coefficients as _dp8
+
 
 @dataclass(frozen=True)
 class ButcherTableau:
@@ -310,6 +312,13 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
         c_mid=[0.10741235230096871, 0.01135625, 0.39560903056045305, -0.34475214352593553,
                1.3161853649581645, -1.0170608542936508, 0.03125],
     ),
+    # Prince & Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math.
+    # 7(1), 1981 (RK8(7)13M), with a 14th, FSAL stage as torchdiffeq's dopri8; coefficients
+    # and the midpoint of its dense output in anode.dopri8_coefficients.
+    "dopri8": _tableau(
+        "dopri8", [[float(x) for x in row] for row in [*_dp8.A, _dp8.B]],
+        [float(x) for x in [*_dp8.B, 0]], [float(x) for x in [*_dp8.C, 1]],
+        [float(b - e) for b, e in zip([*_dp8.B, 0], [*_dp8.B_HAT, 0])], order=8, c_mid=_dp8.C_MID),
     # Heun's method (order 2) with explicit Euler (order 1) as the embedded solution;
     # torchdiffeq's "adaptive_heun". Not FSAL: 2 evaluations per step.
     "adaptive_heun": _tableau("adaptive_heun", [[], [1.0]], [0.5, 0.5], [0.0, 1.0], [-0.5, 0.5], order=2),
@@ -322,7 +331,7 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
 
     Args:
         method: one of ``euler, midpoint, heun, ralston, rk4, rk38`` (:data:`TABLEAUS`), an
-            embedded pair ``dopri5, bosh3, tsit5, adaptive_heun`` (alias ``heun_euler``;
+            embedded pair ``dopri5, bosh3, tsit5, dopri8, adaptive_heun`` (alias ``heun_euler``;
             :data:`EMBEDDED_TABLEAUS`), or a :class:`ButcherTableau`.
 
     Raises:

@@ -29,6 +29,7 @@ FEHLBERG2 = ButcherTableau(
 
 METHODS: dict[str, str | ButcherTableau] = {
     "dopri5": "dopri5",
+    "dopri8": "dopri8",
     "bosh3": "bosh3",
     "fehlberg2": FEHLBERG2,
     "adaptive_heun": "adaptive_heun",
@@ -45,10 +46,7 @@ METHODS: dict[str, str | ButcherTableau] = {
 """torchdiffeq's method names and the anode method each runs (a name of
 :func:`anode.get_tableau` or of :data:`anode.adams.ADAMS_METHODS`, or a tableau)."""
 
-UNSUPPORTED_METHODS: dict[str, str] = {
-    "dopri8": "an 8th-order pair anode does not implement; use dopri5 or tsit5",
-    "scipy_solver": "a wrapper of SciPy, through which nothing can be differentiated",
-}
+UNSUPPORTED_METHODS: dict[str, str] = {}  # every torchdiffeq 0.2.5 method is supported
 
 FIXED_OPTIONS = ("step_size", "perturb", "interp", "grid_constructor")
 """torchdiffeq options taken by the fixed-grid methods, → :class:`~anode.options.FixedGrid`:
