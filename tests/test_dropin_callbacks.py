@@ -260,3 +260,26 @@ def test_hooks_on_a_plain_function_and_in_an_ode_block():
     block = anode.ODEBlock(field, 1.0, n_steps=2)
     block(Y0.clone().requires_grad_()).sum().backward()
     assert [c[0] for c in field.calls] == ["callback_step"] * 2 + ["callback_step_adjoint"] * 2
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
+@pytest.mark.parametrize("gradient", ["anode", "backsolve"])
+def test_adams_methods_call_step_hooks_as_torchdiffeq(method, gradient):
+    """The multistep solves report each step forward at torchdiffeq's times and step sizes,
+    and each backward step (anode: the forward step's arguments, last first)."""
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    options = dict(step_size=0.125)
+    ref = Field().listen("callback_step")
+    torchdiffeq.odeint(ref, Y0, t, method=method, options=options)
+    expected = _steps(ref.named("callback_step"))
+    ours = Field().listen("callback_step", "callback_step_adjoint")
+    ys = dropin.odeint(ours, Y0.clone().requires_grad_(), t, method=method, options=options,
+                       gradient=gradient)
+    got = _steps(ours.named("callback_step"))
+    assert len(got) == len(expected) == 8
+    assert max(abs(a - b) for x, y in zip(got, expected) for a, b in zip(x, y)) < 1e-12
+    ys.sum().backward()
+    backward = _steps(ours.named("callback_step_adjoint"))
+    assert len(backward) == 8
+    if gradient == "anode":
+        assert backward == got[::-1]

@@ -175,7 +175,8 @@ class _ContinuousAdjoint(torch.autograd.Function):
                                             reverse_controller, hooks)
                 steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
                 if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
-                    aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record)
+                    aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record,
+                                                     hooks)
                     steps = ()
                 for j in steps:
                     if hooks:

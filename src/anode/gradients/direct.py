@@ -39,7 +39,7 @@ def plain_solve(ivp: IVP, y0: State | None = None, t=None, record=None, hooks=No
     that the stage times are functions of ``t`` (one extra forward pass).
     """
     if is_multistep(ivp.tableau):
-        return multistep.sweep(ivp, y0, t, replay=record)[0]
+        return multistep.sweep(ivp, y0, t, replay=record, hooks=hooks)[0]
     if ivp.grid is None:
         if not (torch.is_grad_enabled() and (ivp.t if t is None else t).requires_grad):
             outputs, ivp.grid = integrate(ivp, ivp.controller, hooks=hooks)

@@ -50,7 +50,7 @@ def _value(h):
 
 def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
           records: list[StepRecord] | None = None, replay: ForwardRecord | None = None,
-          forward: ForwardRecord | None = None, keep=None, params=None):
+          forward: ForwardRecord | None = None, keep=None, params=None, hooks=None):
     """Step an Adams method through ``ivp.grid`` under the current grad mode.
 
     Args:
@@ -62,6 +62,8 @@ def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
         keep: called as ``keep(j, y_j, past_j)`` at the start of every step.
         params: in a graph-free forward, the differentiated tensors: the first step is then
             taken with a graph to check that func reaches no other tensor requiring grad.
+        hooks: torchdiffeq's forward step callbacks (:class:`~anode.callbacks.StepHooks`),
+            called at the start of each step; None in replays, which report nothing.
 
     Returns:
         ``(states at ivp.grid.solve_outputs, step records, evaluations of func)``.
@@ -78,6 +80,8 @@ def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
         if keep is not None:
             keep(j, y, past)
         rec = None if records is None else records[j]
+        if hooks:
+            hooks.on_step(stage_times[j][0], y, sizes[j])
         with replay.step(j) if replay is not None else contextlib.nullcontext():
             if params is not None and j == 0:
                 # one step with a graph shows whether func reaches tensors requiring grad that
@@ -107,7 +111,7 @@ def _count_forward(ivp: IVP, evaluations: int) -> None:
 
 def forward_solve(ivp: IVP) -> list[State]:
     """The solve under the current grad mode (``direct``'s forward), counted into the stats."""
-    result, _, evaluations = sweep(ivp)
+    result, _, evaluations = sweep(ivp, hooks=ivp.callbacks.forward)
     _count_forward(ivp, evaluations)
     return result
 
@@ -116,19 +120,24 @@ def graph_free_forward(ivp: IVP, params: list[torch.Tensor], record: ForwardReco
                        keep=None) -> tuple[list[torch.Tensor], list[StepRecord]]:
     """A forward without a graph that checks func's closure on its first step:
     ``(the output states flattened, the step records)``."""
-    result, records, evaluations = sweep(ivp, forward=record, keep=keep, params=params)
+    result, records, evaluations = sweep(ivp, forward=record, keep=keep, params=params,
+                                         hooks=ivp.callbacks.forward)
     record.finish()
     _count_forward(ivp, evaluations)
     return [v for state in result for v in state], records
 
 
-def reverse_interval(ivp: IVP, dynamics, aug: State, steps, stage_times, sizes, record) -> State:
+def reverse_interval(ivp: IVP, dynamics, aug: State, steps, stage_times, sizes, record,
+                     hooks=None) -> State:
     """The continuous adjoint's reverse solve over forward ``steps`` (last first) with the
     Adams method and a fresh history, as torchdiffeq's per-interval ``odeint``; the
-    corrector's tolerances are the forward's, its norm the largest over the augmented state."""
+    corrector's tolerances are the forward's, its norm the largest over the augmented state.
+    ``hooks`` (the ``*_adjoint`` callbacks) are called at the start of each reverse step."""
     method: Adams = ivp.tableau
     past: list[State] = []
     for j in steps:
+        if hooks:
+            hooks.on_step(stage_times[j][0], aug, sizes[j])
         with record.step(j):
             aug, past, _, n = adams_step(method, dynamics, aug, past, stage_times[j], sizes[j])
         ivp.stats.recomputed_steps += 1
@@ -207,6 +216,7 @@ class _MultistepAdjoint(torch.autograd.Function):
             return pack(y1, history, method.slots)
 
         a_y, a_hist = None, [None] * lengths[n_steps]
+        hooks = ivp.callbacks.adjoint
         with record.replaying():
             for j, extended in schedule.reversed_states(kept, n_steps, advance):
                 if j + 1 in output_index:
@@ -216,6 +226,9 @@ class _MultistepAdjoint(torch.autograd.Function):
                         a if g is None else a + g for a, g in zip(a_y, g_out))
                 y, past = unpack(extended, n_y, lengths[j])
                 a_y = zeros_if_none(a_y if a_y is not None else (None,) * n_y, y)
+                if hooks:  # the forward step's own arguments, as the Runge–Kutta backward
+                    hooks.on_step(stage_times[j][0], y, sizes[j])
+                    hooks.on_accept(stage_times[j][0], y, sizes[j])
                 with record.step(j):
                     a_y, a_hist, g_st, g_h = _step_vjp(ivp, y, past, stage_times[j], sizes[j], records[j],
                                                        a_y, a_hist, wanted_params, param_adj, need_t)
