@@ -127,9 +127,22 @@ class CheckedFunc:
         RuntimeError: the module was garbage-collected before a backward pass needed it.
     """
 
+    #: Whether an evaluation with grad mode off returns its outputs detached. Set by the
+    #: methods that never differentiate such an evaluation (anode, backsolve): a function that
+    #: builds a graph inside (FFJORD's divergence with ``create_graph=True``) then keeps none
+    #: past its own call, where the stages of a step would otherwise hold theirs to its end.
+    detach_without_grad = False
+
     def __init__(self, func: Callable, is_tuple: bool) -> None:
         self._ref = _reference(func)
         self.is_tuple = is_tuple
+        # the time tensors handed to func (while they live): one that func makes require
+        # grad in place (FFJORD's t.requires_grad_(True)) is no closure tensor
+        self._times: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def was_given(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is a time tensor this function was called with (and still lives)."""
+        return self._times.get(id(x)) is x
 
     @property
     def func(self) -> Callable:
@@ -145,6 +158,8 @@ class CheckedFunc:
         return func.__self__ if inspect.ismethod(func) else func if isinstance(func, nn.Module) else None
 
     def __call__(self, t: torch.Tensor, y: State) -> State:
+        if isinstance(t, torch.Tensor):
+            self._times[id(t)] = t
         out = self.func(t, y if self.is_tuple else y[0])
         if not self.is_tuple:
             if not isinstance(out, torch.Tensor):
@@ -167,6 +182,8 @@ class CheckedFunc:
             lowered = o.is_floating_point() and autocast_state().get(s.device.type, (False,))[0]
             if o.dtype != s.dtype and not lowered:
                 raise TypeError(f"{where}func's output has dtype {o.dtype}; the state has {s.dtype}")
+        if self.detach_without_grad and not torch.is_grad_enabled():
+            return tuple(o.detach() for o in out)
         return tuple(out)
 
 
