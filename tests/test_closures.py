@@ -233,3 +233,28 @@ def test_graph_free_sweeps_keep_no_stage_graph(stepping):
     z[-1].sum().backward()
     # the backward's graph-free passes too, and it rebuilds one stage's graph at a time
     assert most[0] == 0
+
+
+@pytest.mark.parametrize("gradient", ["recompute", "backsolve"])
+def test_a_lambda_over_modules_replays_their_modes_and_buffers(gradient):
+    # BatchNorm in training mode and dropout inside a module that a lambda uses: the modes,
+    # buffers and random numbers of the forward are replayed, and the module is left as
+    # direct leaves it, even when its mode is switched between forward and backward
+    def run(method):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Dropout(0.2), nn.Tanh(),
+                            nn.Linear(6, 3)).double()
+        y0 = torch.randn(8, 3, dtype=F64, requires_grad=True)
+        ys = anode.odeint(lambda t, y: net(y), y0, T, method="midpoint", n_steps=2, gradient=method)
+        net.eval()  # switched between forward and backward
+        grads = torch.autograd.grad((ys[-1] ** 2).sum(), [y0, *net.parameters()])
+        return grads, [b.clone() for b in net.buffers()], torch.get_rng_state()
+
+    method = anode.Backsolve() if gradient == "backsolve" else anode.Anode(anode.Recompute())
+    grads, buffers, rng = run(method)
+    ref_grads, ref_buffers, ref_rng = run("direct")
+    for a, b in zip(buffers, ref_buffers):
+        assert torch.equal(a, b)
+    assert torch.equal(rng, ref_rng)
+    if gradient != "backsolve":  # the continuous adjoint's replay is approximate
+        assert_close(grads, ref_grads)

@@ -305,8 +305,9 @@ class Anode(GradientMethod):
     Raises:
         TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``, or
             ``stagewise`` is not a bool.
-        ValueError (at backward): func uses a tensor requiring grad that is not among the
-            parameters being differentiated.
+        ValueError (at backward): func uses a tensor requiring grad that it did not reach on
+            its first evaluation (where the tensors it reaches are found) and that is not in
+            ``params``.
     """
 
     name = "anode"

@@ -27,10 +27,12 @@ check of the backward's rebuilt graphs (:func:`check_closed`), which raises nami
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _get_sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
@@ -82,6 +84,24 @@ class ClosureFinder(TorchFunctionMode):
             if id(x) not in self.external:
                 self.internal[id(x)] = x
         return out
+
+
+def closure_modules(func) -> list[nn.Module]:
+    """The ``nn.Module`` objects a plain function names (its closure cells and the globals
+    its code uses), e.g. ``net`` for ``lambda t, y: net(y)``: the modules whose train/eval
+    modes and buffers a recomputation replays when ``func`` is not a module itself. Not
+    followed: attributes of other objects, ``functools.partial`` arguments."""
+    if not inspect.isfunction(func):
+        return []
+    try:
+        names = inspect.getclosurevars(func)
+    except (TypeError, ValueError):
+        return []
+    found = {}
+    for value in [*names.nonlocals.values(), *names.globals.values()]:
+        if isinstance(value, nn.Module):
+            found.setdefault(id(value), value)
+    return list(found.values())
 
 
 def sequence_number() -> int | None:

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..adaptive import integrate
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import State, rk_step
-from .closures import ClosureFinder, check_closed, closure_tensors, sequence_number
+from .closures import ClosureFinder, check_closed, closure_modules, closure_tensors, sequence_number
 
 __all__ = ["ForwardStart", "check_closed", "forward_sweep", "start_forward", "unflatten", "zeros_if_none"]
 
@@ -49,12 +50,20 @@ def start_forward(ivp: IVP) -> ForwardStart:
     (:attr:`~anode.ivp.CheckedFunc.detach_without_grad`). The evaluation is the first stage
     of the solve's first step, which the forward sweep takes from here, so no evaluation is
     added; the record is made before it, so that a replay of the first step reproduces its
-    random numbers and module buffers.
+    random numbers and module buffers. The record replays the modes and buffers of func
+    when it is a module (or a bound method of one), else of the modules a plain function
+    names (:func:`~anode.gradients.closures.closure_modules`).
 
     Raises:
         ValueError: as :func:`~anode.gradients.closures.closure_tensors`.
     """
-    record = ForwardRecord(ivp.func.module, ivp.y0)
+    module = ivp.func.module
+    if module() is None:  # a lambda over modules: replay their modes and buffers too
+        named = closure_modules(ivp.func.func)
+        if named:
+            held = nn.ModuleList(named)  # held as strongly as the function holds them
+            module = lambda: held  # noqa: E731
+    record = ForwardRecord(module, ivp.y0)
     if ivp.grid is None:  # the time integrate() evaluates first
         t0 = torch.tensor(ivp.times[0], dtype=ivp.t.dtype, device=ivp.t.device)
     else:
