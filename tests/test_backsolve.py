@@ -147,9 +147,9 @@ def test_closure_tensor_found_without_params():
     k = torch.tensor([1.5, 0.7], dtype=torch.float64, requires_grad=True)
     x0 = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    grads = []
+    grads, func = [], Oscillator(k)
     for params in (None, [k]):
-        sol = anode.odeint(Oscillator(k), (x0, x0 + 1), t, method="euler", n_steps=4, gradient="backsolve",
+        sol = anode.odeint(func, (x0, x0 + 1), t, method="euler", n_steps=4, gradient="backsolve",
                            params=params)
         grads.append(torch.autograd.grad(weighted_loss(sol), [x0, k]))
     for a, b in zip(*grads):

@@ -3,6 +3,7 @@ its start: the first evaluation, which finds the tensors func reaches by closure
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,11 @@ def _detached(x):
 
 def _same(x):
     return x
+
+
+def _eager():
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def start_forward(ivp: IVP) -> ForwardStart:
@@ -78,7 +84,9 @@ def start_forward(ivp: IVP) -> ForwardStart:
         y_leaf = tuple(v.detach().requires_grad_() for v in ivp.y0)
         finder = ClosureFinder([*y_leaf, t0])
         start = sequence_number()
-        with finder:
+        # A compiled func runs this one evaluation eagerly: traced, the mode would split its
+        # graph at every operation and compile it once more.
+        with _eager(), finder:
             k = ivp.func(t0, y_leaf)
     found = closure_tensors(k, [*y_leaf, *ivp.params], finder, start)
     listed = {id(p) for p in ivp.params}
