@@ -15,10 +15,12 @@ runs, they are found while ``func`` runs once, with a graph, at the start of the
   it can become an input of the solve's autograd Function and the gradient can flow on into
   its own graph;
 * that evaluation's graph, walked from the outputs, keeps the candidates the outputs depend
-  on, adds leaves used by operations the mode cannot see (TorchScript), and raises where it
-  meets a tensor made before the evaluation that it cannot name (a non-leaf reached only
-  through such operations) or a leaf that requires grad made inside ``func`` (a fresh one
-  per call, which no backward could differentiate).
+  on, adds leaves reached through operations the mode cannot see (TorchScript), and raises
+  where it meets a leaf that requires grad made inside ``func`` (a fresh one per call,
+  which no backward could differentiate). A non-leaf tensor reached only through such
+  operations cannot be named; the walk goes on to its leaves, which become inputs: their
+  gradient is then taken through its graph, and its second use raises autograd's
+  "backward through the graph a second time" unless it saved nothing.
 
 A tensor that reaches ``func`` only in a later evaluation (a branch on ``t``) is met by the
 check of the backward's rebuilt graphs (:func:`check_closed`), which raises naming it.
@@ -34,8 +36,6 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-
-_get_sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
 
 
 def _tensors(value) -> Iterable[torch.Tensor]:
@@ -104,12 +104,6 @@ def closure_modules(func) -> list[nn.Module]:
     return list(found.values())
 
 
-def sequence_number() -> int | None:
-    """The autograd node counter of this thread: nodes made from now on have numbers at least
-    this (None where torch does not expose it)."""
-    return _get_sequence_nr() if _get_sequence_nr is not None else None
-
-
 def _edge(x: torch.Tensor):
     return x.grad_fn, x.output_nr
 
@@ -118,7 +112,6 @@ def closure_tensors(
     outputs: Sequence[torch.Tensor],
     known: Sequence[torch.Tensor],
     finder: ClosureFinder,
-    start: int | None,
 ) -> list[torch.Tensor]:
     """The tensors requiring grad, other than ``known`` and func's arguments, that
     ``outputs`` depend on, in the order func first used them.
@@ -127,11 +120,9 @@ def closure_tensors(
         outputs: func's outputs, evaluated with a graph under ``finder``.
         known: the tensors already differentiated (state arguments, listed parameters).
         finder: the mode that was active during the evaluation.
-        start: :func:`sequence_number` before the evaluation (None: not checked).
 
     Raises:
-        ValueError: the graph reaches a tensor made before the evaluation that neither the
-            mode nor a leaf names, or a leaf requiring grad that func made itself.
+        ValueError: the graph reaches a leaf requiring grad that func made itself.
     """
     known_edges = {_edge(x) for x in known if x.grad_fn is not None}
     known_leaves = {id(x) for x in known if x.grad_fn is None} | finder.arguments
@@ -161,15 +152,9 @@ def closure_tensors(
                     "differentiate with respect to it. Create it outside func, or detach it")
             found.setdefault(id(variable), variable)  # a leaf used where the mode cannot see
             continue
-        if node in nodes:
-            continue
-        nodes.add(node)
-        if start is not None and node._sequence_nr() < start:
-            raise ValueError(
-                f"func uses a tensor computed outside it ({type(node).__name__}) through an operation "
-                "that anode cannot follow, so it cannot find the tensor to differentiate; pass it in "
-                "params=")
-        stack.extend(node.next_functions)
+        if node not in nodes:
+            nodes.add(node)
+            stack.extend(node.next_functions)
     order = {i: k for k, i in enumerate(finder.external)}
     return sorted(found.values(), key=lambda x: order.get(id(x), len(order)))
 

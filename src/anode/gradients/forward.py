@@ -14,7 +14,7 @@ from ..adaptive import integrate
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import State, rk_step
-from .closures import ClosureFinder, check_closed, closure_modules, closure_tensors, sequence_number
+from .closures import ClosureFinder, check_closed, closure_modules, closure_tensors
 
 __all__ = ["ForwardStart", "check_closed", "forward_sweep", "start_forward", "unflatten", "zeros_if_none"]
 
@@ -83,12 +83,11 @@ def start_forward(ivp: IVP) -> ForwardStart:
         # with respect to it then creates no leaf of its own
         y_leaf = tuple(v.detach().requires_grad_() for v in ivp.y0)
         finder = ClosureFinder([*y_leaf, t0])
-        start = sequence_number()
         # A compiled func runs this one evaluation eagerly: traced, the mode would split its
         # graph at every operation and compile it once more.
         with _eager(), finder:
             k = ivp.func(t0, y_leaf)
-    found = closure_tensors(k, [*y_leaf, *ivp.params], finder, start)
+    found = closure_tensors(k, [*y_leaf, *ivp.params], finder)
     listed = {id(p) for p in ivp.params}
     ivp.params = (*ivp.params, *(x for x in found if id(x) not in listed))
     ivp.func.detach_without_grad = True
