@@ -111,7 +111,7 @@ def check_signature(func: Callable) -> None:
         raise TypeError(
             f"func must be callable as func(t, y) with the time first; {name}{sig} is not. "
             "For a module of the state alone wrap it: anode.Autonomous(net), or use "
-            "lambda t, y: net(y) with params=list(net.parameters())"
+            "lambda t, y: net(y)"
         ) from None
 
 
