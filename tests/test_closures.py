@@ -232,6 +232,23 @@ def test_graph_free_sweeps_keep_no_stage_graph(stepping):
     z[-1].sum().backward()
     # the backward's graph-free passes too, and it rebuilds one stage's graph at a time
     assert most[0] == 0
+    for gradient in ["direct", "anode"]:  # and a forward without grad, by any method
+        with torch.no_grad():
+            anode.odeint(watch, (x, torch.zeros(5, 1, dtype=F64)), T, gradient=gradient, **stepping)
+        assert most[0] == 0
+
+
+def test_forward_mode_ad_under_no_grad_keeps_its_tangents():
+    # no_grad leaves forward-mode AD on: a graph-free solve must not detach its tangents
+    import torch.autograd.forward_ad as fwAD
+
+    y0, v = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)
+    with torch.no_grad(), fwAD.dual_level():
+        ys = anode.odeint(lambda t, y: -0.5 * y, fwAD.make_dual(y0, v), T, method="rk4", n_steps=4,
+                          gradient="direct")
+        tangent = fwAD.unpack_dual(ys).tangent
+    expected = anode.odeint(lambda t, y: -0.5 * y, v, T, method="rk4", n_steps=4)  # linear in y0
+    assert tangent is not None and torch.allclose(tangent, expected, rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("gradient", ["recompute", "backsolve"])

@@ -324,6 +324,11 @@ def solve(
         controller=options.stepping if adaptive else None,
         times=tuple(times),
     )
+    # Evaluations without grad return detached outputs, so that a graph func builds inside
+    # (FFJORD's divergence) dies with its evaluation; not where forward-mode AD, which
+    # no_grad leaves on, or a torch.func transform needs the outputs' tangents.
+    forward_ad = getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
+    ivp.func.detach_without_grad = not (transforms or forward_ad)
     if inference:
         with torch.inference_mode(False), torch.no_grad():
             outputs = forward_solve(ivp)
