@@ -142,12 +142,18 @@ def test_tuple_state_and_closure_params_equal_torchdiffeq():
         assert max_rel(a, b) <= TOL
 
 
-def test_closure_tensor_not_in_params_raises():
+def test_closure_tensor_found_without_params():
+    # the same gradient as with the tensor listed in params (the computation is the same)
     k = torch.tensor([1.5, 0.7], dtype=torch.float64, requires_grad=True)
-    x0 = torch.zeros(1, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="params"):
-        anode.odeint(Oscillator(k), (x0, x0 + 1), torch.tensor([0.0, 1.0], dtype=torch.float64),
-                     method="euler", gradient="backsolve")
+    x0 = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grads, func = [], Oscillator(k)
+    for params in (None, [k]):
+        sol = anode.odeint(func, (x0, x0 + 1), t, method="euler", n_steps=4, gradient="backsolve",
+                           params=params)
+        grads.append(torch.autograd.grad(weighted_loss(sol), [x0, k]))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
 
 
 def test_odeblock_backsolve_equals_torchdiffeq_conv_bn_eval():

@@ -40,7 +40,7 @@ def test_bad_arguments_exit_2(tmp_path):
     assert main(["bench", "adaptive", "--fields", "nope", "--out", str(tmp_path)]) == 2
 
 
-@pytest.mark.parametrize("field", ["mlp", "cnf"])
+@pytest.mark.parametrize("field", ["mlp", "cnf", "ffjord"])
 def test_every_schedule_gives_the_direct_gradient(field):
     sizes = dict(batch=16, hidden=8, rtol=1e-4, atol=1e-6) | ({"dim": 3} if field == "mlp" else {})
     grads = {}
@@ -60,6 +60,10 @@ def test_adaptive_step_reports_work(tmp_path):
     assert set(torch.load(tmp_path / "b.pt")) == {"output", "grad"}
     with pytest.raises(ValueError, match="memory only"):
         adaptive_step(field="mlp", measure="time")
+    forward = adaptive_step(field="ffjord", batch=8, hidden=8, gradient="anode", schedule="recompute",
+                            forward_only=True)
+    # the forward alone: the warm-up differentiated, the measured call did not
+    assert forward["function_evaluations"] > 0 and forward["peak_bytes"] >= 0
 
 
 def test_targets_are_judged_from_the_recompute_row():
@@ -70,6 +74,22 @@ def test_targets_are_judged_from_the_recompute_row():
     assert all(t.met is None and t.unjudged for t in adaptive.evaluate(rows, quick=True))
     missing = adaptive.evaluate([{"field": "cnf", "method": "direct"}])
     assert all(t.measured is None for t in missing)
+    rows = [{"field": "ffjord", "method": "anode/recompute", "mem_vs_adjoint": 1.05, "mem_vs_odeint": 0.1,
+             "time_vs_adjoint": 1.0, "forward_vs_adjoint": 1.08}]
+    assert [t.met for t in adaptive.evaluate(rows)] == [True, True, True, False, True]
+
+
+def test_forward_ratios_come_from_forward_peaks():
+    mib = 2**20
+    rows = [{"field": "ffjord", "method": m, "peak_bytes": p * mib, "time_s": 1.0,
+             "forward_peak_bytes": f * mib}
+            for m, p, f in [("anode/recompute", 6, 3), ("torchdiffeq/odeint_adjoint", 8, 4),
+                            ("torchdiffeq/odeint", 80, 40)]]
+    adaptive._add_ratios(rows)
+    assert rows[0]["forward_vs_adjoint"] == 0.75 and rows[0]["mem_vs_adjoint"] == 0.75
+    row = {**rows[0], "exact_method": True, "equal": True, "function_evaluations": 1}
+    table = adaptive.results_table([row])
+    assert "| 6.0 | 0.75x | 0.07x | 3.0 | 0.75x |" in table
 
 
 @pytest.mark.parametrize("solver", ["explicit_adams", "implicit_adams"])

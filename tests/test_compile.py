@@ -108,7 +108,8 @@ def test_every_evaluation_of_the_ode_function_runs_compiled():
     compile_model(model, backend=counting)
     _step(model, model)  # the bare model: only the ODE function is compiled
     stats = model[1].stats
-    assert len(calls) == stats.function_evaluations == 5
+    # all but the first, which finds the tensors the function reaches, and runs eagerly
+    assert len(calls) == stats.function_evaluations - 1 == 4
     # the backward's steps are differentiated through the compiled graph
     assert calls.count(True) >= stats.backward_steps == 2
 

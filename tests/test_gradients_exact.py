@@ -94,33 +94,18 @@ def test_conv_block_anode_equals_direct():
             assert rel_err(a, b) <= 1e-11
 
 
-def test_unlisted_closure_tensor_raises_instead_of_losing_its_gradient():
+def test_closure_tensor_found_without_params_or_listed():
+    # a closure tensor gets direct's gradient whether it is found on the first evaluation
+    # or listed in params (tests/test_closures.py covers the cases)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     y0 = torch.randn(3, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    with pytest.raises(ValueError, match="requires grad but is not among the parameters"):
-        anode.odeint(lambda t, y: torch.tanh(w * y), y0, t, n_steps=2)
-    # listed in params, it gets the direct gradient
-    out = anode.odeint(lambda t, y: torch.tanh(w * y), y0, t, n_steps=2, params=[w])
-    g = torch.autograd.grad(out.sum(), [y0, w])
     ref = torch.autograd.grad(anode.odeint(lambda t, y: torch.tanh(w * y), y0, t, n_steps=2,
                                            gradient="direct").sum(), [y0, w])
-    assert all(rel_err(a, b) <= F64_RTOL for a, b in zip(g, ref, strict=True))
-
-
-def test_nonleaf_closure_tensor_detected():
-    base = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    w = base * 2  # non-leaf, reaches func by closure
-    y0 = torch.randn(3, dtype=torch.float64)
-    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    with pytest.raises(ValueError, match="not among the parameters"):
-        anode.odeint(lambda t, y: w * y, y0, t, n_steps=2)
-    out = anode.odeint(lambda t, y: w * y, y0, t, n_steps=2, params=[w])
-    (g,) = torch.autograd.grad(out.sum(), [base])
-    w = base * 2
-    (ref,) = torch.autograd.grad(anode.odeint(lambda t, y: w * y, y0, t, n_steps=2,
-                                              gradient="direct").sum(), [base])
-    assert rel_err(g, ref) <= F64_RTOL
+    for params in (None, [w]):
+        out = anode.odeint(lambda t, y: torch.tanh(w * y), y0, t, n_steps=2, params=params)
+        g = torch.autograd.grad(out.sum(), [y0, w])
+        assert all(rel_err(a, b) <= F64_RTOL for a, b in zip(g, ref, strict=True))
 
 
 def test_params_that_do_not_require_grad_are_fine():

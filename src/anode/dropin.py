@@ -23,10 +23,12 @@ What differs from torchdiffeq, by design:
   2018 as in torchdiffeq's ``odeint_adjoint`` (approximate, reverse-time solve); for memory
   savings with exact gradients use :func:`odeint` instead. Both take ``gradient=`` (any of
   :func:`anode.odeint`'s) to choose otherwise.
-* Closures. A tensor that requires grad and reaches ``func`` other than as a parameter of
-  the ``nn.Module`` ``func`` must be passed in ``params=`` (``adjoint_params=`` for
-  :func:`odeint_adjoint`); otherwise the solve raises ValueError naming it (autograd through
-  the solver, ``gradient="direct"``, needs no list).
+* Closures. ``func`` need not be an ``nn.Module``: the tensors requiring grad that it
+  reaches (``lambda t, y: net(y)``, a bound method, a hypernetwork's output) are found on
+  its first evaluation and differentiated like parameters, also by :func:`odeint_adjoint`
+  (torchdiffeq's asks for ``adjoint_params`` there). One that reaches ``func`` only in a
+  later evaluation raises ValueError in the backward: pass it in ``params=``
+  (``adjoint_params=``).
 * Output times. Adaptive dopri5 and bosh3 take intermediate output times from the steps'
   interpolant as torchdiffeq does (the same steps), but end the last step on ``t[-1]``;
   tsit5 interpolates too, adaptive_heun steps onto every output time (see
@@ -83,7 +85,8 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
             ``"direct"`` is torchdiffeq's autograd through the solver). With
             ``method="scipy_solver"`` only None (values; a backward through them raises) or
             ``"backsolve"`` (see :mod:`anode.scipy_solve`).
-        params: tensors reaching ``func`` by closure whose gradients are wanted.
+        params: optional: tensors reaching ``func`` whose gradients are wanted; closures are
+            found without it (see :func:`anode.odeint`).
         stats: a :class:`~anode.SolveStats` to count steps and evaluations into.
 
     Returns:

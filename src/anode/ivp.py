@@ -116,7 +116,7 @@ def check_signature(func: Callable) -> None:
         raise TypeError(
             f"func must be callable as func(t, y) with the time first; {name}{sig} is not. "
             "For a module of the state alone wrap it: anode.Autonomous(net), or use "
-            "lambda t, y: net(y) with params=list(net.parameters())"
+            "lambda t, y: net(y)"
         ) from None
 
 
@@ -146,10 +146,23 @@ class CheckedFunc:
         RuntimeError: the module was garbage-collected before a backward pass needed it.
     """
 
+    #: Whether an evaluation with grad mode off returns its outputs detached. Set by the
+    #: methods that never differentiate such an evaluation (anode, backsolve): a function that
+    #: builds a graph inside (FFJORD's divergence with ``create_graph=True``) then keeps none
+    #: past its own call, where the stages of a step would otherwise hold theirs to its end.
+    detach_without_grad = False
+
     def __init__(self, func: Callable, is_tuple: bool, time_dtype: torch.dtype | None = None) -> None:
         self._ref = _reference(func)
         self.is_tuple = is_tuple
         self.time_dtype = time_dtype
+        # the time tensors handed to func (while they live): one that func makes require
+        # grad in place (FFJORD's t.requires_grad_(True)) is no closure tensor
+        self._times: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def was_given(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is a time tensor this function was called with (and still lives)."""
+        return self._times.get(id(x)) is x
 
     @property
     def func(self) -> Callable:
@@ -167,6 +180,8 @@ class CheckedFunc:
     def __call__(self, t: torch.Tensor, y: State) -> State:
         if self.time_dtype is not None and t.dtype != self.time_dtype:
             t = t.to(self.time_dtype)  # torchdiffeq's rule: func sees time in the state's dtype
+        if isinstance(t, torch.Tensor):
+            self._times[id(t)] = t
         out = self.func(t, y if self.is_tuple else y[0])
         if not self.is_tuple:
             if not isinstance(out, torch.Tensor):
@@ -189,6 +204,8 @@ class CheckedFunc:
             lowered = o.is_floating_point() and autocast_state().get(s.device.type, (False,))[0]
             if o.dtype != s.dtype and not lowered:
                 raise TypeError(f"{where}func's output has dtype {o.dtype}; the state has {s.dtype}")
+        if self.detach_without_grad and not torch.is_grad_enabled():
+            return tuple(o.detach() for o in out)
         return tuple(out)
 
 

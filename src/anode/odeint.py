@@ -181,11 +181,15 @@ def odeint(
         schedule: for ``gradient="anode"``: ``"recompute"`` (default; keep the input only,
             the paper's scheme), ``"store"`` (keep all states), ``"revolve"``, ``"auto"``, or
             a schedule object.
-        params: tensors func depends on whose gradients are wanted besides the parameters
-            of func when it is an ``nn.Module`` (closure tensors; like torchdiffeq's
+        params: optional: tensors func depends on whose gradients are wanted besides the
+            parameters of func when it is an ``nn.Module`` (like torchdiffeq's
             ``adjoint_params``, but added to ``func.parameters()`` rather than replacing them).
-            With ``anode`` and ``backsolve``, a tensor that requires grad and reaches func
-            some other way raises ValueError rather than lose its gradient.
+            Not needed for closures: ``anode`` and ``backsolve`` find the tensors requiring
+            grad that func reaches on its first evaluation (parameters of a module a lambda or
+            a bound method uses, non-leaf tensors such as a hypernetwork's output, whose
+            gradient flows on into their graph; see :mod:`anode.gradients.closures`). A tensor
+            that reaches func only in a later evaluation raises ValueError in the backward
+            rather than lose its gradient: list it here.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
         options: a :class:`~anode.options.SolveOptions` record instead of ``method``,
             ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
@@ -225,7 +229,8 @@ def odeint(
         TypeError: y0, t or params of the wrong type or dtype; options neither a
             SolveOptions nor a dict; func returns a wrong type,
             structure or dtype (the tuple component is named).
-        ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, unknown method,
+        ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, func's output depends
+            on a leaf requiring grad that func makes itself (anode, backsolve), unknown method,
             implicit_adams under a ``torch.func`` transform,
             gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
             grid and tolerances both given, tolerances with a method that has no error
@@ -357,6 +362,11 @@ def solve(
         times=tuple(times),
         callbacks=find_callbacks(func, is_tuple, t, adaptive, options.method.name),
     )
+    # Evaluations without grad return detached outputs, so that a graph func builds inside
+    # (FFJORD's divergence) dies with its evaluation; not where forward-mode AD, which
+    # no_grad leaves on, or a torch.func transform needs the outputs' tangents.
+    forward_ad = getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
+    ivp.func.detach_without_grad = not (transforms or forward_ad)
     if inference:
         with torch.inference_mode(False), torch.no_grad():
             outputs = forward_solve(ivp)

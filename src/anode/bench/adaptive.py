@@ -1,7 +1,9 @@
 """``anode bench adaptive``: gradients of adaptive dopri5 solves, every method in one run.
 
-Two workloads (:mod:`anode.bench.adaptive_workloads`): an MLP vector field on a batch of
-states and a continuous normalizing flow with a Hutchinson trace on a 2-D density. Each is
+Three workloads (:mod:`anode.bench.adaptive_workloads`): an MLP vector field on a batch of
+states, a continuous normalizing flow with a Hutchinson trace on a 2-D density, and the same
+flow written as FFJORD writes it (its divergence's graph built whatever the grad mode; the
+forward alone is measured too, a fresh process per method). Each is
 solved at the same ``rtol``/``atol`` and differentiated by this library (``direct``,
 ``anode/store``, ``anode/recompute``, ``anode/revolve(s=4)``) and by torchdiffeq
 (``odeint``, ``odeint_adjoint``). Per method: peak memory of one forward+backward (a fresh
@@ -16,7 +18,8 @@ the vector field, and the gradient's relative difference (2-norm)
 
 Targets (judged unless ``--quick``): ``anode/recompute``'s peak <= 1.2x torchdiffeq
 ``odeint_adjoint``'s and <= 0.25x torchdiffeq ``odeint``'s, its time <= 1.3x
-``odeint_adjoint``'s.
+``odeint_adjoint``'s; for ``ffjord`` also its peak <= 1.0x ``odeint_adjoint``'s and the peak
+of its forward <= 1.1x that of ``odeint_adjoint``'s forward.
 """
 
 from __future__ import annotations
@@ -42,18 +45,25 @@ RECOMPUTE = "anode/recompute"
 WORKLOADS = {
     "mlp": dict(batch=1024, hidden=256, dim=32),
     "cnf": dict(batch=2048, hidden=128),
+    "ffjord": dict(batch=3072, hidden=96),
 }
 QUICK_WORKLOADS = {
     "mlp": dict(batch=64, hidden=16, dim=4),
     "cnf": dict(batch=64, hidden=16),
+    "ffjord": dict(batch=64, hidden=16),
 }
 DESCRIPTION = {
     "mlp": "MLP vector field, state [{batch}, {dim}], two tanh layers of width {hidden}",
     "cnf": "CNF (FFJORD, Hutchinson trace) on two moons, {batch} points, two tanh layers of width {hidden}",
+    "ffjord": "CNF as FFJORD's ODEfunc (divergence always with create_graph=True) on two moons, {batch} "
+              "points, two tanh layers of width {hidden}",
 }
+#: workloads whose forward alone is measured too (fresh processes, as the whole steps)
+FORWARD_PEAKS = ("ffjord",)
 
 COLUMNS = ["field", "method", "exact_method", "equal", "grad_rel_diff", "grad_vs_odeint", "output_rel_diff",
-           "peak_bytes", "mem_vs_adjoint", "mem_vs_odeint", "time_s", "seconds", "cpu_seconds",
+           "peak_bytes", "mem_vs_adjoint", "mem_vs_odeint", "forward_peak_bytes", "forward_vs_adjoint",
+           "time_s", "seconds", "cpu_seconds",
            "time_vs_adjoint", "time_vs_odeint", "function_evaluations", "accepted_steps", "rejected_steps",
            "grad_norm", "state_bytes", "error"]
 
@@ -109,9 +119,25 @@ def run(fields: list[str], *, rtol: float, atol: float, quick: bool = False, rep
                 entries.append(Entry(row, {**common, **options, "keep": kept[label]}, options, exact))
                 rows.append(row)
             sweep.group(field, entries, timing={**common, "repeats": repeats})
+            if field in FORWARD_PEAKS:
+                _forward_peaks(sweep, entries, field)
             _compare_with_odeint([e.row for e in entries], kept)
     _add_ratios(rows)
     return rows
+
+
+def _forward_peaks(sweep: Sweep, entries: list[Entry], field: str) -> None:
+    for entry in entries:
+        row = entry.row
+        if "error" in row:
+            continue
+        options = {k: v for k, v in entry.memory.items() if k != "keep"}
+        try:
+            row["forward_peak_bytes"] = sweep.memory(**options, forward_only=True)["peak_bytes"]
+        except RuntimeError as exc:
+            row["error"] = "forward peak: " + str(exc).strip().splitlines()[-1]
+            continue
+        sweep.say(f"{field} {row['method']}: forward {row['forward_peak_bytes'] / 2**20:.1f} MiB")
 
 
 def _compare_with_odeint(rows: list[dict], kept: dict[str, str]) -> None:
@@ -137,6 +163,9 @@ def _add_ratios(rows: list[dict]) -> None:
             if other:
                 r[f"mem_vs_{key}"] = _ratio(r["peak_bytes"], other["peak_bytes"])
                 r[f"time_vs_{key}"] = _ratio(r["time_s"], other["time_s"])
+        other = by_field[r["field"]].get(TDQ_ADJOINT, {})
+        if "forward_peak_bytes" in r and "forward_peak_bytes" in other:
+            r["forward_vs_adjoint"] = _ratio(r["forward_peak_bytes"], other["forward_peak_bytes"])
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -157,6 +186,12 @@ def evaluate(rows: list[dict], quick: bool = False, solver: str = "dopri5") -> l
             Target(f"memory: {RECOMPUTE} / {TDQ_ODEINT}", rec.get("mem_vs_odeint"), inf, 0.25, field),
             Target(f"time: {RECOMPUTE} / {TDQ_ADJOINT}", rec.get("time_vs_adjoint"), inf, 1.3, field),
         ]
+        if field in FORWARD_PEAKS:
+            found += [
+                Target(f"memory: {RECOMPUTE} / {TDQ_ADJOINT}", rec.get("mem_vs_adjoint"), inf, 1.0, field),
+                Target(f"forward memory: {RECOMPUTE} / {TDQ_ADJOINT}", rec.get("forward_vs_adjoint"), inf,
+                       1.1, field),
+            ]
     if quick or solver != "dopri5":
         for t in found:
             t.unjudged = "quick sizes" if quick else f"set for dopri5, not {solver}"
@@ -167,6 +202,10 @@ def _x(value) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / 2**20:.1f}"
+
+
 def _e(value) -> str:
     return "–" if value is None else f"{value:.1e}"
 
@@ -174,12 +213,12 @@ def _e(value) -> str:
 def results_table(rows: list[dict]) -> str:
     """Markdown table of every measurement."""
     lines = ["| field | method | exact | grad. rel. diff. vs exact discrete | vs tdq odeint | peak MiB "
-             "| peak vs tdq adjoint | peak vs tdq odeint | time s | time vs tdq adjoint | f-evals "
-             "| steps (rejected) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak vs tdq adjoint | peak vs tdq odeint | forward peak MiB | forward peak vs tdq adjoint "
+             "| time s | time vs tdq adjoint | f-evals | steps (rejected) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['field']} | {r['method']} | failed | {r['error'][:60]} |" + " |" * 8)
+            lines.append(f"| {r['field']} | {r['method']} | failed | {r['error'][:60]} |" + " |" * 10)
             continue
         exact = ("yes" if r.get("equal") else "NO") if r["exact_method"] else "approx."
         steps = f"{r['accepted_steps']} ({r['rejected_steps']})" if "accepted_steps" in r else "–"
@@ -187,7 +226,8 @@ def results_table(rows: list[dict]) -> str:
             f"| {r['field']} | {r['method']} | {exact} | {_e(r.get('grad_rel_diff'))} | "
             f"{_e(r.get('grad_vs_odeint'))} | {r['peak_bytes'] / 2**20:.1f} | "
             f"{_x(r.get('mem_vs_adjoint'))} | "
-            f"{_x(r.get('mem_vs_odeint'))} | {r['time_s']:.3f} | {_x(r.get('time_vs_adjoint'))} | "
+            f"{_x(r.get('mem_vs_odeint'))} | {_mib(r.get('forward_peak_bytes'))} | "
+            f"{_x(r.get('forward_vs_adjoint'))} | {r['time_s']:.3f} | {_x(r.get('time_vs_adjoint'))} | "
             f"{r['function_evaluations']} | {steps} |")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """Workloads of ``anode bench adaptive``: adaptive dopri5 solves differentiated by every method.
 
-Two vector fields, each integrated over ``[0, 1]`` with dopri5 at one ``rtol``/``atol``:
+Three vector fields, each integrated over ``[0, 1]`` with dopri5 at one ``rtol``/``atol``:
 
 * ``mlp``: an MLP vector field ``dy/dt = W3 tanh(W2 tanh(W1 y))`` on a batch of states
   ``[batch, dim]``, hidden width ``hidden``; loss = mean of squares of ``y(1)``.
@@ -8,7 +8,12 @@ Two vector fields, each integrated over ``[0, 1]`` with dopri5 at one ``rtol``/`
   points: the state is ``(z [batch, 2], delta_logp [batch, 1])``, the dynamics ``f(t, z)``
   an MLP of ``[z, t]`` with the divergence estimated by Hutchinson's trick (one fixed
   Rademacher probe per point, ``e^T (df/dz) e`` by one vector–Jacobian product); loss =
-  negative log-likelihood of the data under a standard normal base density.
+  negative log-likelihood of the data under a standard normal base density. It builds the
+  graph of its vector–Jacobian product (``create_graph``) only when grad mode is on outside.
+* ``ffjord``: the same flow with the divergence always taken with ``create_graph=True``
+  and the outputs returned with their graph, as FFJORD's ``ODEfunc`` does whatever the grad
+  mode outside: a graph-free forward then gets each evaluation's graph back, and must drop
+  it (anode detaches the outputs of its graph-free evaluations).
 
 Each is solved by this library (``direct``, ``anode`` with a schedule) or by torchdiffeq
 (``odeint``, ``odeint_adjoint``) at the same tolerances. :func:`adaptive_step` is the target
@@ -28,7 +33,7 @@ import anode
 
 from .measure import peak_memory, prepare, time_methods
 
-FIELDS = ("mlp", "cnf")
+FIELDS = ("mlp", "cnf", "ffjord")
 SOLVERS = ("dopri5", "explicit_adams", "implicit_adams")
 """dopri5 with adaptive steps (the default), or an Adams method on a fixed grid of ``step_size``."""
 
@@ -68,28 +73,30 @@ class CNFField(nn.Module):
 
     The vector–Jacobian product needs a graph of ``f`` even in a graph-free forward sweep
     (anode's forward, torchdiffeq's adjoint forward), hence ``enable_grad``; the graph of the
-    product itself (``create_graph``) only when an outer backward will differentiate it.
+    product itself (``create_graph``) only when an outer backward will differentiate it,
+    unless ``always_graph`` (FFJORD's way): then always, and the outputs keep their graph.
     """
 
-    def __init__(self, hidden: int, gain: float = 1.0) -> None:
+    def __init__(self, hidden: int, gain: float = 1.0, always_graph: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                                  nn.Linear(hidden, 2))
         _init(self.net, gain)
         self.noise: torch.Tensor | None = None
         self.calls = 0
+        self.always_graph = always_graph
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         self.calls += 1
         z = state[0]
-        outer = torch.is_grad_enabled()
+        outer = torch.is_grad_enabled() or self.always_graph
         with torch.enable_grad():
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             tz = torch.cat([z, t.to(z).expand(z.shape[0], 1)], dim=1)
             dz = self.net(tz)
             vjp = torch.autograd.grad(dz, z, self.noise, create_graph=outer)[0]
-        div = (vjp * self.noise).sum(dim=1, keepdim=True)
+            div = (vjp * self.noise).sum(dim=1, keepdim=True)
         return (dz, -div) if outer else (dz.detach(), -div.detach())
 
 
@@ -153,7 +160,8 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
     """The model and one forward+backward step of a workload.
 
     Args:
-        field: ``"mlp"`` or ``"cnf"`` (see the module docstring; ``dim`` is ignored by cnf).
+        field: ``"mlp"``, ``"cnf"`` or ``"ffjord"`` (see the module docstring; ``dim`` is
+            ignored by the flows).
         library, gradient, schedule, snapshots: ``"anode"`` with ``gradient`` ``"direct"`` or
             ``"anode"`` and a ``schedule`` (``store``, ``recompute``, ``revolve`` with
             ``snapshots``); or ``"torchdiffeq"`` with ``gradient`` ``"direct"`` (``odeint``)
@@ -167,10 +175,11 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
             the same for every method.
 
     Returns:
-        ``(model, step, state_bytes)``: ``step()`` runs one forward+backward (parameter
-        gradients set anew) and returns ``(output, stats)``, ``output`` the flat state at
-        ``t = 1`` (detached) and ``stats`` the :class:`anode.SolveStats` (None for
-        torchdiffeq); ``state_bytes`` the size of one state.
+        ``(model, step, state_bytes)``: ``step(backward=True)`` runs one forward+backward
+        (parameter gradients set anew; only the forward and the loss when ``backward`` is
+        False) and returns ``(output, stats)``, ``output`` the flat state at ``t = 1``
+        (detached) and ``stats`` the :class:`anode.SolveStats` (None for torchdiffeq);
+        ``state_bytes`` the size of one state.
 
     Raises:
         ValueError: unknown field or solver; ``step_size`` with dopri5 or missing for Adams.
@@ -190,7 +199,7 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
 
         state_bytes = y0.numel() * y0.element_size()
     else:
-        model = CNFField(hidden, gain=2.5).to(device)
+        model = CNFField(hidden, gain=2.5, always_graph=field == "ffjord").to(device)
         gen = torch.Generator().manual_seed(seed)
         data = two_moons(batch, gen).to(device)
         model.noise = (torch.randint(0, 2, (batch, 2), generator=gen) * 2 - 1).float().to(device)
@@ -202,12 +211,13 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
 
         state_bytes = data.numel() * 4 * 3 // 2
 
-    def step():
+    def step(backward: bool = True):
         model.zero_grad(set_to_none=True)
         ys, stats = solve(model, y0, t)
         last = tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]
         loss, out = loss_of(last)
-        loss.backward()
+        if backward:
+            loss.backward()
         return out.detach().reshape(-1), stats
 
     return model, step, state_bytes
@@ -215,8 +225,9 @@ def build(field: str, *, library: str = "anode", gradient: str = "direct", sched
 
 def adaptive_step(*, field: str, device: str = "cpu", threads: int = 0, seed: int = 0,
                   save: str | None = None, keep: str | None = None, measure: str = "memory",
-                  **options) -> dict:
-    """Peak memory (bytes) and work of one forward+backward of a workload (see :func:`build`).
+                  forward_only: bool = False, **options) -> dict:
+    """Peak memory (bytes) and work of one forward+backward of a workload (see :func:`build`),
+    or of its forward alone (``forward_only``: the solve and the loss, with grad enabled).
 
     A warm-up step first (one-time allocations are not the method's); its output and
     parameter gradient (flat float32) are saved to ``save`` as ``{"output", "grad"}`` and, when
@@ -249,7 +260,7 @@ def adaptive_step(*, field: str, device: str = "cpu", threads: int = 0, seed: in
     box = {}
 
     def measured():
-        box["stats"] = step()[1]
+        box["stats"] = step(backward=not forward_only)[1]
 
     result["peak_bytes"] = peak_memory(measured, dev)
     result["function_evaluations"] = model.calls

@@ -104,6 +104,15 @@ class Sweep:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    def memory(self, **kwargs) -> dict:
+        """One call of the memory target with ``kwargs``, in a fresh process, with nothing
+        compared or timed (a further measurement of a method, e.g. of its forward alone).
+
+        Raises:
+            RuntimeError: as :meth:`anode.bench.isolation.Isolated.run`.
+        """
+        return self._memory.run(self.memory_target, **kwargs)
+
     def say(self, text: str) -> None:
         """Log one line, prefixed with the seconds since the sweep started."""
         self.log(f"[{time.perf_counter() - self._started:6.0f} s] {text}")

@@ -115,12 +115,13 @@ def register(subparsers) -> None:
     a = sub.add_parser("adaptive",
                        help="adaptive dopri5 solves: anode against torchdiffeq odeint/odeint_adjoint",
                        description="Peak memory, time, function evaluations and gradient error of adaptive "
-                                   "dopri5 solves (an MLP field, a CNF), anode against torchdiffeq.")
+                                   "dopri5 solves (an MLP field, CNFs), anode against torchdiffeq.")
     a.add_argument("--out", type=Path, default=Path("runs/bench"),
                    help="output folder for adaptive_results.{md,csv} (default: %(default)s)")
     a.add_argument("--quick", action="store_true", help="tiny sizes, one repeat; no target is judged")
     a.add_argument("--fields", type=name_list, default=("mlp", "cnf"),
-                   help="workloads, comma-separated: mlp, cnf (default: both)")
+                   help="workloads, comma-separated: mlp, cnf, ffjord (the CNF as FFJORD writes it; "
+                        "its forward is measured alone too) (default: mlp,cnf)")
     a.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: %(default)s)")
     a.add_argument("--atol", type=float, default=1e-7, help="absolute tolerance (default: %(default)s)")
     a.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default: %(default)s)")
@@ -361,7 +362,8 @@ def run_adaptive(args: argparse.Namespace) -> int:
         f"## {kind} solves: {solver}, rtol={args.rtol:g}, atol={args.atol:g}, float32, cpu\n\n"
         f"Command: `{command}`  \nMachine: {machine('cpu')}; {threads or 'torch default'} thread(s) per "
         f"measurement.  \nWorkloads: {fields}; over t in [0, 1].  \n"
-        "Peak = extra peak resident memory of one forward+backward, a fresh process per method; time = "
+        "Peak = extra peak resident memory of one forward+backward (forward peak: of the forward alone), "
+        "a fresh process per method and measurement; time = "
         f"median {_clock_text(clock)} of {args.repeats} rounds after warm-up, methods interleaved; "
         "gradient differences are relative 2-norms of the whole parameter gradient, to the exact gradient "
         "of this library's discrete solve (direct) and to torchdiffeq odeint's autograd gradient.")

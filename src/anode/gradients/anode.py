@@ -39,24 +39,24 @@ import torch
 
 from ..adams import is_multistep
 from ..ivp import IVP
-from ..recompute import ForwardRecord
 from ..schedules import Auto, Recompute, Schedule, Store
 from ..solvers import State, rk_step
 from . import multistep
 from .base import GradientMethod
+from .closures import independent
 from .direct import dense_step, plain_solve
-from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
+from .forward import ForwardStart, check_closed, forward_sweep, start_forward, unflatten, zeros_if_none
 from .stages import stagewise_vjp
 
 
 class _DiscreteAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, schedule, stagewise, *y0, t, *params)``; outputs: the states at
+    """Inputs: ``(ivp, schedule, stagewise, start, *y0, t, *params)`` (``start`` from
+    :func:`~anode.gradients.forward.start_forward`); outputs: the states at
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool, *tensors):
-        n_y = len(ivp.y0)
-        record = ForwardRecord(ivp.func.module, tensors[:n_y])
+    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool, start: ForwardStart, *tensors):
+        record = start.record
         kept: dict[int, State] = {}
         pending = ivp.grid is None
         # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
@@ -80,7 +80,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     del kept[k]
                 during = Recompute()
 
-        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep)
+        result = forward_sweep(ivp, start, keep)
         if pending:  # a policy (Auto) chooses now that N_t is known
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
         ivp.stats.schedule = schedule.name
@@ -129,7 +129,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
             if not ctx.differentiated_twice:
                 ctx.kept_by_schedule = None
             held = None
-        need = ctx.needs_input_grad[3:]
+        need = ctx.needs_input_grad[4:]
         need_t = need[n_y]
         wanted = [i for i, p in enumerate(params) if need[n_y + 1 + i]]
         wanted_params = [params[i] for i in wanted]
@@ -202,7 +202,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         all_param_grads: list[torch.Tensor | None] = [None] * len(params)
         for i, g in zip(wanted, param_grads):
             all_param_grads[i] = g
-        return (None, None, None, *y0_grads, t_grad, *all_param_grads)
+        return (None, None, None, None, *y0_grads, t_grad, *all_param_grads)
 
 
 def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record, taps):
@@ -223,8 +223,9 @@ def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need
     outputs = [*y_next, *(y for state in dense for y in state)]
     cotangents = [*adjoint, *(g for _, state in taps for g in state)]
     inputs = [*y_leaf, *params] + ([st, h, *thetas] if need_t else [])
-    check_closed(outputs, inputs)
-    grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
+    check_closed(outputs, inputs, ivp.func)
+    with independent(params):
+        grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
     for i, g in enumerate(grads[n_y : n_y + len(params)]):
         if g is not None:
             param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
@@ -249,18 +250,19 @@ def _differentiable_backward(ctx, grad_outputs):
     n_y = len(ivp.y0)
     saved = ctx.saved_tensors
     y0, t = tuple(saved[:n_y]), saved[n_y]
-    need = ctx.needs_input_grad[3:]
+    need = ctx.needs_input_grad[4:]
     with record.replaying():
         result = [y for state in plain_solve(ivp, y0, t, record) for y in state]
     ivp.stats.backward_steps += ivp.grid.n_steps
     inputs = [x for x, n in zip((*y0, t, *ivp.params), need) if n]
     pairs = [(y, g) for y, g in zip(result, grad_outputs) if g is not None and y.requires_grad]
-    grads = iter(
-        torch.autograd.grad([y for y, _ in pairs], inputs, [g for _, g in pairs],
-                            create_graph=True, allow_unused=True)
-        if pairs and inputs else [None] * len(inputs)
-    )
-    return (None, None, None, *(next(grads) if n else None for n in need))
+    with independent(inputs):
+        grads = iter(
+            torch.autograd.grad([y for y, _ in pairs], inputs, [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+            if pairs and inputs else [None] * len(inputs)
+        )
+    return (None, None, None, None, *(next(grads) if n else None for n in need))
 
 
 def _fill_missing(schedule: Schedule, kept: dict, n_steps: int, advance) -> None:
@@ -311,8 +313,9 @@ class Anode(GradientMethod):
     Raises:
         TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``, or
             ``stagewise`` is not a bool.
-        ValueError (at backward): func uses a tensor requiring grad that is not among the
-            parameters being differentiated.
+        ValueError (at backward): func uses a tensor requiring grad that it did not reach on
+            its first evaluation (where the tensors it reaches are found) and that is not in
+            ``params``.
     """
 
     name = "anode"
@@ -339,7 +342,8 @@ class Anode(GradientMethod):
         if ivp.grid is not None:  # else chosen at the end of the adaptive forward
             state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
-        flat = _DiscreteAdjoint.apply(ivp, schedule, self.stagewise, *ivp.y0, ivp.t, *ivp.params)
+        start = start_forward(ivp)  # finds the tensors func reaches: they join ivp.params
+        flat = _DiscreteAdjoint.apply(ivp, schedule, self.stagewise, start, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, n_y)
 
     def __repr__(self) -> str:

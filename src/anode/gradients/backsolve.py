@@ -54,11 +54,11 @@ from ..callbacks import StepHooks
 from ..controllers import Adaptive, mixed_norm
 from ..grid import TimeGrid
 from ..ivp import IVP
-from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, State, rk_step
 from . import multistep
 from .base import GradientMethod
-from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
+from .closures import independent
+from .forward import ForwardStart, check_closed, forward_sweep, start_forward, unflatten, zeros_if_none
 
 
 def reverse_step_times(
@@ -90,18 +90,18 @@ def reverse_step_times(
 
 
 class _ContinuousAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, adjoint norm, *y0, t, *params)``; outputs: the states at
+    """Inputs: ``(ivp, adjoint norm, start, *y0, t, *params)`` (``start`` from
+    :func:`~anode.gradients.forward.start_forward`); outputs: the states at
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, norm, *tensors):
+    def forward(ctx, ivp: IVP, norm, start: ForwardStart, *tensors):
         n_y = len(ivp.y0)
-        y0 = tensors[:n_y]
-        record = ForwardRecord(ivp.func.module, y0)
+        record = start.record
         if is_multistep(ivp.tableau):
-            result, _ = multistep.graph_free_forward(ivp, list(tensors[n_y + 1 :]), record)
+            result, _ = multistep.graph_free_forward(ivp, start)
         else:
-            result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record)
+            result = forward_sweep(ivp, start)
         ivp.stats.schedule = "backsolve"
         # Only the outputs are kept (the caller holds them anyway); the input is not.
         ctx.save_for_backward(tensors[n_y], *tensors[n_y + 1 :], *result)
@@ -119,7 +119,9 @@ class _ContinuousAdjoint(torch.autograd.Function):
         ivp, record = ctx.ivp, ctx.record
         n_y, n_p = len(ivp.y0), len(ivp.params)
         saved = ctx.saved_tensors
-        t, params, flat_out = saved[0], saved[1 : 1 + n_p], saved[1 + n_p :]
+        # func closes over the original tensors; saved copies may be other objects (non-leaf
+        # tensors, saved-tensor hooks), so differentiate with respect to the originals
+        t, params, flat_out = saved[0], ivp.params, saved[1 + n_p :]
         outs = unflatten(flat_out, n_y)
         grads = unflatten(grad_outputs, n_y)
         n_out = len(outs)
@@ -127,7 +129,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         if taps:  # in time order: the dense outputs, then the final state
             outs, grads = outs[1:] + outs[:1], grads[1:] + grads[:1]
         g_outs = [zeros_if_none(g, o) for g, o in zip(grads, outs)]
-        need = ctx.needs_input_grad[2:]
+        need = ctx.needs_input_grad[3:]
         need_t = need[n_y]
         if need_t and n_out != len(ivp.grid.output_steps):
             raise ValueError(
@@ -197,7 +199,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         for i, g in zip(wanted, aug[2 * n_y : 2 * n_y + n_w]):
             all_param_grads[i] = g
         y0_grads = tuple(a if need[k] else None for k, a in enumerate(adjoint))
-        return (None, None, *y0_grads, time_grads, *all_param_grads)
+        return (None, None, None, *y0_grads, time_grads, *all_param_grads)
 
 
 def _output_times(grid: TimeGrid) -> list[float]:
@@ -292,13 +294,14 @@ class _AugmentedDynamics:
             t_in = t.detach().requires_grad_() if self.need_t else t.detach()
             f = self.func(t_in, z_leaf)
         inputs = [*z_leaf, *self.params] + ([t_in] if self.need_t else [])
-        check_closed(f, inputs)
+        check_closed(f, inputs, self.func)
         pairs = [(fk, -ak) for fk, ak in zip(f, a) if fk.requires_grad]
-        grads = (
-            torch.autograd.grad([p[0] for p in pairs], inputs, [p[1] for p in pairs], allow_unused=True)
-            if pairs
-            else [None] * len(inputs)
-        )
+        with independent(self.params):
+            grads = (
+                torch.autograd.grad([p[0] for p in pairs], inputs, [p[1] for p in pairs], allow_unused=True)
+                if pairs
+                else [None] * len(inputs)
+            )
         grads = zeros_if_none(grads, inputs)
         return (*(fk.detach() for fk in f), *grads)
 
@@ -349,7 +352,8 @@ class Backsolve(GradientMethod):
                 "gradient='backsolve' with per-component rtol/atol is not supported: the reverse "
                 "solve's augmented state has other components (torchdiffeq needs adjoint_rtol/"
                 "adjoint_atol there); give numbers, or use gradient='anode'")
-        flat = _ContinuousAdjoint.apply(ivp, self.norm, *ivp.y0, ivp.t, *ivp.params)
+        start = start_forward(ivp)  # finds the tensors func reaches: they join ivp.params
+        flat = _ContinuousAdjoint.apply(ivp, self.norm, start, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, len(ivp.y0))
 
     def __repr__(self) -> str:

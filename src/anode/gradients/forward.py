@@ -1,46 +1,35 @@
-"""The forward sweep shared by gradient methods that build no graph in the forward pass."""
+"""The forward sweep shared by gradient methods that build no graph in the forward pass, and
+its start: the first evaluation, which finds the tensors func reaches by closure."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..adaptive import integrate
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import State, rk_step
+from .closures import ClosureFinder, check_closed, closure_modules, closure_tensors
+
+__all__ = ["ForwardStart", "check_closed", "forward_sweep", "start_forward", "unflatten", "zeros_if_none"]
 
 
-def check_closed(outputs: State, inputs: list[torch.Tensor]) -> None:
-    """Raise if ``outputs`` depend on a tensor requiring grad that is not among ``inputs``.
+@dataclass
+class ForwardStart:
+    """What :func:`start_forward` hands the forward sweep.
 
-    Such a tensor (e.g. a module parameter captured by a closure but not passed in
-    ``params``) would silently receive no gradient from a method that differentiates
-    only with respect to known inputs.
-
-    Raises:
-        ValueError: naming the shape of the first unknown tensor found.
+    Attributes:
+        record: the forward's record, made before func first ran.
+        slope: ``func(t0, y0)``, detached: the first stage of the first step.
     """
-    known_leaves = {id(x) for x in inputs}
-    known_nodes = {x.grad_fn for x in inputs if x.grad_fn is not None}
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in known_nodes:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            if id(variable) not in known_leaves:
-                raise ValueError(
-                    f"func uses a tensor of shape {tuple(variable.shape)} that requires grad but "
-                    "is not among the parameters being differentiated; its gradient would be "
-                    "lost. Pass it in params= (or make func an nn.Module that owns it)."
-                )
-            continue
-        stack.extend(fn for fn, _ in node.next_functions)
+
+    record: ForwardRecord
+    slope: State
 
 
 def _detached(x):
@@ -51,16 +40,69 @@ def _same(x):
     return x
 
 
+def _eager():
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
+
+
+def start_forward(ivp: IVP) -> ForwardStart:
+    """Evaluate func once at the initial state, with a graph, and find the tensors it reaches.
+
+    Those requiring grad besides the state and ``ivp.params`` (closure tensors, found as
+    :mod:`anode.gradients.closures` describes) are appended to ``ivp.params``, so that they
+    become inputs of the solve's autograd Function and get gradients like parameters. Called
+    by the methods that build no graph in the forward (anode, backsolve) before that Function
+    is applied; from then on func's graph-free evaluations return detached outputs
+    (:attr:`~anode.ivp.CheckedFunc.detach_without_grad`). The evaluation is the first stage
+    of the solve's first step, which the forward sweep takes from here, so no evaluation is
+    added; the record is made before it, so that a replay of the first step reproduces its
+    random numbers and module buffers. The record replays the modes and buffers of func
+    when it is a module (or a bound method of one), else of the modules a plain function
+    names (:func:`~anode.gradients.closures.closure_modules`).
+
+    Raises:
+        ValueError: as :func:`~anode.gradients.closures.closure_tensors`.
+    """
+    module = ivp.func.module
+    if module() is None:  # a lambda over modules: replay their modes and buffers too
+        named = closure_modules(ivp.func.func)
+        if named:
+            held = nn.ModuleList(named)  # held as strongly as the function holds them
+            module = lambda: held  # noqa: E731
+    record = ForwardRecord(module, ivp.y0)
+    if ivp.grid is None:  # the time integrate() evaluates first
+        t0 = torch.tensor(ivp.times[0], dtype=ivp.t.dtype, device=ivp.t.device)
+    else:
+        t0 = ivp.step_times(ivp.t.detach())[0][0, 0]
+    # The graph lives only for the search, so the user's saved-tensor hooks (save_on_cpu)
+    # need not see it. Saved tensors are kept detached: a function that differentiates inside
+    # needs their values, and a saved output that kept its grad_fn would form a reference
+    # cycle that is never freed.
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
+        # the state requires grad, as in a backward rebuild: a function that differentiates
+        # with respect to it then creates no leaf of its own
+        y_leaf = tuple(v.detach().requires_grad_() for v in ivp.y0)
+        finder = ClosureFinder([*y_leaf, t0])
+        # A compiled func runs this one evaluation eagerly: traced, the mode would split its
+        # graph at every operation and compile it once more.
+        with _eager(), finder:
+            k = ivp.func(t0, y_leaf)
+    found = closure_tensors(k, [*y_leaf, *ivp.params], finder)
+    listed = {id(p) for p in ivp.params}
+    ivp.params = (*ivp.params, *(x for x in found if id(x) not in listed))
+    ivp.func.detach_without_grad = True
+    return ForwardStart(record, tuple(v.detach() for v in k))
+
+
 def forward_sweep(
-    ivp: IVP, params: list[torch.Tensor], record: ForwardRecord,
-    keep: Callable[[int, State], None] | None = None,
+    ivp: IVP, start: ForwardStart, keep: Callable[[int, State], None] | None = None,
 ) -> list[torch.Tensor]:
     """Integrate without a graph; return the states at ``ivp.grid.solve_outputs``, flattened.
 
     Args:
         ivp: the problem (its ``y0`` are the inputs of the calling autograd Function).
-        params: the tensors the gradient is taken with respect to, besides the state.
-        record: notes each step's generator state for replay (see :class:`ForwardRecord`).
+        start: from :func:`start_forward`: the record, which notes each step's generator
+            state for replay (see :class:`ForwardRecord`), and the first stage.
         keep: called as ``keep(j, y_j)`` with the state at the start of every step.
 
     Returns:
@@ -68,52 +110,34 @@ def forward_sweep(
 
     An adaptive problem (``ivp.grid is None``) is solved by the controller loop
     (:func:`anode.adaptive.integrate`), which sets ``ivp.grid`` to the accepted grid and
-    calls ``keep`` for the accepted steps only; the closure check is then made on the first
-    evaluation of ``func``. torchdiffeq's forward step callbacks (``ivp.callbacks.forward``)
-    are called for every step (attempt) of this sweep, and only here.
+    calls ``keep`` for the accepted steps only. torchdiffeq's forward step callbacks
+    (``ivp.callbacks.forward``) are called for every step (attempt) of this sweep, and only
+    here.
 
     Raises:
-        ValueError: func reaches a tensor that requires grad but is not in ``params``
-            (checked on the first step, which is the only one taken with a graph).
         anode.adaptive.AdaptiveSolveError: as :func:`anode.adaptive.integrate`.
     """
+    record = start.record
     if ivp.grid is None:
-        def first_eval(t0: torch.Tensor, y: State) -> State:
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
-                y_leaf = tuple(v.detach().requires_grad_() for v in y)
-                k = ivp.func(t0, y_leaf)
-            check_closed(k, [*y_leaf, *params])
-            return tuple(v.detach() for v in k)
-
         outputs, ivp.grid = integrate(ivp, ivp.controller, record=record, keep=keep,
-                                      first_eval=first_eval, hooks=ivp.callbacks.forward)
+                                      first_eval=lambda t0, y: start.slope, hooks=ivp.callbacks.forward)
         record.finish()
         return [y for state in outputs for y in state]
     stage_times, sizes = ivp.step_times(ivp.t.detach())
     outputs = set(ivp.grid.solve_outputs)
     y, result = tuple(ivp.y0), []
+    first = [start.slope]
+
+    def first_step(t: torch.Tensor, y: State) -> State:  # its first stage is known
+        return first.pop() if first else ivp.func(t, y)
+
     hooks = ivp.callbacks.forward
     for j in range(ivp.grid.n_steps):
         if keep is not None:
             keep(j, y)
         if hooks:
             hooks.on_step(stage_times[j][0], y, sizes[j])
-        if j == 0:
-            # One step with a graph shows whether func reaches tensors that require grad
-            # but are not inputs here: fail now rather than lose their gradient. The graph
-            # lives only for this check, so the user's saved-tensor hooks (save_on_cpu)
-            # need not see it. Saved tensors are kept detached: a function that
-            # differentiates inside needs their values, and a saved output that kept its
-            # grad_fn would form a reference cycle that is never freed.
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
-                # the state requires grad, as in a backward rebuild: a function that
-                # differentiates with respect to it then creates no leaf of its own
-                y_leaf = tuple(v.detach().requires_grad_() for v in y)
-                y = rk_step(ivp.func, y_leaf, stage_times[j], sizes[j], ivp.tableau)
-            check_closed(y, [*y_leaf, *params])
-            y = tuple(v.detach() for v in y)
-        else:
-            y = rk_step(ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
+        y = rk_step(first_step if j == 0 else ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
         record.after_step(j)
         if j + 1 in outputs:
             result.extend(y)

@@ -33,7 +33,8 @@ from ..adams import Adams, StepRecord, adams_step, history_lengths, pack, unpack
 from ..ivp import IVP
 from ..recompute import ForwardRecord
 from ..solvers import State
-from .forward import check_closed, unflatten, zeros_if_none
+from .closures import independent
+from .forward import ForwardStart, check_closed, start_forward, unflatten, zeros_if_none
 
 
 def _detached(x):
@@ -50,7 +51,7 @@ def _value(h):
 
 def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
           records: list[StepRecord] | None = None, replay: ForwardRecord | None = None,
-          forward: ForwardRecord | None = None, keep=None, params=None, hooks=None):
+          forward: ForwardRecord | None = None, keep=None, first: State | None = None, hooks=None):
     """Step an Adams method through ``ivp.grid`` under the current grad mode.
 
     Args:
@@ -60,16 +61,14 @@ def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
         replay: a forward record whose generator state each step replays.
         forward: a forward record to note each step in (:meth:`ForwardRecord.after_step`).
         keep: called as ``keep(j, y_j, past_j)`` at the start of every step.
-        params: in a graph-free forward, the differentiated tensors: the first step is then
-            taken with a graph to check that func reaches no other tensor requiring grad.
+        first: ``func(t0, y0)`` when already evaluated (by
+            :func:`~anode.gradients.forward.start_forward`): the first step's first evaluation.
         hooks: torchdiffeq's forward step callbacks (:class:`~anode.callbacks.StepHooks`),
             called at the start of each step; None in replays, which report nothing.
 
     Returns:
         ``(states at ivp.grid.solve_outputs, step records, evaluations of func)``.
 
-    Raises:
-        ValueError: as :func:`~anode.gradients.forward.check_closed`.
     """
     method = ivp.tableau
     stage_times, sizes = ivp.step_times(t)
@@ -82,18 +81,14 @@ def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
         rec = None if records is None else records[j]
         if hooks:
             hooks.on_step(stage_times[j][0], y, sizes[j])
+        func = ivp.func
+        if first is not None and j == 0:
+            pending = [first]
+
+            def func(t, y, pending=pending):
+                return pending.pop() if pending else ivp.func(t, y)
         with replay.step(j) if replay is not None else contextlib.nullcontext():
-            if params is not None and j == 0:
-                # one step with a graph shows whether func reaches tensors requiring grad that
-                # are not differentiated here (as anode.gradients.forward.forward_sweep does)
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
-                    y_leaf = tuple(v.detach().requires_grad_() for v in y)
-                    y, past, rec, n = adams_step(method, ivp.func, y_leaf, past, stage_times[j],
-                                                 sizes[j], rec)
-                check_closed(y, [*y_leaf, *params])
-                y, past = tuple(v.detach() for v in y), [tuple(v.detach() for v in f) for f in past]
-            else:
-                y, past, rec, n = adams_step(method, ivp.func, y, past, stage_times[j], sizes[j], rec)
+            y, past, rec, n = adams_step(method, func, y, past, stage_times[j], sizes[j], rec)
         if forward is not None:
             forward.after_step(j)
         made.append(rec)
@@ -116,13 +111,14 @@ def forward_solve(ivp: IVP) -> list[State]:
     return result
 
 
-def graph_free_forward(ivp: IVP, params: list[torch.Tensor], record: ForwardRecord,
+def graph_free_forward(ivp: IVP, start: ForwardStart,
                        keep=None) -> tuple[list[torch.Tensor], list[StepRecord]]:
-    """A forward without a graph that checks func's closure on its first step:
-    ``(the output states flattened, the step records)``."""
-    result, records, evaluations = sweep(ivp, forward=record, keep=keep, params=params,
+    """A forward without a graph from ``start`` (:func:`~anode.gradients.forward.start_forward`,
+    whose evaluation is the first step's first): ``(the output states flattened, the step
+    records)``."""
+    result, records, evaluations = sweep(ivp, forward=start.record, keep=keep, first=start.slope,
                                          hooks=ivp.callbacks.forward)
-    record.finish()
+    start.record.finish()
     _count_forward(ivp, evaluations)
     return [v for state in result for v in state], records
 
@@ -146,20 +142,20 @@ def reverse_interval(ivp: IVP, dynamics, aug: State, steps, stage_times, sizes, 
 
 
 class _MultistepAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, schedule, *y0, t, *params)``; outputs: the states at
+    """Inputs: ``(ivp, schedule, start, *y0, t, *params)``; outputs: the states at
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, schedule, *tensors):
-        n_y, slots, n_steps = len(ivp.y0), ivp.tableau.slots, ivp.grid.n_steps
-        record = ForwardRecord(ivp.func.module, tensors[:n_y])
+    def forward(ctx, ivp: IVP, schedule, start: ForwardStart, *tensors):
+        slots, n_steps = ivp.tableau.slots, ivp.grid.n_steps
+        record = start.record
         kept: dict[int, State] = {}
 
         def keep(j: int, y: State, past: list[State]) -> None:
             if j != 0 and schedule.keeps(j, n_steps):
                 kept[j] = schedule.hold(j, n_steps, pack(y, past, slots))
 
-        result, records = graph_free_forward(ivp, list(tensors[n_y + 1:]), record, keep)
+        result, records = graph_free_forward(ivp, start, keep)
         ivp.stats.schedule = schedule.name
         by_autograd = schedule.autograd_holds_kept
         kept_steps = list(kept) if by_autograd else []
@@ -192,7 +188,7 @@ class _MultistepAdjoint(torch.autograd.Function):
             kept.update(ctx.kept_by_schedule)
             if not ctx.differentiated_twice:
                 ctx.kept_by_schedule = None
-        need = ctx.needs_input_grad[2:]
+        need = ctx.needs_input_grad[3:]
         need_t = need[n_y]
         wanted = [i for i in range(len(params)) if need[n_y + 1 + i]]
         wanted_params = [params[i] for i in wanted]
@@ -244,7 +240,8 @@ class _MultistepAdjoint(torch.autograd.Function):
         all_params: list[torch.Tensor | None] = [None] * len(params)
         for i, g in zip(wanted, param_adj):
             all_params[i] = g
-        return (None, None, *(a if need[i] else None for i, a in enumerate(a_y)), t_grad, *all_params)
+        return (None, None, None, *(a if need[i] else None for i, a in enumerate(a_y)), t_grad,
+                *all_params)
 
 
 def _step_vjp(ivp, y, past, stage_times, size, step_record, a_y, a_hist, params, param_adj, need_t):
@@ -266,9 +263,10 @@ def _step_vjp(ivp, y, past, stage_times, size, step_record, a_y, a_hist, params,
     a_past = [a_hist[i + 1] if i + 1 < len(a_hist) else None for i in range(len(past))]
     pairs = [(o, g) for o, g in pairs if o.requires_grad]
     inputs = [*y_leaf, *(v for f in past_leaf for v in f), *params] + ([st, h] if need_t else [])
-    check_closed([o for o, _ in pairs], inputs)
-    grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
-                                allow_unused=True) if pairs else [None] * len(inputs)
+    check_closed([o for o, _ in pairs], inputs, ivp.func)
+    with independent(params):
+        grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
+                                    allow_unused=True) if pairs else [None] * len(inputs)
     n_y = len(y)
     for k in range(len(past)):
         g = grads[n_y * (k + 1):n_y * (k + 2)]
@@ -291,7 +289,7 @@ def _differentiable_backward(ctx, grad_outputs):
     n_y = len(ivp.y0)
     saved = ctx.saved_tensors
     y0, t = tuple(saved[:n_y]), saved[n_y]
-    need = ctx.needs_input_grad[2:]
+    need = ctx.needs_input_grad[3:]
     with record.replaying():
         states, _, n = sweep(ivp, y0, t, records=ctx.records, replay=record)
     ivp.stats.backward_steps += ivp.grid.n_steps
@@ -302,7 +300,7 @@ def _differentiable_backward(ctx, grad_outputs):
     grads = iter(torch.autograd.grad([y for y, _ in pairs], inputs, [g for _, g in pairs],
                                      create_graph=True, allow_unused=True)
                  if pairs and inputs else [None] * len(inputs))
-    return (None, None, *(next(grads) if wanted else None for wanted in need))
+    return (None, None, None, *(next(grads) if wanted else None for wanted in need))
 
 
 def anode_solve(ivp: IVP, schedule) -> list[State]:
@@ -310,5 +308,6 @@ def anode_solve(ivp: IVP, schedule) -> list[State]:
     such as :class:`~anode.schedules.Auto`, which chooses by the extended state's bytes)."""
     state_bytes = sum(v.numel() * v.element_size() for v in ivp.y0) * (ivp.tableau.slots + 1)
     schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
-    flat = _MultistepAdjoint.apply(ivp, schedule, *ivp.y0, ivp.t, *ivp.params)
+    start = start_forward(ivp)  # finds the tensors func reaches: they join ivp.params
+    flat = _MultistepAdjoint.apply(ivp, schedule, start, *ivp.y0, ivp.t, *ivp.params)
     return unflatten(flat, len(ivp.y0))

@@ -26,7 +26,8 @@ import torch
 
 from ..recompute import ForwardRecord
 from ..solvers import ButcherTableau, State, stage_input
-from .forward import check_closed, zeros_if_none
+from .closures import check_closed, independent
+from .forward import zeros_if_none
 
 
 def _dot(a: State, b: State) -> torch.Tensor:
@@ -122,8 +123,9 @@ def stagewise_vjp(
         k_adj = tuple(sum(g[idx] * (w * h) for w, g in terms).to(k[idx].dtype) if terms
                       else torch.zeros_like(k[idx]) for idx in range(len(k)))
         wanted = [*y_leaf, *params] + ([st] if need_t else [])
-        check_closed(k, wanted)
-        grads = torch.autograd.grad(k, wanted, k_adj, allow_unused=True)
+        check_closed(k, wanted, func)
+        with independent(params):
+            grads = torch.autograd.grad(k, wanted, k_adj, allow_unused=True)
         stage_adj[i] = zeros_if_none(grads[: len(y_leaf)], y_leaf)
         for idx, g in enumerate(stage_adj[i]):
             y_adj[idx] = y_adj[idx] + g
