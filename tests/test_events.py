@@ -61,9 +61,9 @@ def _central_differences(fn, inputs, eps=1e-6):
 # tolerances accept every step of max_step (so finite differences see the same steps).
 FROZEN = {"rtol": 1.0, "atol": 1.0}
 CASES = {
-    "dopri5": dict(method="dopri5", options=dict(first_step=0.2, max_step=0.2), **FROZEN),
+    "dopri5": dict(method="dopri5", options=dict(first_step=0.4, max_step=0.4), **FROZEN),
     "bosh3": dict(method="bosh3", options=dict(first_step=0.1, max_step=0.1), **FROZEN),
-    "tsit5": dict(method="tsit5", options=dict(first_step=0.2, max_step=0.2), **FROZEN),
+    "tsit5": dict(method="tsit5", options=dict(first_step=0.4, max_step=0.4), **FROZEN),
     "adaptive_heun-cubic": dict(method="adaptive_heun", options=dict(first_step=0.05, max_step=0.05),
                                 **FROZEN),
     "rk4-linear": dict(method="rk4", options=dict(step_size=0.1)),
@@ -76,14 +76,15 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gradients_match_finite_differences(case, reverse):
     """Exact for the discrete solve: the root on the event step's interpolant, differentiated
-    with the steps (its slope is the interpolant's; func's slope misses by up to 20 % here)."""
+    with the steps. The slope in the implicit function theorem is the interpolant's: with
+    func's (torchdiffeq's choice) these cases miss by 4e-7 to 1e-1, against 2e-9 here."""
     f, c, y0, t0, inputs = _problem()
     target = -0.3 if reverse else 0.3
     kwargs = CASES[case]
 
     def run():
-        event_t, sol = dropin.odeint_event(f, y0, t0, event_fn=lambda t, y: y[0] - c * target / 0.3,
-                                           reverse_time=reverse, **kwargs)
+        event_t, sol = dropin.odeint_event(f, y0, t0, event_fn=lambda t, y: y[0] - c * target / 0.3
+                                           + 0.05 * (t - 1), reverse_time=reverse, **kwargs)
         return _loss(event_t, sol[-1])
 
     grads = torch.autograd.grad(run(), inputs)
