@@ -1,5 +1,5 @@
-"""A drop-in for torchdiffeq: its ``odeint`` and ``odeint_adjoint``, arguments, method names
-and options, solved by anode.
+"""A drop-in for torchdiffeq: its ``odeint``, ``odeint_adjoint`` and ``odeint_event``,
+arguments, method names and options, solved by anode.
 
 Switching is a change of import::
 
@@ -23,6 +23,11 @@ What differs from torchdiffeq, by design:
   2018 as in torchdiffeq's ``odeint_adjoint`` (approximate, reverse-time solve); for memory
   savings with exact gradients use :func:`odeint` instead. Both take ``gradient=`` (any of
   :func:`anode.odeint`'s) to choose otherwise.
+* Events (``event_fn``, :func:`odeint_event`): the event time and the state there carry
+  the exact gradient of the discrete solve already from :func:`odeint` (the implicit
+  function theorem on the event step's interpolant, :mod:`anode.events`); torchdiffeq's
+  ``odeint`` leaves the event time without one and its ``odeint_event`` adds an
+  approximate one.
 * Closures. A tensor that requires grad and reaches ``func`` other than as a parameter of
   the ``nn.Module`` ``func`` must be passed in ``params=`` (``adjoint_params=`` for
   :func:`odeint_adjoint`); otherwise the solve raises ValueError naming it (autograd through
