@@ -12,7 +12,15 @@ from anode import dropin, event_search
 from anode.events import EventNotFoundError, solve_until_event
 from anode.options import FixedGrid, SolveOptions
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """The reference dtype: float64 for every tensor made here (torchdiffeq's examples do the
+    same), restored after each test."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 class Pendulum(torch.nn.Module):
