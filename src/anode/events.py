@@ -15,7 +15,7 @@ where ``dY/dt`` is the slope of the interpolant (not ``func``: only the interpol
 makes the gradient that of the discrete solve) and θ is anything the solve depends on
 (``y0``, the parameters of ``func`` and of ``event_fn``, ``t[0]``). This is the
 event-time sensitivity of Chen, Amos and Nickel, "Learning Neural Event Functions for
-Ordinary Differential Equations", ICLR 2021, §3 (there with ``func`` for the slope), taken
+Ordinary Differential Equations", ICLR 2021 (there with ``func`` for the slope), taken
 on the discrete solution.
 
 How: a graph-free sweep takes the steps and watches the sign of ``g`` at each step's end;
@@ -26,7 +26,10 @@ method (so ``anode``'s low memory applies to them; ``backsolve`` runs its revers
 the event step itself is rebuilt with a graph (one step's graph), and
 :class:`_EventGradient` sends the cotangent ``-c`` to ``g(τ, Y(τ))``, ``c = (τ̄ + ȳ · dY/dt)
 / D``, which gives both formulas above. The replayed steps agree with the sweep's to
-rounding (the step times are recomputed as fractions of the replayed span).
+rounding (the step times are recomputed as fractions of the replayed span). A change of
+``t[0]`` shifts every step (their sizes held), as rerunning the search from a shifted start
+would for an autonomous problem. An event function that is constant at the event (it
+jumped to zero in time: a terminal time) gives τ no gradient: τ does not move.
 
 Limits (each raises rather than return a wrong gradient): double backward through the
 event time (``create_graph=True``); an event where ``D = 0`` (``g`` touches zero without
