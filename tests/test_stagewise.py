@@ -88,3 +88,21 @@ def test_stagewise_must_be_a_bool():
     with pytest.raises(TypeError, match="stagewise"):
         anode.Anode(stagewise="yes")
     assert "stagewise=False" in repr(anode.Anode(stagewise=False))
+
+
+def test_a_component_without_a_graph():
+    """func may return a component that depends on nothing (torch.zeros_like(y), as
+    torchdiffeq's bouncing-ball example does for a parameter carried in the state)."""
+    g = torch.tensor(9.8, dtype=F64, requires_grad=True)
+
+    def f(t, s):
+        return s[1], -g * torch.cos(s[0]), torch.zeros_like(s[2])
+
+    y0 = tuple(torch.tensor([v], dtype=F64, requires_grad=True) for v in (1.0, 0.0, 0.2))
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    got, want = (torch.autograd.grad(anode.odeint(f, y0, t, method="rk4", n_steps=4, gradient=gradient,
+                                                  params=[g])[0][-1].sum(), [*y0, g], allow_unused=True)
+                 for gradient in ("anode", "direct"))
+    for a, b, x in zip(got, want, [*y0, g]):
+        a, b = (torch.zeros_like(x) if v is None else v for v in (a, b))
+        assert (a - b).abs().max() <= 1e-13 * max(1.0, b.abs().max())

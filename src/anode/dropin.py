@@ -1,5 +1,5 @@
-"""A drop-in for torchdiffeq: its ``odeint`` and ``odeint_adjoint``, arguments, method names
-and options, solved by anode.
+"""A drop-in for torchdiffeq: its ``odeint``, ``odeint_adjoint`` and ``odeint_event``,
+arguments, method names and options, solved by anode.
 
 Switching is a change of import::
 
@@ -23,6 +23,11 @@ What differs from torchdiffeq, by design:
   2018 as in torchdiffeq's ``odeint_adjoint`` (approximate, reverse-time solve); for memory
   savings with exact gradients use :func:`odeint` instead. Both take ``gradient=`` (any of
   :func:`anode.odeint`'s) to choose otherwise.
+* Events (``event_fn``, :func:`odeint_event`): the event time and the state there carry
+  the exact gradient of the discrete solve already from :func:`odeint` (the implicit
+  function theorem on the event step's interpolant, :mod:`anode.events`); torchdiffeq's
+  ``odeint`` leaves the event time without one and its ``odeint_event`` adds an
+  approximate one.
 * Closures. ``func`` need not be an ``nn.Module``: the tensors requiring grad that it
   reaches (``lambda t, y: net(y)``, a bound method, a hypernetwork's output) are found on
   its first evaluation and differentiated like parameters, also by :func:`odeint_adjoint`
@@ -49,6 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from .events import solve_until_event
 from .gradients import GradientMethod
 from .ivp import SolveStats
 from .odeint import Tensors, _default_params
@@ -80,7 +86,9 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
         method: a torchdiffeq name (:data:`METHODS`; default ``dopri5``).
         options: torchdiffeq's options dict (:data:`FIXED_OPTIONS` or
             :data:`ADAPTIVE_OPTIONS`).
-        event_fn: not supported (NotImplementedError).
+        event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` (``t`` of length 2; only
+            the direction to ``t[1]`` counts) until a component of it crosses zero, as
+            torchdiffeq; see :mod:`anode.events`. The event time's gradient is exact.
         gradient: anode's gradient method (None, the default, is ``"anode"``: exact;
             ``"direct"`` is torchdiffeq's autograd through the solver). With
             ``method="scipy_solver"`` only None (values; a backward through them raises) or
@@ -91,17 +99,29 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
 
     Returns:
         As torchdiffeq: shape ``(M, *S)`` (a tuple of ``(M, *S_i)`` for a tuple ``y0``).
+        With ``event_fn``: ``(event_t, solution)``, the event time (0-d, ``t``'s dtype)
+        and ``y0`` and the state at the event stacked (shape ``(2, *S)``); unlike
+        torchdiffeq's, both carry the event time's gradient already (torchdiffeq adds it
+        in ``odeint_event``).
 
     Raises:
         NotImplementedError, ValueError, TypeError: as :func:`solve_options` and
-            :func:`anode.odeint`.
+            :func:`anode.odeint`; with ``event_fn`` as :func:`anode.events.solve_until_event`.
     """
-    if event_fn is not None:
-        raise NotImplementedError("event_fn is not supported: anode solves to the given output times")
     if method == "scipy_solver":
+        if event_fn is not None:  # torchdiffeq's SciPy wrapper has no event search either
+            raise ValueError("event_fn does not go with method='scipy_solver'; use dopri5 (or another "
+                             "anode method) for events")
         return scipy_odeint(func, y0, t, rtol=rtol, atol=atol, options=options, gradient=gradient,
                             params=_default_params(func, params), stats=stats)
     solve = solve_options(rtol, atol, method, options, "anode" if gradient is None else gradient)
+    if event_fn is not None:
+        fixed_interp = None if solve.method.embedded else dict(options or {}).get("interp", "linear")
+        event_t, state, is_tuple = solve_until_event(func, y0, t, solve, event_fn, interp=fixed_interp,
+                                                     params=params, stats=stats)
+        start = y0 if is_tuple else (y0,)
+        stacked = tuple(torch.stack([a, b]) for a, b in zip(start, state))
+        return event_t, (stacked if is_tuple else stacked[0])
     return _odeint(func, y0, t, options=solve, params=params, stats=stats)
 
 
@@ -199,5 +219,43 @@ def odeint_dense(func: Callable, y0: torch.Tensor, t0, t1, *, rtol=1e-7, atol=1e
     return dense_output_fn
 
 
-__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "solve_options", "METHODS", "UNSUPPORTED_METHODS",
-           "FIXED_OPTIONS", "ADAPTIVE_OPTIONS"]
+def odeint_event(func: Callable, y0: Tensors, t0: torch.Tensor, *, event_fn: Callable,
+                 reverse_time: bool = False, odeint_interface: Callable = odeint, **kwargs):
+    """torchdiffeq's ``odeint_event``: solve from ``t0`` until ``event_fn(t, y)`` crosses zero.
+
+    Calls ``odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)`` with ``t = [t0,
+    t0 ± 1]`` (the sign from ``reverse_time``; only the direction is used). anode's
+    :func:`odeint` and :func:`odeint_adjoint` already give the event time and the state
+    there the gradient of the implicit function theorem on the discrete solve
+    (:mod:`anode.events`), so nothing is rerouted here as torchdiffeq does.
+
+    Args:
+        func, y0: as :func:`odeint`.
+        t0: the initial time, a tensor of one element (may require grad).
+        event_fn: as :func:`odeint`.
+        reverse_time: solve backwards in time.
+        odeint_interface: :func:`odeint` (the default) or :func:`odeint_adjoint`, or a
+            function calling one of them with these arguments.
+        **kwargs: ``rtol``, ``atol``, ``method``, ``options``, ... for ``odeint_interface``.
+
+    Returns:
+        ``(event_t, solution)``: a 0-d tensor of ``t0``'s dtype and the states at ``t0`` and
+        at the event stacked, shape ``(2, *S)`` (a tuple for a tuple ``y0``).
+
+    Raises:
+        TypeError: ``t0`` not a tensor; ``odeint_interface`` is torchdiffeq's own (its
+            event time has no gradient to give).
+        As ``odeint_interface``.
+    """
+    if getattr(odeint_interface, "__module__", "").startswith("torchdiffeq"):
+        raise TypeError("odeint_interface is torchdiffeq's own; anode.dropin.odeint_event needs "
+                        "anode.dropin.odeint or odeint_adjoint, whose event time carries its gradient")
+    if not isinstance(t0, torch.Tensor):
+        raise TypeError(f"t0 must be a tensor, not {type(t0).__name__}")
+    start = t0.reshape(-1)
+    t = torch.cat([start, start.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "solve_options", "METHODS",
+           "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS"]

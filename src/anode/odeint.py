@@ -13,6 +13,7 @@ from .callbacks import find_callbacks
 from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
+from .grid import TimeGrid
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from .options import SolveOptions
 from .schedules import Auto, Schedule
@@ -321,10 +322,15 @@ def odeint_adjoint(
 def solve(
     func: Callable, y0: Tensors, t: torch.Tensor, options: SolveOptions, *,
     params: Sequence[torch.Tensor] | None = None, stats: SolveStats | None = None,
+    grid: TimeGrid | None = None,
 ) -> tuple[State, bool, list[State]]:
     """:func:`odeint` without stacking: ``(y0 as a tuple, whether y0 was a tuple, the tuple
     state at every output time)``. Used by :class:`~anode.nn.ODEBlock`, which needs only the
-    last state and should not copy the input into a stacked result."""
+    last state and should not copy the input into a stacked result.
+
+    ``grid`` replays given steps (for ``t``'s output times) instead of choosing them: the
+    accepted steps of an event search (:mod:`anode.events`). The options' controller then
+    serves only ``backsolve``'s adaptive reverse solve."""
     transforms = _functorch_transforms()
     state, is_tuple = _check_state(y0, check_values=not transforms)
     times = _check_times(t)
@@ -339,7 +345,8 @@ def solve(
             f"implicit_adams cannot run under torch.func {'/'.join(sorted(transforms))}: its corrector "
             "iterates until the values converge; use explicit_adams or a Runge-Kutta method")
     # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
-    grid = None if adaptive else options.stepping.grid(times, func, y0, t)
+    if grid is None and not adaptive:
+        grid = options.stepping.grid(times, func, y0, t)
     stats = stats if stats is not None else SolveStats()
     if len(set(times)) == 1:  # no step to take (one output time, or only repeats of it)
         return state, is_tuple, [state] * len(times)

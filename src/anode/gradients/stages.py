@@ -124,8 +124,11 @@ def stagewise_vjp(
                       else torch.zeros_like(k[idx]) for idx in range(len(k)))
         wanted = [*y_leaf, *params] + ([st] if need_t else [])
         check_closed(k, wanted, func)
+        # a component func returns without a graph (torch.zeros_like(y)) has no derivative
+        pairs = [(x, a) for x, a in zip(k, k_adj) if x.requires_grad]
         with independent(params):
-            grads = torch.autograd.grad(k, wanted, k_adj, allow_unused=True)
+            grads = torch.autograd.grad([x for x, _ in pairs], wanted, [a for _, a in pairs],
+                                        allow_unused=True) if pairs else (None,) * len(wanted)
         stage_adj[i] = zeros_if_none(grads[: len(y_leaf)], y_leaf)
         for idx, g in enumerate(stage_adj[i]):
             y_adj[idx] = y_adj[idx] + g
