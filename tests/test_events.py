@@ -316,3 +316,37 @@ def test_stats_count_the_search_and_the_replay():
     assert stats.forward_steps == 2 * searched  # the search, then the replay and the event step
     event_t.backward()
     assert stats.backward_steps == searched - 1  # the event step's own graph is autograd's
+
+
+def test_what_the_event_search_does_not_honour_raises():
+    """Options and hooks the search would not take into account are refused, never ignored."""
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+    def event(t, y):
+        return y[0] - 0.5
+
+    def decay(t, y):
+        return -y
+
+    cases = [
+        dict(method="dopri5", options=dict(jump_t=[0.3])),
+        dict(method="dopri5", options=dict(step_t=[0.3])),
+        dict(method="euler", options=dict(step_size=0.1, perturb=True)),
+        dict(method="explicit_adams", options=dict(step_size=0.1)),
+    ]
+    for kwargs in cases:
+        with pytest.raises(NotImplementedError, match="event_fn with"):
+            dropin.odeint(decay, y0, t, event_fn=event, **kwargs)
+
+    class Hooked(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+        def callback_step(self, t0, y0, dt):
+            pass
+
+    with pytest.raises(NotImplementedError, match="callback_step"):
+        dropin.odeint(Hooked(), y0, t, event_fn=event)
+    with pytest.raises(ValueError, match="scipy_solver"):
+        dropin.odeint(decay, y0, t, event_fn=event, method="scipy_solver")

@@ -137,7 +137,7 @@ def _adaptive_steps(func, y: State, s: float, direction: float, tab: ButcherTabl
     evals, accepted, rejected = 1, 0, 0
     h = ctl.first_step
     if h is None:
-        h = ctl.initial_step(func, s, y, k0, tab.order, direction, time)
+        h = ctl.initial_step(func, s, y, k0, tab.order, direction, time, func.is_tuple)
         evals += 1
     previous, last_ratio, bounds = 1.0, 0.0, [s]
     try:
@@ -157,7 +157,7 @@ def _adaptive_steps(func, y: State, s: float, direction: float, tab: ButcherTabl
             y1, error, ks = embedded_step(func, y, time(stage_times), size, tab, k0)
             evals += tab.stages - (k0 is not None)
             with torch.no_grad():
-                ratio = last_ratio = ctl.error_ratio(error, y, y1)
+                ratio = last_ratio = ctl.error_ratio(error, y, y1, func.is_tuple)
             if ratio <= 1.0:  # False for NaN
                 accepted += 1
                 if fired(end, y1):

@@ -45,6 +45,8 @@ from collections.abc import Callable
 
 import torch
 
+from .adams import is_multistep
+from .callbacks import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 from .controllers import Adaptive
 from .event_search import (
     INTERPOLANTS,
@@ -125,6 +127,20 @@ def _check_no_random(needs_graph: bool, rng: tuple, state: State) -> None:
             "randomness (e.g. dropout in eval mode) or under torch.no_grad()")
 
 
+def _check_supported(func, tab, stepping, adaptive: bool) -> None:
+    """Raise for what the event search does not honour, rather than ignore it."""
+    if is_multistep(tab):
+        raise NotImplementedError(f"event_fn with {tab.name!r} is not supported: the event search "
+                                  "steps Runge–Kutta methods; use dopri5 (or another Runge–Kutta method)")
+    unsupported = ([name for name in ("step_t", "jump_t") if getattr(stepping, name)] if adaptive
+                   else [name for name in ("perturb", "grid_constructor") if getattr(stepping, name)])
+    unsupported += [name for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES)
+                    if getattr(func, name, None) is not None]
+    if unsupported:
+        raise NotImplementedError(f"event_fn with {unsupported} is not supported: the event search "
+                                  "does not take them into account; solve without them")
+
+
 def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: SolveOptions,
                       event_fn: Callable, *, interp: str | None = None, params=None,
                       stats: SolveStats | None = None) -> tuple[torch.Tensor, State, bool]:
@@ -171,6 +187,7 @@ def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: Sol
                          f"(torchdiffeq's rule), got {t!r}")
     tab, stepping = options.method, options.stepping
     adaptive = isinstance(stepping, Adaptive)
+    _check_supported(func, tab, stepping, adaptive)
     if not adaptive and stepping.step_size is None:
         raise ValueError("an event search on a fixed grid needs a step size: options=dict(step_size=...) "
                          "(anode.FixedGrid(step_size=...))")
