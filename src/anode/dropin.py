@@ -56,8 +56,9 @@ import torch
 
 from .events import solve_until_event
 from .gradients import GradientMethod
+from .inputs import default_params
 from .ivp import SolveStats
-from .odeint import Tensors, _default_params
+from .odeint import Tensors
 from .odeint import odeint as _odeint
 from .scipy_solve import scipy_odeint
 from .torchdiffeq_options import (
@@ -113,7 +114,7 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
             raise ValueError("event_fn does not go with method='scipy_solver'; use dopri5 (or another "
                              "anode method) for events")
         return scipy_odeint(func, y0, t, rtol=rtol, atol=atol, options=options, gradient=gradient,
-                            params=_default_params(func, params), stats=stats)
+                            params=default_params(func, params), stats=stats)
     solve = solve_options(rtol, atol, method, options, "anode" if gradient is None else gradient)
     if event_fn is not None:
         fixed_interp = None if solve.method.embedded else dict(options or {}).get("interp", "linear")

@@ -59,8 +59,9 @@ from .event_search import (
     step_with_interpolant,
 )
 from .grid import TimeGrid
-from .ivp import CheckedFunc, SolveStats, check_signature
-from .odeint import Tensors, _check_state, _functorch_transforms, solve
+from .inputs import check_state, functorch_transforms
+from .ivp import CheckedFunc, SolveStats, check_signature, time_dtypes
+from .odeint import Tensors, solve
 from .options import SolveOptions
 from .solvers import State
 
@@ -177,11 +178,11 @@ def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: Sol
         TypeError: as :func:`anode.odeint`; ``event_fn`` returns no tensor.
     """
     check_signature(func)
-    transforms = _functorch_transforms()
+    transforms = functorch_transforms()
     if transforms:
         raise ValueError(f"events cannot run under torch.func {'/'.join(sorted(transforms))}: "
                          "the search's steps depend on the values of the state")
-    state, is_tuple = _check_state(y0, check_values=True)
+    state, is_tuple = check_state(y0, check_values=True)
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or len(t) != 2 or not t.is_floating_point():
         raise ValueError("with event_fn, t must be a 1-D floating-point tensor of two times "
                          f"(torchdiffeq's rule), got {t!r}")
@@ -207,7 +208,7 @@ def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: Sol
     def round_t(x: float) -> float:
         return x if t_dtype == torch.float64 else float(torch.tensor(x, dtype=t_dtype))
 
-    cfunc = CheckedFunc(func, is_tuple)
+    cfunc = CheckedFunc(func, is_tuple, time_dtypes(t, state)[1])  # func's time in the state's dtype
     grad_on = torch.is_grad_enabled()
     # func may differentiate inside, which inference tensors forbid: search outside
     # inference mode (without a graph) on ordinary copies, as anode.odeint does

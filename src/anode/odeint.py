@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from .adams import get_method, is_multistep
 from .callbacks import find_callbacks
@@ -14,6 +12,7 @@ from .controllers import Adaptive
 from .gradients import GradientMethod, resolve
 from .gradients.direct import forward_solve
 from .grid import TimeGrid
+from .inputs import check_state, check_times, default_params, functorch_transforms
 from .ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from .options import SolveOptions
 from .schedules import Auto, Schedule
@@ -21,74 +20,6 @@ from .solvers import ButcherTableau, State
 from .torchdiffeq_options import adjoint_gradient, check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def _check_state(y0, check_values: bool) -> tuple[State, bool]:
-    is_tuple = isinstance(y0, (tuple, list))
-    state = tuple(y0) if is_tuple else (y0,)
-    if is_tuple and not state:
-        raise ValueError("y0 is an empty tuple; a state needs at least one tensor")
-    for i, y in enumerate(state):
-        where = f"y0[{i}]" if is_tuple else "y0"
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"{where} must be a tensor, not {type(y).__name__}")
-        if not y.is_floating_point():
-            raise TypeError(f"{where} must have a floating-point dtype, not {y.dtype}")
-        # a data-dependent check, which torch.func transforms cannot run
-        if check_values and not torch.isfinite(y).all():
-            raise ValueError(f"{where} contains NaN or Inf")
-    return state, is_tuple
-
-
-def _check_times(t) -> list[float]:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a 1-D tensor of output times, not {type(t).__name__}")
-    if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of output times, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"t must have a floating-point dtype, not {t.dtype}")
-    try:
-        times = t.detach().to(torch.float64).tolist()
-    except RuntimeError as error:  # a tensor without storage: batched by torch.func.vmap
-        if "Vmap" not in _functorch_transforms():
-            raise
-        raise ValueError(
-            "t is batched by torch.func.vmap (a time grid per sample): anode builds its time grid "
-            "from the values of t, which vmap cannot give it. Share one t (vmap over y0 and "
-            "parameters only), loop over the time grids, or rescale time to a shared grid: solve "
-            "dy/ds = (t1 - t0) * func(t0 + s * (t1 - t0), y) on s = torch.linspace(0, 1, M) with "
-            "the per-sample t0, t1 closed over") from error
-    if not all(math.isfinite(x) for x in times):
-        raise ValueError("t contains NaN or Inf")
-    diffs = [b - a for a, b in zip(times[:-1], times[1:])]
-    if any(d > 0 for d in diffs) and any(d < 0 for d in diffs):
-        raise ValueError(
-            "t is not monotonic; output times must be increasing or decreasing (repeats allowed)"
-        )
-    return times
-
-
-def _functorch_transforms() -> set[str]:
-    """The torch.func transforms running now (``{"Vmap", "Grad", "Jvp", ...}``)."""
-    if getattr(torch.compiler, "is_compiling", bool)():  # Dynamo cannot trace the query
-        return set()
-    try:
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-    except ImportError:  # pragma: no cover - older torch
-        return set()
-    return {str(i.key()).rsplit(".", 1)[-1] for i in retrieve_all_functorch_interpreters()}
-
-
-def _default_params(func, params) -> tuple[torch.Tensor, ...]:
-    own = list(func.parameters()) if isinstance(func, nn.Module) else []
-    out, seen = [], set()
-    for p in [*own, *(params or ())]:
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(f"params must hold tensors, got {type(p).__name__}")
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return tuple(out)
 
 
 _UNSET = (None, None, None, None, None, "anode", None)  # odeint's defaults for the options' arguments
@@ -331,9 +262,9 @@ def solve(
     ``grid`` replays given steps (for ``t``'s output times) instead of choosing them: the
     accepted steps of an event search (:mod:`anode.events`). The options' controller then
     serves only ``backsolve``'s adaptive reverse solve."""
-    transforms = _functorch_transforms()
-    state, is_tuple = _check_state(y0, check_values=not transforms)
-    times = _check_times(t)
+    transforms = functorch_transforms()
+    state, is_tuple = check_state(y0, check_values=not transforms)
+    times = check_times(t)
     t, func_time_dtype = time_dtypes(t, state)
     adaptive = isinstance(options.stepping, Adaptive)
     if adaptive and transforms:
@@ -363,7 +294,7 @@ def solve(
         t=t,
         grid=grid,
         tableau=options.method,
-        params=_default_params(func, params),
+        params=default_params(func, params),
         stats=stats,
         controller=options.stepping if adaptive else None,
         times=tuple(times),

@@ -129,6 +129,7 @@ def stagewise_vjp(
         with independent(params):
             grads = torch.autograd.grad([x for x, _ in pairs], wanted, [a for _, a in pairs],
                                         allow_unused=True) if pairs else (None,) * len(wanted)
+        del pairs  # the stage's graph must not outlive this stage
         stage_adj[i] = zeros_if_none(grads[: len(y_leaf)], y_leaf)
         for idx, g in enumerate(stage_adj[i]):
             y_adj[idx] = y_adj[idx] + g
