@@ -8,9 +8,10 @@ start of step ``j`` from the schedule, rebuilds that one step's graph, and takes
 vector–Jacobian product with the adjoint state, accumulating the gradients of the
 parameters and of the output times. Because each step is differentiated exactly as autograd
 would differentiate it, the result equals the direct gradient to rounding for any number of
-steps (discretize-then-optimize); only one step's graph exists at any time, and by default
-only one stage's: the stages of a multi-stage step are rebuilt one at a time
-(:mod:`anode.gradients.stages`).
+steps (discretize-then-optimize); only one step's graph exists at any time. Where that
+graph would not fit (a memory budget, :class:`~anode.schedules.Auto`, or ``stagewise=True``),
+the stages of a multi-stage step are rebuilt one at a time instead
+(:mod:`anode.gradients.stages`): one stage's graph, ``2s - 1`` evaluations a step for ``s``.
 
 Double backward (``create_graph=True``: gradient penalties, Hessian–vector products): the
 backward then rebuilds the whole solve with a graph from the saved inputs and differentiates
@@ -29,8 +30,9 @@ chosen ``Store`` recomputes nothing. The backward replays the accepted steps wit
 sizes held fixed, so the gradient is exactly that of the accepted discrete solve, as
 ``direct`` computes it (ACA, Zhuang et al., ICML 2020); rejected steps are never replayed.
 An output taken from dense output (the interpolant of the step containing it) is
-differentiated with that step: its adjoint joins the step's as further weighted sums of the
-step's stages (:func:`anode.gradients.stages.stagewise_vjp`).
+differentiated with that step: its adjoint joins the step's, through the rebuilt step's
+interpolant (or, stage by stage, as further weighted sums of the step's stages:
+:func:`anode.gradients.stages.stagewise_vjp`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ..schedules import Auto, Recompute, Schedule, Store
 from ..solvers import State, rk_step
 from .base import GradientMethod
 from .direct import dense_step, plain_solve
-from .forward import check_closed, forward_sweep, unflatten, zeros_if_none
+from .forward import GraphBytes, check_closed, forward_sweep, unflatten, zeros_if_none
 from .stages import stagewise_vjp
 
 
@@ -52,25 +54,42 @@ class _DiscreteAdjoint(torch.autograd.Function):
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool, *tensors):
+    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool | None, *tensors):
         n_y = len(ivp.y0)
         record = ForwardRecord(ivp.func.module, tensors[:n_y])
         kept: dict[int, State] = {}
         pending = ivp.grid is None
+        # A memory budget (Auto) chooses the schedule and the rebuild mode together, once it
+        # knows the bytes of a step's graph (measured on the forward's first step, which is
+        # taken with a graph anyway) and N_t: for a fixed grid before keeping state 1, for an
+        # adaptive solve at the end of its forward.
+        policy = schedule if isinstance(schedule, Auto) else None
+        graph = GraphBytes([*tensors[:n_y], *tensors[n_y + 1 :]]) if policy is not None else None
         # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
         # decide without it (Store: all, Recompute: the input), else the input only; the
         # backward sweeps forward once for the rest (Schedule.forward_needs_length). Under a
         # memory budget (Auto) it keeps every state while they fit, the input only once they
-        # do not: if they all fit, Auto chooses Store and nothing is recomputed.
-        budget = schedule.memory_budget if pending and isinstance(schedule, Auto) else None
-        during = schedule if not pending or (
-            isinstance(schedule, Schedule) and not schedule.forward_needs_length) else Recompute()
+        # do not: if they all fit, Auto may choose Store and recompute nothing.
+        budget = schedule.memory_budget if pending and policy is not None else None
+        during = schedule if policy is None and (not pending or (
+            isinstance(schedule, Schedule) and not schedule.forward_needs_length)) else Recompute()
         during = Store() if budget is not None else during
         n_known = None if pending else ivp.grid.n_steps
         state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
+        stages = ivp.tableau.solution_stages
+
+        def decide(n_steps: int) -> None:
+            nonlocal schedule, stagewise, policy
+            # an adaptive first step measured one evaluation, a fixed one the whole step
+            step_bytes = graph.total * (stages if pending else 1)
+            schedule, stagewise = policy.plan(n_steps, state_bytes, step_bytes, stages, stagewise)
+            policy = None
 
         def keep(j: int, y: State) -> None:
             nonlocal during
+            if j > 0 and policy is not None and not pending:
+                decide(n_known)
+                during = schedule
             if during.keeps(j, n_known):
                 kept[j] = during.hold(j, n_known, y)
             if budget is not None and len(kept) * state_bytes > budget:
@@ -78,9 +97,16 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     del kept[k]
                 during = Recompute()
 
-        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep)
-        if pending:  # a policy (Auto) chooses now that N_t is known
+        result = forward_sweep(ivp, list(tensors[n_y + 1 :]), record, keep, saved=graph)
+        if policy is not None:  # Auto, on an adaptive solve or a single step
+            decide(ivp.grid.n_steps)
+            # the sweep kept every state while they fit: the chosen schedule keeps its own
+            kept = {j: schedule.hold(j, ivp.grid.n_steps, y) for j, y in kept.items()
+                    if j == 0 or schedule.keeps(j, ivp.grid.n_steps)}
+        elif pending:  # another policy chooses now that N_t is known
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
+        # None: whole steps (s evaluations each), unless a budget chose otherwise above
+        stagewise = bool(stagewise)
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to
         # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
@@ -278,40 +304,43 @@ class Anode(GradientMethod):
     """The discrete adjoint (ANODE): the exact gradient of the discrete solve, low memory.
 
     The forward keeps only what ``schedule`` says; the backward walks the steps from last
-    to first, rebuilding one step's graph at a time and taking its vector–Jacobian product,
-    so the gradient equals ``direct``'s to rounding (discretize-then-optimize) while only
-    one stage's graph exists at a time (one step's with ``stagewise=False``). Prefer it
-    whenever the activations of all steps do not fit; choose the schedule by the trade-off
-    below or by a memory budget (:class:`~anode.schedules.Auto`). Source: Gholami, Keutzer,
-    Biros, IJCAI 2019, §3.
+    to first, rebuilding one step's graph at a time (or one stage's) and taking its
+    vector–Jacobian product, so the gradient equals ``direct``'s to rounding
+    (discretize-then-optimize). Prefer it whenever the activations of all steps do not fit;
+    choose the schedule by the trade-off below or by a memory budget
+    (:class:`~anode.schedules.Auto`, which also chooses how steps are rebuilt). Within one
+    block ``Store`` is the fastest and ``Revolve(s)`` the leanest; ``Recompute`` holds as
+    many states as ``Store`` during its backward and is slower, and pays off across blocks,
+    holding one state per block from forward to backward. Source: Gholami, Keutzer, Biros,
+    IJCAI 2019, §3; measured trade-offs in docs/benchmarks.md.
 
     Args:
         schedule: where states live between forward and backward: ``Recompute()`` (the
             default and the paper's scheme: the block input only, O(L) + O(N_t)),
             ``Store()`` (every step's state, no recomputation), ``Revolve(s)`` (binomial
             checkpointing, O(s)), or the policy ``Auto(memory_budget=...)``.
-        stagewise: rebuild a step of a multi-stage method one stage at a time in the
-            backward (the default), so that only one stage's graph exists at a time, at the
-            cost of evaluating each stage but the last once more (``s - 1`` evaluations per
-            step; 1.075x and 1.14x the training-step time of whole steps for midpoint and
-            rk4 ODE-ResNets on a CPU, see the README's cost model). ``False`` rebuilds whole
-            steps: faster, it holds all ``s`` stages' graphs at once, and it sums each
-            step's terms before adding them (exact to rounding, where the default equals
-            ``direct`` bit for bit under deterministic settings). No effect for
+        stagewise: how the backward rebuilds a step of a multi-stage method. ``False``: the
+            whole step at once (``s`` evaluations, all ``s`` stages' graphs held together).
+            ``True``: one stage at a time (:mod:`anode.gradients.stages`; ``2s - 1``
+            evaluations, one stage's graph held), for steps whose graph does not fit; it
+            adds the gradient's terms in the order autograd through the whole solve does,
+            so under deterministic settings it equals ``direct`` bit for bit, where whole
+            steps are exact to rounding. ``None`` (the default): chosen by memory, i.e. by
+            ``Auto``'s budget together with the schedule, else whole steps. No effect for
             single-stage methods (Euler).
 
     Raises:
         TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``, or
-            ``stagewise`` is not a bool.
+            ``stagewise`` is not None or a bool.
         ValueError (at backward): func uses a tensor requiring grad that is not among the
             parameters being differentiated.
     """
 
     name = "anode"
 
-    def __init__(self, schedule=None, stagewise: bool = True) -> None:
-        if not isinstance(stagewise, bool):
-            raise TypeError(f"stagewise must be True or False, not {stagewise!r}")
+    def __init__(self, schedule=None, stagewise: bool | None = None) -> None:
+        if stagewise is not None and not isinstance(stagewise, bool):
+            raise TypeError(f"stagewise must be None (choose by memory), True or False, not {stagewise!r}")
         self.stagewise = stagewise
         schedule = Recompute() if schedule is None else schedule
         if not callable(getattr(schedule, "choose", None)):
@@ -325,12 +354,14 @@ class Anode(GradientMethod):
     def solve(self, ivp: IVP) -> list[State]:
         n_y = len(ivp.y0)
         schedule = self.schedule
-        if ivp.grid is not None:  # else chosen at the end of the adaptive forward
+        # Auto chooses in the forward, once a step's graph is measured; another policy now,
+        # or at the end of an adaptive forward
+        if ivp.grid is not None and not isinstance(schedule, Auto):
             state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
         flat = _DiscreteAdjoint.apply(ivp, schedule, self.stagewise, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, n_y)
 
     def __repr__(self) -> str:
-        extra = "" if self.stagewise else ", stagewise=False"
+        extra = "" if self.stagewise is None else f", stagewise={self.stagewise}"
         return f"Anode(schedule={self.schedule!r}{extra})"

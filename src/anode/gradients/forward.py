@@ -54,6 +54,7 @@ def _same(x):
 def forward_sweep(
     ivp: IVP, params: list[torch.Tensor], record: ForwardRecord,
     keep: Callable[[int, State], None] | None = None,
+    saved: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Integrate without a graph; return the states at ``ivp.grid.solve_outputs``, flattened.
 
@@ -62,6 +63,9 @@ def forward_sweep(
         params: the tensors the gradient is taken with respect to, besides the state.
         record: notes each step's generator state for replay (see :class:`ForwardRecord`).
         keep: called as ``keep(j, y_j)`` with the state at the start of every step.
+        saved: sees each tensor autograd saves for the first step's graph (the first
+            evaluation's, for an adaptive problem) and returns it detached; e.g. a
+            :class:`GraphBytes` that measures the graph a backward rebuild will hold.
 
     Returns:
         The output states, output major, state component minor.
@@ -76,9 +80,10 @@ def forward_sweep(
             (checked on the first step, which is the only one taken with a graph).
         anode.adaptive.AdaptiveSolveError: as :func:`anode.adaptive.integrate`.
     """
+    pack = _detached if saved is None else saved
     if ivp.grid is None:
         def first_eval(t0: torch.Tensor, y: State) -> State:
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _same):
                 y_leaf = tuple(v.detach().requires_grad_() for v in y)
                 k = ivp.func(t0, y_leaf)
             check_closed(k, [*y_leaf, *params])
@@ -101,7 +106,7 @@ def forward_sweep(
             # need not see it. Saved tensors are kept detached: a function that
             # differentiates inside needs their values, and a saved output that kept its
             # grad_fn would form a reference cycle that is never freed.
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _same):
                 # the state requires grad, as in a backward rebuild: a function that
                 # differentiates with respect to it then creates no leaf of its own
                 y_leaf = tuple(v.detach().requires_grad_() for v in y)
@@ -116,6 +121,31 @@ def forward_sweep(
     record.finish()
     ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
+
+
+class GraphBytes:
+    """A pack hook for :func:`forward_sweep`'s ``saved``: the bytes of the distinct storages
+    autograd saves for a graph, besides those of ``exclude`` (the step's input and the
+    parameters, which are held anyway), in :attr:`total`. An estimate of the memory a
+    rebuilt graph holds: temporaries that autograd does not save are not counted."""
+
+    def __init__(self, exclude: list[torch.Tensor]) -> None:
+        self.seen = {_storage(t) for t in exclude}
+        self.total = 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = _storage(t)
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, subclasses)
+            return t.detach()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.total += t.untyped_storage().nbytes()
+        return t.detach()
+
+
+def _storage(t: torch.Tensor) -> tuple:
+    return (t.device, t.untyped_storage().data_ptr())
 
 
 def zeros_if_none(grads, like) -> State:
