@@ -247,10 +247,21 @@ def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need
     grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
     for i, g in enumerate(grads[n_y : n_y + len(params)]):
         if g is not None:
-            param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
+            _accumulate(param_adj, i, g)
     g_st, g_h, *g_th = grads[n_y + len(params):] if need_t else (None, None)
     g_th = [torch.zeros((), dtype=torch.float64, device=st.device) if g is None else g for g in g_th]
     return zeros_if_none(grads[:n_y], y_j), g_st, g_h, g_th if need_t else None
+
+
+def _accumulate(param_adj: list, i: int, g: torch.Tensor) -> None:
+    """``param_adj[i] += g`` in place into a copy of the first term: autograd may hand back
+    a cotangent itself as a gradient (``y + p``), which must not change, and an in-place sum
+    holds no third parameter-sized tensor while the two terms are added (the same bits as
+    ``a + b``)."""
+    if param_adj[i] is None:
+        param_adj[i] = g.clone()
+    else:
+        param_adj[i].add_(g)
 
 
 def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record, taps):
