@@ -109,13 +109,15 @@ class _DiscreteAdjoint(torch.autograd.Function):
         stagewise = bool(stagewise)
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to
-        # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
+        # inputs and kept states then raise autograd's usual error, and saved-tensor hooks (e.g.
         # torch.autograd.graph.save_on_cpu) see the kept states. The state at step 0 is the
-        # input itself. A schedule that frees kept states during the backward (revolve) holds
-        # them itself instead, as autograd holds saved tensors until the backward ends.
+        # input itself. The outputs are not saved: the backward does not read them, and the
+        # front door stacks copies of them, so saving them would hold every output twice. A
+        # schedule that frees kept states during the backward (revolve) holds them itself
+        # instead, as autograd holds saved tensors until the backward ends.
         by_autograd = schedule.autograd_holds_kept
         kept_steps = [j for j in kept if j != 0 and by_autograd]
-        ctx.save_for_backward(*tensors, *result, *(y for j in kept_steps for y in kept[j]))
+        ctx.save_for_backward(*tensors, *(y for j in kept_steps for y in kept[j]))
         ctx.kept_steps = kept_steps
         ctx.kept_by_schedule = {} if by_autograd else {j: y for j, y in kept.items() if j != 0}
         ctx.ivp, ctx.schedule, ctx.record, ctx.stagewise = ivp, schedule, record, stagewise
@@ -137,7 +139,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         # func closes over the original parameter objects; saved copies may be aliases
         # (under saved-tensor hooks), so differentiate with respect to the originals.
         params = ivp.params
-        flat_kept = saved[n_in + n_y * (len(ivp.grid.solve_outputs) + len(ivp.grid.taps or ())) :]
+        flat_kept = saved[n_in:]
         kept = {0: tuple(saved[:n_y])}
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
