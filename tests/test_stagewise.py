@@ -106,3 +106,68 @@ def test_a_component_without_a_graph():
     for a, b, x in zip(got, want, [*y0, g]):
         a, b = (torch.zeros_like(x) if v is None else v for v in (a, b))
         assert (a - b).abs().max() <= 1e-13 * max(1.0, b.abs().max())
+def test_default_rebuilds_whole_steps_unless_a_steps_graph_outweighs_the_states():
+    """stagewise=None: whole steps (s evaluations) while one step's graph is smaller than the
+    states the schedule holds at its peak; stage by stage (2s - 1) when it is larger."""
+    assert repr(anode.Anode()) == "Anode(schedule=Recompute())"
+    assert "stagewise=True" in repr(anode.Anode(stagewise=True))
+
+    def linear(t, y):  # an rk4 stage saves about one state: 4 per step, against 24 held
+        return -0.5 * y
+
+    wide = TimeMLP().to(F64)  # its stages save activations wider than the state
+    counts = {}
+    for name, func, n_steps in (("linear", linear, 24), ("wide", wide, 3)):
+        for stagewise in (None, True, False):
+            stats = anode.SolveStats()
+            y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+            out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", n_steps=n_steps,
+                               stats=stats, gradient=anode.Anode(anode.Store(), stagewise=stagewise))
+            out[-1].sum().backward()
+            counts[name, stagewise] = stats.stage_replays
+    assert counts == {("linear", None): 0, ("linear", True): 3 * 24, ("linear", False): 0,
+                      ("wide", None): 3 * 3, ("wide", True): 3 * 3, ("wide", False): 0}
+
+
+def test_auto_plans_schedule_and_rebuild_mode_by_step_graph_bytes():
+    auto, n, state, stages = anode.Auto(memory_budget=10_000), 20, 100, 4
+    # everything fits: store, whole steps
+    assert auto.plan(n, state, graph_bytes=1000, stages=stages) == (anode.Store(), False)
+    assert (auto.choice, auto.stagewise) == ("store", False)
+    # the states fit, a whole step beside them does not: store, stage by stage
+    assert auto.plan(n, state, graph_bytes=9500, stages=stages) == (anode.Store(), True)
+    # cheaper to recompute a few steps with fewer snapshots than to rebuild stage by stage:
+    # 4 x 30 recomputed + 4 x 90 rebuilt evaluations against 7 x 90
+    schedule, stagewise = auto.plan(90, state, graph_bytes=4000, stages=stages)
+    assert not stagewise and schedule == anode.Revolve(59)
+    assert schedule.recomputed_steps(90) == 30
+    assert schedule.peak_states(90) * state + 4000 <= 10_000
+    # a fixed mode is respected, and nothing fitting it raises
+    assert auto.plan(n, state, graph_bytes=9000, stages=stages, stagewise=False)[1] is False
+    with pytest.raises(ValueError, match="whole step"):
+        anode.Auto(memory_budget=300).plan(n, state, graph_bytes=9000, stages=stages, stagewise=False)
+    # one stage: the modes coincide, whole steps
+    one_stage = anode.Auto(memory_budget=250).plan(n, state, graph_bytes=10**6, stages=1)
+    assert one_stage == (anode.Revolve(1), False)
+
+
+@pytest.mark.parametrize("method, solve", [("rk4", dict(n_steps=6)), ("dopri5", dict(rtol=1e-6, atol=1e-8))])
+def test_auto_rebuilds_stage_by_stage_only_when_a_whole_step_does_not_fit(method, solve):
+    func = Tracked(hidden=64).to(F64)
+    y0 = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    state = y0.numel() * 8
+    want = torch.autograd.grad(anode.odeint(func, y0, t, method=method, gradient="direct",
+                                            **solve)[-1].sum(), [y0, *func.parameters()])
+    replays = {}
+    for states in (10**4, 60):  # room for a step's graph (64 wide: > 10 states), or not
+        auto, stats = anode.Auto(memory_budget=states * state), anode.SolveStats()
+        out = anode.odeint(func, y0, t, method=method, gradient=anode.Anode(auto), stats=stats, **solve)
+        func.alive, func.most = [], 0
+        got = torch.autograd.grad(out[-1].sum(), [y0, *func.parameters()])
+        assert auto.stagewise == (stats.stage_replays > 0)
+        replays[states] = (auto.stagewise, func.most)
+        for g, w in zip(got, want):
+            assert rel_err(g, w) < 1e-10
+    stages = anode.solvers.get_tableau(method).solution_stages
+    assert replays[10**4] == (False, stages) and replays[60][0] and replays[60][1] <= 2

@@ -36,12 +36,12 @@ class SolveStats:
     vector–Jacobian product. Both replay accepted steps, ``stages`` evaluations each: the
     tableau's stage count of the last solve, less a trailing stage that only an error
     estimate uses (:attr:`~anode.solvers.ButcherTableau.solution_stages`).
-    ``stage_replays`` are the evaluations the discrete adjoint takes once more to rebuild
-    one stage's graph at a time (``stages - 1`` per backward step of a multi-stage method,
-    :func:`anode.gradients.stages.stagewise_vjp`). ``reverse_evaluations`` are the evaluations
-    of ``backsolve``'s backward that replay no forward step: its adaptive reverse solve after
-    an adaptive forward (its own steps), and ``func(t_i, y(t_i))`` at each output time for
-    gradients with respect to ``t``.
+    ``stage_replays`` are the evaluations the discrete adjoint takes once more when it
+    rebuilds one stage's graph at a time (``stages - 1`` per backward step of a multi-stage
+    method, :func:`anode.gradients.stages.stagewise_vjp`; 0 for whole-step rebuilds).
+    ``reverse_evaluations`` are the evaluations of ``backsolve``'s backward that replay no
+    forward step: its adaptive reverse solve after an adaptive forward (its own steps), and
+    ``func(t_i, y(t_i))`` at each output time for gradients with respect to ``t``.
     ``dense_evaluations`` are the trailing stages (the last of an FSAL pair) that
     replayed steps containing a dense-output time evaluate beyond ``stages``: the
     interpolant needs them.

@@ -1,7 +1,8 @@
 """``anode bench``: memory and speed of gradient methods for a stack of ODE blocks (and
 ``anode bench models``: one training step of every registered model; ``anode bench revolve``:
 revolve(s) against store and recompute in one block; ``anode bench adaptive``: gradients of
-adaptive dopri5 solves against torchdiffeq, see ``docs/adaptive.md``).
+adaptive dopri5 solves against torchdiffeq, see ``docs/adaptive.md``; ``anode bench
+frontier``: memory against time of every exact method on one block, W1–W3).
 
 ``anode bench`` sweeps N_t and L for a stack of L blocks of the ANODE paper's ResNet ODE
 function on CIFAR-sized input, measuring every gradient method available (this library's,
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 from ..accel import PRECISIONS
+from . import _bench_frontier
 from ._arguments import int_list, name_list
 
 QUICK = dict(steps=[1, 2], layers=[1, 2], fixed_layers=1, fixed_steps=2, batch=2, channels=4, size=8,
@@ -69,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights and input (default: %(default)s)")
     _process_arguments(p)
     p.set_defaults(run=run, command_line=None)
-    sub = p.add_subparsers(dest="bench_command", metavar="{models,revolve,adaptive}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{models,revolve,adaptive,frontier}")
 
     m = sub.add_parser("models", help="training-step memory and images/s of every registered model",
                        description="Training-step memory and throughput of every registered model, "
@@ -139,6 +141,7 @@ def register(subparsers) -> None:
     a.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     _process_arguments(a)
     a.set_defaults(run=run_adaptive, command_line=None)
+    _bench_frontier.register(sub, _process_arguments, _threads_and_clock, _clock_text)
 
 
 def _process_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,9 +8,10 @@ start of step ``j`` from the schedule, rebuilds that one step's graph, and takes
 vector–Jacobian product with the adjoint state, accumulating the gradients of the
 parameters and of the output times. Because each step is differentiated exactly as autograd
 would differentiate it, the result equals the direct gradient to rounding for any number of
-steps (discretize-then-optimize); only one step's graph exists at any time, and by default
-only one stage's: the stages of a multi-stage step are rebuilt one at a time
-(:mod:`anode.gradients.stages`).
+steps (discretize-then-optimize); only one step's graph exists at any time. Where that
+graph would not fit (a memory budget, :class:`~anode.schedules.Auto`, or ``stagewise=True``),
+the stages of a multi-stage step are rebuilt one at a time instead
+(:mod:`anode.gradients.stages`): one stage's graph, ``2s - 1`` evaluations a step for ``s``.
 
 Double backward (``create_graph=True``: gradient penalties, Hessian–vector products): the
 backward then rebuilds the whole solve with a graph from the saved inputs and differentiates
@@ -29,8 +30,9 @@ chosen ``Store`` recomputes nothing. The backward replays the accepted steps wit
 sizes held fixed, so the gradient is exactly that of the accepted discrete solve, as
 ``direct`` computes it (ACA, Zhuang et al., ICML 2020); rejected steps are never replayed.
 An output taken from dense output (the interpolant of the step containing it) is
-differentiated with that step: its adjoint joins the step's as further weighted sums of the
-step's stages (:func:`anode.gradients.stages.stagewise_vjp`).
+differentiated with that step: its adjoint joins the step's, through the rebuilt step's
+interpolant (or, stage by stage, as further weighted sums of the step's stages:
+:func:`anode.gradients.stages.stagewise_vjp`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ from . import multistep
 from .base import GradientMethod
 from .closures import independent
 from .direct import dense_step, plain_solve
-from .forward import ForwardStart, check_closed, forward_sweep, start_forward, unflatten, zeros_if_none
+from .forward import (
+    ForwardStart,
+    check_closed,
+    forward_sweep,
+    start_forward,
+    unflatten,
+    zeros_if_none,
+)
 from .stages import stagewise_vjp
 
 
@@ -55,21 +64,35 @@ class _DiscreteAdjoint(torch.autograd.Function):
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool, start: ForwardStart, *tensors):
+    def forward(ctx, ivp: IVP, schedule: Schedule, stagewise: bool | None, start: ForwardStart, *tensors):
         record = start.record
         kept: dict[int, State] = {}
         pending = ivp.grid is None
+        # A memory budget (Auto) chooses the schedule and the rebuild mode together, once it
+        # knows the bytes of a step's graph (measured on the forward's first step, which is
+        # taken with a graph anyway) and N_t: for a fixed grid before keeping state 1, for an
+        # adaptive solve at the end of its forward.
+        policy = schedule if isinstance(schedule, Auto) else None
         # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
         # decide without it (Store: all, Recompute: the input), else the input only; the
         # backward sweeps forward once for the rest (Schedule.forward_needs_length). Under a
         # memory budget (Auto) it keeps every state while they fit, the input only once they
-        # do not: if they all fit, Auto chooses Store and nothing is recomputed.
-        budget = schedule.memory_budget if pending and isinstance(schedule, Auto) else None
-        during = schedule if not pending or (
-            isinstance(schedule, Schedule) and not schedule.forward_needs_length) else Recompute()
+        # do not: if they all fit, Auto may choose Store and recompute nothing.
+        budget = schedule.memory_budget if pending and policy is not None else None
+        during = schedule if policy is None and (not pending or (
+            isinstance(schedule, Schedule) and not schedule.forward_needs_length)) else Recompute()
         during = Store() if budget is not None else during
         n_known = None if pending else ivp.grid.n_steps
         state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
+        stages = ivp.tableau.solution_stages
+
+        # the first evaluation's graph (start_forward measured it), once per stage
+        step_bytes = start.graph_bytes * stages
+
+        def decide(n_steps: int) -> None:
+            nonlocal schedule, stagewise, policy
+            schedule, stagewise = policy.plan(n_steps, state_bytes, step_bytes, stages, stagewise)
+            policy = None
 
         def keep(j: int, y: State) -> None:
             nonlocal during
@@ -80,18 +103,32 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     del kept[k]
                 during = Recompute()
 
+        if policy is not None and not pending:  # N_t is known: choose before keeping anything
+            decide(n_known)
+            during = schedule
         result = forward_sweep(ivp, start, keep)
-        if pending:  # a policy (Auto) chooses now that N_t is known
+        if policy is not None:  # Auto, on an adaptive solve
+            decide(ivp.grid.n_steps)
+            # the sweep kept every state while they fit: the chosen schedule keeps its own
+            kept = {j: schedule.hold(j, ivp.grid.n_steps, y) for j, y in kept.items()
+                    if j == 0 or schedule.keeps(j, ivp.grid.n_steps)}
+        elif pending:  # another policy chooses now that N_t is known
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
+        if stagewise is None:  # no budget chose: whole steps unless a step's graph outweighs
+            # the states the schedule holds at its peak (then one stage's graph at a time
+            # roughly halves the peak, for (s - 1) / s more evaluations in the backward)
+            stagewise = step_bytes > schedule.peak_states(ivp.grid.n_steps) * state_bytes
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to
-        # inputs and outputs then raise autograd's usual error, and saved-tensor hooks (e.g.
+        # inputs and kept states then raise autograd's usual error, and saved-tensor hooks (e.g.
         # torch.autograd.graph.save_on_cpu) see the kept states. The state at step 0 is the
-        # input itself. A schedule that frees kept states during the backward (revolve) holds
-        # them itself instead, as autograd holds saved tensors until the backward ends.
+        # input itself. The outputs are not saved: the backward does not read them, and the
+        # front door stacks copies of them, so saving them would hold every output twice. A
+        # schedule that frees kept states during the backward (revolve) holds them itself
+        # instead, as autograd holds saved tensors until the backward ends.
         by_autograd = schedule.autograd_holds_kept
         kept_steps = [j for j in kept if j != 0 and by_autograd]
-        ctx.save_for_backward(*tensors, *result, *(y for j in kept_steps for y in kept[j]))
+        ctx.save_for_backward(*tensors, *(y for j in kept_steps for y in kept[j]))
         ctx.kept_steps = kept_steps
         ctx.kept_by_schedule = {} if by_autograd else {j: y for j, y in kept.items() if j != 0}
         ctx.ivp, ctx.schedule, ctx.record, ctx.stagewise = ivp, schedule, record, stagewise
@@ -113,7 +150,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
         # func closes over the original parameter objects; saved copies may be aliases
         # (under saved-tensor hooks), so differentiate with respect to the originals.
         params = ivp.params
-        flat_kept = saved[n_in + n_y * (len(ivp.grid.solve_outputs) + len(ivp.grid.taps or ())) :]
+        flat_kept = saved[n_in:]
         kept = {0: tuple(saved[:n_y])}
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * n_y : (k + 1) * n_y])
@@ -228,10 +265,21 @@ def _whole_step(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need
         grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
     for i, g in enumerate(grads[n_y : n_y + len(params)]):
         if g is not None:
-            param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
+            _accumulate(param_adj, i, g)
     g_st, g_h, *g_th = grads[n_y + len(params):] if need_t else (None, None)
     g_th = [torch.zeros((), dtype=torch.float64, device=st.device) if g is None else g for g in g_th]
     return zeros_if_none(grads[:n_y], y_j), g_st, g_h, g_th if need_t else None
+
+
+def _accumulate(param_adj: list, i: int, g: torch.Tensor) -> None:
+    """``param_adj[i] += g`` in place into a copy of the first term: autograd may hand back
+    a cotangent itself as a gradient (``y + p``), which must not change, and an in-place sum
+    holds no third parameter-sized tensor while the two terms are added (the same bits as
+    ``a + b``)."""
+    if param_adj[i] is None:
+        param_adj[i] = g.clone()
+    else:
+        param_adj[i].add_(g)
 
 
 def _stagewise(ivp, j, y_j, stage_times, size, adjoint, params, param_adj, need_t, record, taps):
@@ -287,32 +335,36 @@ class Anode(GradientMethod):
     """The discrete adjoint (ANODE): the exact gradient of the discrete solve, low memory.
 
     The forward keeps only what ``schedule`` says; the backward walks the steps from last
-    to first, rebuilding one step's graph at a time and taking its vector–Jacobian product,
-    so the gradient equals ``direct``'s to rounding (discretize-then-optimize) while only
-    one stage's graph exists at a time (one step's with ``stagewise=False``). Prefer it
-    whenever the activations of all steps do not fit; choose the schedule by the trade-off
-    below or by a memory budget (:class:`~anode.schedules.Auto`). Source: Gholami, Keutzer,
-    Biros, IJCAI 2019, §3.
+    to first, rebuilding one step's graph at a time (or one stage's) and taking its
+    vector–Jacobian product, so the gradient equals ``direct``'s to rounding
+    (discretize-then-optimize). Prefer it whenever the activations of all steps do not fit;
+    choose the schedule by the trade-off below or by a memory budget
+    (:class:`~anode.schedules.Auto`, which also chooses how steps are rebuilt). Within one
+    block ``Store`` is the fastest and ``Revolve(s)`` the leanest; ``Recompute`` holds as
+    many states as ``Store`` during its backward and is slower, and pays off across blocks,
+    holding one state per block from forward to backward. Source: Gholami, Keutzer, Biros,
+    IJCAI 2019, §3; measured trade-offs in docs/benchmarks.md.
 
     Args:
         schedule: where states live between forward and backward: ``Recompute()`` (the
             default and the paper's scheme: the block input only, O(L) + O(N_t)),
             ``Store()`` (every step's state, no recomputation), ``Revolve(s)`` (binomial
             checkpointing, O(s)), or the policy ``Auto(memory_budget=...)``.
-        stagewise: rebuild a step of a multi-stage method one stage at a time in the
-            backward (the default), so that only one stage's graph exists at a time, at the
-            cost of evaluating each stage but the last once more (``s - 1`` evaluations per
-            step; 1.075x and 1.14x the training-step time of whole steps for midpoint and
-            rk4 ODE-ResNets on a CPU, see the README's cost model). ``False`` rebuilds whole
-            steps: faster, it holds all ``s`` stages' graphs at once, and it sums each
-            step's terms before adding them (exact to rounding, where the default equals
-            ``direct`` bit for bit under deterministic settings). No effect for
-            single-stage methods (Euler) and Adams methods, whose steps are rebuilt whole
-            (:mod:`anode.gradients.multistep`).
+        stagewise: how the backward rebuilds a step of a multi-stage method. ``False``: the
+            whole step at once (``s`` evaluations, all ``s`` stages' graphs held together).
+            ``True``: one stage at a time (:mod:`anode.gradients.stages`; ``2s - 1``
+            evaluations, one stage's graph held), for steps whose graph does not fit; it
+            adds the gradient's terms in the order autograd through the whole solve does,
+            so under deterministic settings it equals ``direct`` bit for bit, where whole
+            steps are exact to rounding. ``None`` (the default): chosen by memory, i.e. by
+            ``Auto``'s budget together with the schedule; without a budget, whole steps
+            unless one step's graph (measured on the first evaluation) outweighs the states
+            the schedule holds at its peak. No effect for single-stage methods (Euler) and
+            Adams methods, whose steps are rebuilt whole (:mod:`anode.gradients.multistep`).
 
     Raises:
         TypeError: ``schedule`` is neither a Schedule nor a policy with ``choose``, or
-            ``stagewise`` is not a bool.
+            ``stagewise`` is not None or a bool.
         ValueError (at backward): func uses a tensor requiring grad that it did not reach on
             its first evaluation (where the tensors it reaches are found) and that is not in
             ``params``.
@@ -321,9 +373,9 @@ class Anode(GradientMethod):
     name = "anode"
     calls_adjoint_callbacks = True
 
-    def __init__(self, schedule=None, stagewise: bool = True) -> None:
-        if not isinstance(stagewise, bool):
-            raise TypeError(f"stagewise must be True or False, not {stagewise!r}")
+    def __init__(self, schedule=None, stagewise: bool | None = None) -> None:
+        if stagewise is not None and not isinstance(stagewise, bool):
+            raise TypeError(f"stagewise must be None (choose by memory), True or False, not {stagewise!r}")
         self.stagewise = stagewise
         schedule = Recompute() if schedule is None else schedule
         if not callable(getattr(schedule, "choose", None)):
@@ -339,13 +391,16 @@ class Anode(GradientMethod):
             return multistep.anode_solve(ivp, self.schedule)
         n_y = len(ivp.y0)
         schedule = self.schedule
-        if ivp.grid is not None:  # else chosen at the end of the adaptive forward
+        # Auto chooses in the forward, once a step's graph is measured; another policy now,
+        # or at the end of an adaptive forward
+        if ivp.grid is not None and not isinstance(schedule, Auto):
             state_bytes = sum(y.numel() * y.element_size() for y in ivp.y0)
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
-        start = start_forward(ivp)  # finds the tensors func reaches: they join ivp.params
+        # finds the tensors func reaches (they join ivp.params) and measures a stage's graph
+        start = start_forward(ivp, measure=self.stagewise is None or isinstance(schedule, Auto))
         flat = _DiscreteAdjoint.apply(ivp, schedule, self.stagewise, start, *ivp.y0, ivp.t, *ivp.params)
         return unflatten(flat, n_y)
 
     def __repr__(self) -> str:
-        extra = "" if self.stagewise else ", stagewise=False"
+        extra = "" if self.stagewise is None else f", stagewise={self.stagewise}"
         return f"Anode(schedule={self.schedule!r}{extra})"

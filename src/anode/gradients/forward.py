@@ -26,10 +26,13 @@ class ForwardStart:
     Attributes:
         record: the forward's record, made before func first ran.
         slope: ``func(t0, y0)``, detached: the first stage of the first step.
+        graph_bytes: the bytes autograd saved for that evaluation's graph besides the
+            state and the parameters (:class:`GraphBytes`), when measured; else 0.
     """
 
     record: ForwardRecord
     slope: State
+    graph_bytes: int = 0
 
 
 def _detached(x):
@@ -45,7 +48,7 @@ def _eager():
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
-def start_forward(ivp: IVP) -> ForwardStart:
+def start_forward(ivp: IVP, measure: bool = False) -> ForwardStart:
     """Evaluate func once at the initial state, with a graph, and find the tensors it reaches.
 
     Those requiring grad besides the state and ``ivp.params`` (closure tensors, found as
@@ -60,9 +63,14 @@ def start_forward(ivp: IVP) -> ForwardStart:
     when it is a module (or a bound method of one), else of the modules a plain function
     names (:func:`~anode.gradients.closures.closure_modules`).
 
+    With ``measure``, the bytes of that evaluation's graph are counted
+    (:attr:`ForwardStart.graph_bytes`): what a backward rebuilding one stage holds, and
+    ``s`` times what one rebuilding a whole step of ``s`` stages holds.
+
     Raises:
         ValueError: as :func:`~anode.gradients.closures.closure_tensors`.
     """
+    graph = GraphBytes([*ivp.y0, *ivp.params]) if measure else None
     module = ivp.func.module
     if module() is None:  # a lambda over modules: replay their modes and buffers too
         named = closure_modules(ivp.func.func)
@@ -78,7 +86,7 @@ def start_forward(ivp: IVP) -> ForwardStart:
     # need not see it. Saved tensors are kept detached: a function that differentiates inside
     # needs their values, and a saved output that kept its grad_fn would form a reference
     # cycle that is never freed.
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_detached, _same):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(graph or _detached, _same):
         # the state requires grad, as in a backward rebuild: a function that differentiates
         # with respect to it then creates no leaf of its own
         y_leaf = tuple(v.detach().requires_grad_() for v in ivp.y0)
@@ -91,7 +99,7 @@ def start_forward(ivp: IVP) -> ForwardStart:
     listed = {id(p) for p in ivp.params}
     ivp.params = (*ivp.params, *(x for x in found if id(x) not in listed))
     ivp.func.detach_without_grad = True
-    return ForwardStart(record, tuple(v.detach() for v in k))
+    return ForwardStart(record, tuple(v.detach() for v in k), graph.total if graph else 0)
 
 
 def forward_sweep(
@@ -104,6 +112,9 @@ def forward_sweep(
         start: from :func:`start_forward`: the record, which notes each step's generator
             state for replay (see :class:`ForwardRecord`), and the first stage.
         keep: called as ``keep(j, y_j)`` with the state at the start of every step.
+        saved: sees each tensor autograd saves for the first step's graph (the first
+            evaluation's, for an adaptive problem) and returns it detached; e.g. a
+            :class:`GraphBytes` that measures the graph a backward rebuild will hold.
 
     Returns:
         The output states, output major, state component minor.
@@ -144,6 +155,31 @@ def forward_sweep(
     record.finish()
     ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
+
+
+class GraphBytes:
+    """A pack hook for :func:`forward_sweep`'s ``saved``: the bytes of the distinct storages
+    autograd saves for a graph, besides those of ``exclude`` (the step's input and the
+    parameters, which are held anyway), in :attr:`total`. An estimate of the memory a
+    rebuilt graph holds: temporaries that autograd does not save are not counted."""
+
+    def __init__(self, exclude: list[torch.Tensor]) -> None:
+        self.seen = {_storage(t) for t in exclude}
+        self.total = 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = _storage(t)
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, subclasses)
+            return t.detach()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.total += t.untyped_storage().nbytes()
+        return t.detach()
+
+
+def _storage(t: torch.Tensor) -> tuple:
+    return (t.device, t.untyped_storage().data_ptr())
 
 
 def zeros_if_none(grads, like) -> State:

@@ -135,7 +135,10 @@ def stagewise_vjp(
             y_adj[idx] = y_adj[idx] + g
         for p, g in enumerate(grads[len(y_leaf) : len(y_leaf) + len(params)]):
             if g is not None:
-                param_adj[p] = g if param_adj[p] is None else param_adj[p] + g
+                if param_adj[p] is None:  # a copy: the sum below is in place
+                    param_adj[p] = g.clone()
+                else:
+                    param_adj[p].add_(g)
         if need_t and grads[-1] is not None:
             t_adj = t_adj + grads[-1]
         del k, y_leaf, grads

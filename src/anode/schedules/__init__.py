@@ -13,7 +13,11 @@ the backward gets the others back by recomputing forward steps:
 * :class:`Revolve` (binomial checkpointing, Griewank & Walther 2000): at most ``s``
   snapshots (optionally some in host memory), the fewest recomputed steps possible with
   them; O(s) states instead of O(N_t).
-* :class:`Auto`: picks one of the above by a memory budget in bytes.
+* :class:`Auto`: picks one of the above by a memory budget in bytes, together with how the
+  backward rebuilds a step (whole, or one stage at a time where a step's graph does not fit
+  beside the states). Within one block it never picks :class:`Recompute`, which holds as
+  many states as :class:`Store` in its backward and is slower; Recompute's value is across
+  blocks (one state per block between forward and backward).
 
 All yield exactly the same states, so the gradients are identical.
 

@@ -1,0 +1,72 @@
+"""``anode bench frontier`` (anode.bench.frontier): the W1–W3 workloads at tiny sizes.
+
+Checked: every exact method's gradient equals direct's, the peers run, Auto records what it
+chose, and the targets are ratios of the run's own figures; the whole command (fresh
+processes, plot, files) in a slow test.
+"""
+
+import math
+
+import pytest
+import torch
+
+from anode.bench import frontier
+from anode.bench import frontier_workloads as fw
+
+pytest.importorskip("torchdiffeq")
+
+
+def _grad(workload, **options):
+    model, step, state_bytes, policy = fw.build(workload, quick=True, **options)
+    step()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]), policy, model.calls
+
+
+@pytest.mark.parametrize("workload", ["W1", "W2", "W3"])
+def test_exact_methods_equal_direct_and_peers_run(workload):
+    want, _, direct_calls = _grad(workload, method="direct")
+    for label, options, exact in frontier.methods(workload):
+        got, _, calls = _grad(workload, **options)
+        err = ((got - want).norm() / want.norm()).item()
+        assert err < 1e-5 if exact else math.isfinite(err), (label, err)
+        assert calls >= direct_calls
+    got, policy, _ = _grad(workload, method="anode", schedule="auto", budget=10**9)
+    assert policy.choice == "store" and policy.stagewise is False
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_checkpoint_needs_a_fixed_grid():
+    with pytest.raises(ValueError, match="fixed grid"):
+        fw.build("W1", method="checkpoint", quick=True)
+
+
+def test_targets_are_ratios_of_the_run():
+    rows = []
+    for method, peak, time_s in [("direct", 50, 1.0), (frontier.STORE, 20, 2.0),
+                                 (frontier.RECOMPUTE, 20, 2.5), (frontier.CHECKPOINT, 25, 2.2),
+                                 (frontier.ADJOINT, 10, 2.0),
+                                 (frontier.AUTO, 8, 2.3), (frontier.FORWARD, None, 0.5)]:
+        row = {"workload": "W2", "method": method, "exact": method != frontier.ADJOINT, "time_s": time_s}
+        if peak is not None:
+            row["peak_bytes"] = peak
+        rows.append(row)
+    frontier._add_ratios(rows)
+    found = {t.name: t for t in frontier.evaluate(rows)}
+    assert found[f"time: {frontier.STORE} / {frontier.CHECKPOINT}"].measured == pytest.approx(2.0 / 2.2)
+    assert found[f"memory: {frontier.STORE} / {frontier.CHECKPOINT}"].met
+    assert found[f"time: ({frontier.RECOMPUTE} - {frontier.STORE}) / {frontier.FORWARD}"].measured == \
+        pytest.approx(1.0)
+    assert found[f"time: {frontier.AUTO} / {frontier.ADJOINT}"].measured == pytest.approx(1.15)
+    assert found[f"memory: {frontier.AUTO} / {frontier.ADJOINT}"].measured == pytest.approx(0.8)
+    assert all(t.met for t in found.values())
+
+
+@pytest.mark.slow
+def test_command_quick_writes_tables_and_plot(tmp_path):
+    from anode.cli import main
+
+    pytest.importorskip("matplotlib")
+    assert main(["bench", "frontier", "--quick", "--workloads", "W2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    text = (tmp_path / "frontier_results.md").read_text()
+    assert frontier.AUTO in text and "checkpoint" in text
