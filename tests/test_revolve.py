@@ -171,8 +171,10 @@ def test_function_evaluations_equal_schedule_count_and_binomial_optimum(n_steps,
     own = Revolve(s).recomputed_steps(n_steps)
     assert stats.recomputed_steps == own == expected_recomputed(n_steps, s)
     assert stats.forward_steps == stats.backward_steps == n_steps
-    # midpoint: 2 stages; whole steps are rebuilt, so no stage is evaluated twice
-    assert stats.function_evaluations == (2 * n_steps + own) * 2
+    # midpoint: 2 stages; a step rebuilt stage by stage (chosen when its graph outweighs the
+    # few states revolve holds) evaluates its first stage once more
+    assert stats.stage_replays in (0, n_steps)
+    assert stats.function_evaluations == (2 * n_steps + own) * 2 + stats.stage_replays
 
 
 def test_plan_counts_match_closed_form_dynamic_program_and_package_revolve():
@@ -498,8 +500,10 @@ def test_benchmark_counts_evaluations_and_reports(tmp_path):
     direct = bench.one_block(gradient="direct", **tiny)
     rev = bench.one_block(gradient="anode", schedule="revolve", schedule_options={"snapshots": 2}, **tiny)
     assert direct["function_evaluations"] == 6 * 2
-    # whole steps rebuilt: two evaluations per forward, recomputed and rebuilt step
-    assert rev["function_evaluations"] == (2 * 6 + expected_recomputed(6, 2)) * 2
+    # two evaluations per forward, recomputed and rebuilt step, and one more per rebuilt step
+    # when it is rebuilt stage by stage (chosen by memory)
+    whole = (2 * 6 + expected_recomputed(6, 2)) * 2
+    assert rev["function_evaluations"] in (whole, whole + 6)
     assert rev["schedule"] == "revolve(2)"
     assert abs(rev["grad_norm"] - direct["grad_norm"]) <= 1e-5 * direct["grad_norm"]
     rows = [{"label": "direct", **direct}, {"label": "revolve(2)", **rev}]

@@ -13,11 +13,9 @@ graph would not fit (a memory budget, :class:`~anode.schedules.Auto`, or ``stage
 the stages of a multi-stage step are rebuilt one at a time instead
 (:mod:`anode.gradients.stages`): one stage's graph, ``2s - 1`` evaluations a step for ``s``.
 
-Double backward (``create_graph=True``: gradient penalties, Hessian–vector products): the
-backward then rebuilds the whole solve with a graph from the saved inputs and differentiates
-it with ``create_graph=True``, so the first derivative is itself differentiable and exact.
-That backward holds what ``direct`` holds (every step's graph) plus the graph of the
-derivative; the memory saving applies to first-order gradients only.
+Double backward (``create_graph=True``: gradient penalties, Hessian–vector products)
+rebuilds the whole solve with a graph from the saved inputs and differentiates it with
+``create_graph=True``: exact, at ``direct``'s memory plus the derivative's graph.
 
 Adaptive stepping (:mod:`anode.adaptive`): the forward of this Function *is* the controller
 loop, rejected steps included; it records the accepted grid (Python floats) on the problem
@@ -29,10 +27,8 @@ when N_t is known; until then it keeps every state while they fit its budget, so
 chosen ``Store`` recomputes nothing. The backward replays the accepted steps with their
 sizes held fixed, so the gradient is exactly that of the accepted discrete solve, as
 ``direct`` computes it (ACA, Zhuang et al., ICML 2020); rejected steps are never replayed.
-An output taken from dense output (the interpolant of the step containing it) is
-differentiated with that step: its adjoint joins the step's, through the rebuilt step's
-interpolant (or, stage by stage, as further weighted sums of the step's stages:
-:func:`anode.gradients.stages.stagewise_vjp`).
+An output taken from dense output is differentiated with the step containing it, through
+its interpolant (:func:`anode.gradients.stages.stagewise_vjp` stage by stage).
 """
 
 from __future__ import annotations
@@ -68,10 +64,8 @@ class _DiscreteAdjoint(torch.autograd.Function):
         record = start.record
         kept: dict[int, State] = {}
         pending = ivp.grid is None
-        # A memory budget (Auto) chooses the schedule and the rebuild mode together, once it
-        # knows the bytes of a step's graph (measured on the forward's first step, which is
-        # taken with a graph anyway) and N_t: for a fixed grid before keeping state 1, for an
-        # adaptive solve at the end of its forward.
+        # A budget (Auto) chooses schedule and rebuild mode together, knowing N_t: before the
+        # sweep on a fixed grid, at the end of an adaptive one.
         policy = schedule if isinstance(schedule, Auto) else None
         # An adaptive forward does not know N_t until it ends: it keeps what a schedule can
         # decide without it (Store: all, Recompute: the input), else the input only; the
@@ -114,9 +108,8 @@ class _DiscreteAdjoint(torch.autograd.Function):
                     if j == 0 or schedule.keeps(j, ivp.grid.n_steps)}
         elif pending:  # another policy chooses now that N_t is known
             schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
-        if stagewise is None:  # no budget chose: whole steps unless a step's graph outweighs
-            # the states the schedule holds at its peak (then one stage's graph at a time
-            # roughly halves the peak, for (s - 1) / s more evaluations in the backward)
+        if stagewise is None:  # no budget chose: whole steps, unless a step's graph outweighs
+            # the schedule's states (one stage's graph at a time then cuts the peak most)
             stagewise = step_bytes > schedule.peak_states(ivp.grid.n_steps) * state_bytes
         ivp.stats.schedule = schedule.name
         # Everything the backward needs goes through save_for_backward: in-place changes to

@@ -159,7 +159,8 @@ class _MultistepAdjoint(torch.autograd.Function):
         ivp.stats.schedule = schedule.name
         by_autograd = schedule.autograd_holds_kept
         kept_steps = list(kept) if by_autograd else []
-        ctx.save_for_backward(*tensors, *result, *(v for j in kept_steps for v in kept[j]))
+        # the outputs are not saved: the backward does not read them (as the Runge–Kutta one)
+        ctx.save_for_backward(*tensors, *(v for j in kept_steps for v in kept[j]))
         ctx.kept_steps, ctx.kept_by_schedule = kept_steps, {} if by_autograd else kept
         ctx.ivp, ctx.schedule, ctx.record, ctx.records = ivp, schedule, record, records
         ctx.differentiated_twice = False
@@ -175,7 +176,7 @@ class _MultistepAdjoint(torch.autograd.Function):
         saved = ctx.saved_tensors
         n_in = n_y + 1 + len(params)
         t = saved[n_y]
-        flat_kept = saved[n_in + n_y * len(ivp.grid.solve_outputs):]
+        flat_kept = saved[n_in:]
         kept = {0: pack(tuple(saved[:n_y]), [], method.slots)}
         for k, j in enumerate(ctx.kept_steps):
             kept[j] = tuple(flat_kept[k * width:(k + 1) * width])
