@@ -28,8 +28,9 @@ from torchdiffeq_suite import SHIM, real_torchdiffeq  # noqa: E402
 
 # peak resident memory of the child, in KiB, printed by a wrapper around the example
 WRAPPER = """\
-import resource, runpy, sys
+import os, resource, runpy, sys
 sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python EXAMPLE.py` would
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
@@ -58,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("example", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loss-regex", default=r"(?i)loss|passed|failed")
-    parser.add_argument("args", nargs="*")
-    a = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # everything after "--" goes to the example (argparse would bind it to nothing once
+    # the example's path has been read)
+    split = argv.index("--") if "--" in argv else len(argv)
+    a = parser.parse_args(argv[:split])
+    a.args = argv[split + 1:]
     example = a.example.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
