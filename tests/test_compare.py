@@ -270,14 +270,16 @@ def test_interrupt_with_parallel_runs_stops_them_and_starts_no_more(cifar10, tmp
             "--epochs", "200", "--batch-size", "10", "--subset", "20", "--test-subset", "10",
             "--grad-batch", "4", "--device", "cpu", "--no-progress", "--jobs", "2", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # No time limits: other work on the machine may stretch every step many times over. The
+    # work is bounded all the same: a comparison that never wrote an epoch has exited (and
+    # fails the first check), one that ignored the interrupt trains its 200 epochs to the end
+    # and exits 0 (and fails the return code's check).
     try:
-        deadline = time.monotonic() + 120
         while not any((run_folder(out, v, 0) / "metrics.jsonl").exists() for v in ("plain", "anode")):
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # to the main process only, as `timeout -s INT` does
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate()
     finally:
         if proc.poll() is None:  # a failed check must not leave the comparison training
             proc.kill()

@@ -93,7 +93,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
          str(runner), *args, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True,  # no time limit: a busy machine stretches it
     )
     assert two.returncode == 0, two.stderr
 

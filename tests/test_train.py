@@ -343,7 +343,7 @@ def test_console_script_end_to_end(data_root, tmp_path):
     train_cmd = [exe, "train", "--data-root", str(data_root), "--model", "resnet_ode_small", "--epochs", "1",
                  "--batch-size", "16", "--subset", "16", "--test-subset", "10", "--out", str(out),
                  "--device", "cpu", "--no-progress", "--no-plots"]
-    proc = subprocess.run(train_cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(train_cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ckpt = load_checkpoint(out)
     assert (ckpt["model_name"], ckpt["epoch"]) == ("resnet_ode_small", 1)

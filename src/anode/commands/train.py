@@ -47,6 +47,18 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -121,9 +133,10 @@ def _add_train_parser(sub) -> None:
 
     run = p.add_argument_group("execution")
     run.add_argument("--device", default=S, help="auto (CUDA if present), cpu, cuda, cuda:N")
-    run.add_argument("--threads", type=int, metavar="N", default=S,
-                     help="PyTorch threads (default: one per core; on a machine busy with other "
-                     "work, fewer run faster)")
+    run.add_argument("--threads", type=_threads, metavar="N", default=S,
+                     help="PyTorch threads, or auto (the default on a CPU): one per core that other "
+                     "work leaves free, adapted when the load changes; a run whose number changes "
+                     "is not bit-for-bit repeatable, one with --threads N is")
     run.add_argument("--precision", choices=PRECISIONS, default=S,
                      help="bf16: forward under bfloat16 autocast, loss and optimizer state in "
                      "float32 (default: bf16 on CUDA, fp32 on CPU); a resumed run keeps its own")
@@ -205,6 +218,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.recipes import recipe_config
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    given.setdefault("threads", "auto")  # see anode.train.threads
     start = time.perf_counter()
     try:
         name = given.pop("recipe", None)

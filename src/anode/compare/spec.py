@@ -52,8 +52,9 @@ class CompareSpec:
             :class:`anode.train.TrainConfig`, the same for all runs.
         grad_batch: images of the fixed batch on which the gradient error is recorded.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        jobs: runs trained at the same time, in separate processes (each with
-            ``cpu_count // jobs`` threads on a CPU).
+        jobs: runs trained at the same time, in separate processes (each with at most
+            ``cpu_count // jobs`` threads on a CPU, fewer while other work keeps cores busy:
+            ``threads="auto"`` of :class:`anode.train.TrainConfig`).
         progress: progress bars and per-epoch lines.
     """
 
@@ -134,7 +135,7 @@ class CompareSpec:
             nesterov=self.nesterov, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
             subset=self.subset, test_subset=self.test_subset, epoch_test_subset=self.epoch_test_subset,
             augment=self.augment, seed=seed, device=self.device, out=str(run_folder(out, variant, seed)),
-            resume=True, progress=self.progress and self.jobs == 1, plots=False,
+            resume=True, progress=self.progress and self.jobs == 1, plots=False, threads="auto",
             extra={"compare": {"variant": variant, "seed": seed}},
         )
 

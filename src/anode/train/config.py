@@ -180,10 +180,10 @@ class TrainConfig:
         augment: random crop (4-pixel padding) and horizontal flip of training images.
         seed: seeds the weights' initialisation, data order and augmentation.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-        threads: PyTorch's intra-op threads during the run (:func:`torch.set_num_threads`,
-            restored afterwards); ``None``: PyTorch's default, one per core. On a machine
-            whose cores are busy with other work, fewer threads than cores avoid the
-            threads' waiting on each other.
+        threads: PyTorch's intra-op threads during the run (restored afterwards); ``None``:
+            the process's setting (by default one per core); ``"auto"`` (``anode train``'s
+            default): at most that, fewer while other work keeps cores busy, adapted during
+            the run (:mod:`anode.train.threads`; not bit-for-bit repeatable if it changes).
         precision: ``"fp32"`` or ``"bf16"`` (forward passes under bfloat16 autocast; the
             loss, parameters, gradients and optimizer state stay float32); ``None``: the
             device's default, bf16 on CUDA and fp32 elsewhere (:class:`anode.accel.Acceleration`).
@@ -235,7 +235,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None
+    threads: int | str | None = None
     precision: str | None = None
     channels_last: bool | None = None
     compile: bool = False
@@ -298,7 +298,8 @@ class TrainConfig:
         _positive("eval_batch_size", self.eval_batch_size)
         _positive("n_steps", self.n_steps)
         _positive("snapshots", self.snapshots)
-        _positive("threads", self.threads)
+        if self.threads != "auto":
+            _positive("threads", self.threads, " or 'auto'")
         for name in ("subset", "test_subset", "epoch_test_subset", "memory_budget"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -333,9 +334,9 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
-def _positive(name: str, value: Any) -> None:
+def _positive(name: str, value: Any, alternative: str = "") -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 1{alternative}, got {value!r}")
 
 
 def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:

@@ -111,6 +111,10 @@ def _train_epoch(run: Run, epoch: int, progress: Progress) -> tuple[float, float
             sums[2] += n
         images += y.shape[0] * ctx.world_size
         progress.update(sums, images, time.perf_counter() - start)
+        if run.governor is not None:
+            run.governor.step(y.shape[0])
+    if run.governor is not None:
+        run.governor.pause()  # evaluation is no training step
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start

@@ -119,6 +119,8 @@ def _train(config: TrainConfig, callbacks: list[EpochCallback], ctx: D.DistConte
     run = setup(config, ckpt, source, ctx)
     if ckpt is not None:
         restore(run, ckpt)
+    if run.governor is not None:
+        run.governor.start()
     _announce(run, resumed=ckpt is not None)
     restore_backends = run.accel.configure_backends(ctx.device)
     try:
@@ -152,8 +154,8 @@ def _announce(run: Run, resumed: bool) -> None:
     print(
         f"{what} {cfg.model}{ode} on {cfg.dataset}: {run.train_loader.dataset_size} training images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.lr_schedule}); {tested}; "
-        f"{run.ctx.world_size} process(es) on {run.ctx.device} ({how}), {torch.get_num_threads()} thread(s) "
-        f"-> {run.run_dir}",
+        f"{run.ctx.world_size} process(es) on {run.ctx.device} ({how}), {torch.get_num_threads()} thread(s)"
+        f"{_threads_note(run)} -> {run.run_dir}",
         file=sys.stderr,
     )
     busy = _busy_cores() if run.ctx.device.type == "cpu" and cfg.threads is None else None
@@ -165,6 +167,12 @@ def _announce(run: Run, resumed: bool) -> None:
             "if training is slow, --threads 1 may be faster",
             file=sys.stderr,
         )
+
+
+def _threads_note(run: Run) -> str:
+    if run.governor is not None:
+        return f" ({run.governor.describe()})"
+    return f" ({run.threads_note})" if run.threads_note else ""
 
 
 def _busy_cores() -> tuple[float, int] | None:

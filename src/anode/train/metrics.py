@@ -19,7 +19,8 @@ Keys written by the training loop (units in the name or stated here):
 * ``train_time_s``: wall time of the epoch's training steps; ``epoch_time_s``: wall time of
   the whole epoch including evaluation and callbacks, excluding the checkpoint write;
 * ``images_per_s``: training images processed per second by all processes together;
-* ``threads``: PyTorch's intra-op threads of rank 0's process (:func:`torch.get_num_threads`);
+* ``threads``: PyTorch's intra-op threads of rank 0's process at the end of the epoch
+  (:func:`torch.get_num_threads`; with ``threads="auto"`` the number may change during it);
 * ``peak_memory_mb``: on CUDA, the allocator's peak during the epoch on rank 0
   (``torch.cuda.max_memory_allocated``, MiB); on CPU, the peak resident set size of rank 0's
   process during the epoch (``VmHWM`` after a reset, MiB; it includes the dataset and the

@@ -7,7 +7,17 @@ import time
 
 import torch
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "say"]
+
+
+def say(message: str) -> None:
+    """Print one line on stderr without breaking a progress bar that is being drawn."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(message, file=sys.stderr)
+        return
+    tqdm.write(message, file=sys.stderr)
 
 
 class Progress:

@@ -21,7 +21,9 @@ from .config import TrainConfig, lr_milestones, resolve_config
 from .evaluation import build_model
 from .lr_schedule import EpochSchedule
 from .metrics import CpuPeakMemory
+from .progress import say
 from .resume import new_run_dir
+from .threads import ThreadGovernor, auto_threads
 
 __all__ = ["Run", "restore", "seed_everything", "setup"]
 
@@ -53,6 +55,8 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     cpu_memory: CpuPeakMemory = field(default_factory=CpuPeakMemory)
+    governor: ThreadGovernor | None = None  # chooses the number of threads (threads="auto")
+    threads_note: str = ""  # why the number of threads is what it is, for the first line
 
 
 def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None, ctx: D.DistContext) -> Run:
@@ -68,7 +72,14 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
     accel = Acceleration.for_device(
         ctx.device, cfg.precision, cfg.channels_last, cfg.compile, cfg.deterministic
     )
-    if cfg.threads is not None:
+    governor, threads_note = None, ""
+    if cfg.threads == "auto":
+        if ctx.device.type == "cpu" and not ctx.distributed:
+            # Made before the data is read, so that the load is measured while it is.
+            governor, threads_note = auto_threads(log=say if ctx.is_main else None)
+        else:
+            threads_note = "the process's setting"
+    elif cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     # Absolute, so that resuming or evaluating from another working directory finds the data.
     cfg.data_root = os.path.abspath(cfg.data_root)
@@ -155,6 +166,7 @@ def setup(config: TrainConfig, ckpt: dict[str, Any] | None, source: Path | None,
         cfg=cfg, ctx=ctx, accel=accel, run_dir=run_dir, model=model, net=net, num_classes=num_classes,
         ode_options=ode_options, train_loader=train_loader, test_loader=full_test,
         epoch_test_loader=epoch_test, optimizer=optimizer, scheduler=scheduler,
+        governor=governor, threads_note=threads_note,
     )
 
 
