@@ -349,3 +349,14 @@ def test_records_and_options_dicts_of_anode_odeint_take_the_same_options():
     assert torch.equal(anode.odeint(func, y0, t, options=anode.SolveOptions("dopri5", adaptive)), jumped)
     with pytest.raises(ValueError, match="mutually exclusive"):
         anode.FixedGrid(n_steps=2, grid_constructor=grid.grid_constructor)
+
+
+def test_adjoint_options_name_an_unknown_key_and_a_norm_on_a_fixed_grid():
+    f = lambda t, y: -y  # noqa: E731
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"unknown adjoint_options \['nrom'\]"):
+        dropin.odeint_adjoint(f, y0, t, adjoint_options=dict(nrom="seminorm"))
+    with pytest.raises(ValueError, match="adaptive reverse solve"):
+        dropin.odeint_adjoint(f, y0, t, method="rk4", options=dict(step_size=0.1),
+                              adjoint_options=dict(norm="seminorm"))

@@ -166,7 +166,7 @@ def test_continuous_adjoint_against_the_exact_gradient_and_its_rules():
     y = y0.clone().requires_grad_()
     out = dropin.odeint_adjoint(lambda t, y: closure * func(t, y), y, t, method="scipy_solver",
                                 adjoint_params=params)
-    with pytest.raises(ValueError, match="not among the tensors being differentiated"):
+    with pytest.raises(ValueError, match="not among the tensors being differentiated.*adjoint_params"):
         out.sum().backward()
     out = dropin.odeint_adjoint(func, y, t, method="scipy_solver", adjoint_params=params)
     with pytest.raises(RuntimeError, match="not twice differentiable"):

@@ -252,7 +252,13 @@ class _AdjointSystem:
                 tl.requires_grad_()
             f = self.problem.call(tl, zl)
             inputs = [*zl, *self.params] + ([tl] if self.need_t else [])
-            check_closed(f, inputs)
+            try:
+                check_closed(f, inputs)
+            except ValueError as error:  # SciPy's path finds no closures: say what to list
+                raise ValueError(
+                    f"{error.args[0].split(';')[0]}; method='scipy_solver' differentiates only "
+                    "func's parameters and adjoint_params: list the tensors func reaches in "
+                    "adjoint_params=") from None
             pairs = [(fk, -ak) for fk, ak in zip(f, a) if fk.requires_grad]
             vjps = (torch.autograd.grad([p[0] for p in pairs], inputs, [p[1] for p in pairs],
                                         allow_unused=True) if pairs else [None] * len(inputs))

@@ -201,7 +201,15 @@ def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjo
         if not isinstance(adjoint_options, Mapping):
             raise TypeError(f"adjoint_options must be a dict, not {type(adjoint_options).__name__}")
         adjoint_options = dict(adjoint_options)
+        known = ("norm", "solver", *ADAPTIVE_OPTIONS, *ADAMS_OPTIONS)
+        unknown = [k for k in adjoint_options if k not in known]
+        if unknown:
+            raise ValueError(f"unknown adjoint_options {unknown}; anode takes norm ('seminorm' or a "
+                             "callable) and the forward's own options")
         adjoint_norm = adjoint_options.pop("norm", None)
+        if adjoint_norm is not None and isinstance(options, Mapping) and "step_size" in options:
+            raise ValueError("adjoint_options norm applies to an adaptive reverse solve; a "
+                             "fixed-grid solve's reverse runs on its grid and measures no error")
         if isinstance(options, Mapping):
             options = {k: v for k, v in options.items() if k != "norm"}
         elif not adjoint_options:

@@ -375,7 +375,7 @@ class Anode(GradientMethod):
             raise TypeError(
                 "schedule must be a schedule object such as anode.Revolve(4), anode.Store(), "
                 f"anode.Recompute() or anode.Auto(memory_budget=...), not {type(schedule).__name__} "
-                "(names go with gradient='anode', e.g. odeint(..., schedule='revolve', snapshots=4))"
+                "(a name goes with gradient='anode' in anode.odeint: schedule='revolve', snapshots=4)"
             )
         self.schedule = schedule
 
