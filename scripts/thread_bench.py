@@ -10,8 +10,9 @@ the next ``--steps`` steps. The settings:
 * ``auto``: the automatic choice of ``anode train`` (:func:`anode.train.threads.auto_threads`:
   the governor measures the load while the model is built, chooses, and adapts per window);
 * ``1``, ``2-passive``: by hand (one thread; two threads with ``OMP_WAIT_POLICY=PASSIVE``);
-* ``main``: today's behaviour, the code of ``--main-src`` (a checkout of git main) with
-  PyTorch's default number of threads and wait policy; also two threads by hand.
+* ``main``: the behaviour before the automatic choice: PyTorch's default number of threads
+  (one per core) and wait policy, nothing adapted; also two threads by hand. With
+  ``--main-src DIR`` it runs the code of another checkout's ``src/``.
 
 Conditions: ``idle``; ``busy``, with ``python -c "while True: pass"`` running from before the
 run starts; ``late``, the competing process started after a quarter of the steps (``auto``
@@ -19,8 +20,8 @@ and ``main`` only). The settings alternate within each repeat. Prints one line p
 table of medians; ``--json FILE`` writes every run.
 
 Usage (from the repository root):
-    PYTHONPATH=src python scripts/thread_bench.py --main-src ../../main/src [--steps 40]
-        [--repeats 3] [--conditions idle,busy,late] [--json results.json]
+    PYTHONPATH=src python scripts/thread_bench.py [--steps 40] [--repeats 3]
+        [--conditions idle,busy,late] [--main-src DIR] [--json results.json]
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def child(mode: str, steps: int, compete_from: int | None) -> dict:
 
 def measure(mode: str, condition: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    src = args.main_src if mode == "main" else str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    if mode == "main" and args.main_src:
+        src = args.main_src
     env["PYTHONPATH"] = src
     if mode == "2-passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -106,7 +109,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--conditions", default="idle,busy")
-    p.add_argument("--main-src", default=None, help="src/ of a checkout of git main (today's behaviour)")
+    p.add_argument("--main-src", default=None, help="src/ of the checkout that the main setting runs")
     p.add_argument("--json", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compete-from", type=int, default=None, help=argparse.SUPPRESS)
@@ -114,8 +117,6 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.compete_from)))
         return 0
-    if args.main_src is None:
-        p.error("--main-src is required")
     rows = []
     for condition in args.conditions.split(","):
         competitor = subprocess.Popen(SPIN) if condition == "busy" else None
