@@ -52,7 +52,7 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "CUDA is not available to this Python; nothing to measure"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/environment.txt" 2>/dev/null || true
 
-BENCH="python -m anode.cli bench"
+BENCH="python -m anode_workbench.cli bench"
 ISOLATION=fork
 
 # 1. Preflight (about 30 s): the quick sweep on the GPU. Measurements run in processes forked

@@ -115,7 +115,7 @@ EOF
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$OUT/environment.txt" 2>/dev/null || true
 }
 export PYTHONPATH="$WORK/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-ANODE=("$PY" -m anode.cli)
+ANODE=("$PY" -m anode_workbench.cli)
 step setup setup
 [ -f "$DATA/cifar-10-batches-py/test_batch" ] || { echo "setup failed: no data in $DATA"; exit 2; }
 if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then

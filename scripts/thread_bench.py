@@ -7,7 +7,7 @@ training step of ``anode train`` (cross-entropy with label smoothing 0.1, SGD wi
 0.9 and weight decay 5e-4); the first step is a warm-up, the images per second are those of
 the next ``--steps`` steps. The settings:
 
-* ``auto``: the automatic choice of ``anode train`` (:func:`anode.train.threads.auto_threads`:
+* ``auto``: the automatic choice of ``anode train`` (:func:`anode_workbench.train.threads.auto_threads`:
   the governor measures the load while the model is built, chooses, and adapts per window);
 * ``1``, ``2-passive``: by hand (one thread; two threads with ``OMP_WAIT_POLICY=PASSIVE``);
 * ``main``: the behaviour before the automatic choice: PyTorch's default number of threads
@@ -47,7 +47,7 @@ def child(mode: str, steps: int, compete_from: int | None) -> dict:
 
     governor = None
     if mode == "auto":
-        from anode.train.threads import auto_threads
+        from anode_workbench.train.threads import auto_threads
 
         governor, why = auto_threads(log=lambda msg: print(msg, file=sys.stderr))
     elif mode != "main":

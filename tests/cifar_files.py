@@ -1,7 +1,7 @@
 """Write small CIFAR-10 / CIFAR-100 files in the official "python version" format.
 
 For tests: ``write_fake_cifar(tmp_path, "cifar10", n_train=50, n_test=20)`` creates
-``tmp_path/cifar-10-batches-py/`` that :func:`anode.data.load_cifar` reads like the real
+``tmp_path/cifar-10-batches-py/`` that :func:`anode_workbench.data.load_cifar` reads like the real
 release, with deterministic random pixels and labels ``i % num_classes``.
 """
 
@@ -140,9 +140,9 @@ def rewrite(path: Path, **changes) -> None:
 
 
 def tiny_config(data_root, out, **kw):
-    """A :class:`anode.train.TrainConfig` for a test run on the fake files: two epochs of
+    """A :class:`anode_workbench.train.TrainConfig` for a test run on the fake files: two epochs of
     batch 16 on CPU, quiet; ``kw`` (``model`` among them) overrides any setting."""
-    from anode.train import TrainConfig
+    from anode_workbench.train import TrainConfig
 
     base = dict(
         data_root=str(data_root), out=str(out), epochs=2, batch_size=16, subset=0,

@@ -1,9 +1,9 @@
-"""Execution settings (anode.accel): device defaults, bad input, memory format, autocast."""
+"""Execution settings (anode_workbench.accel): device defaults, bad input, memory format, autocast."""
 
 import pytest
 import torch
 
-from anode.accel import Acceleration
+from anode_workbench.accel import Acceleration
 
 
 def test_device_defaults():
@@ -52,7 +52,7 @@ def test_optimizer_options_per_device():
 
 
 def _conv_ode_net(method="euler", **ode):
-    from anode.nn import ConvODEFunc, ODEBlock
+    from anode._nn import ConvODEFunc, ODEBlock
 
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -75,7 +75,7 @@ def test_deterministic_anode_gradient_is_bit_identical_to_direct(schedule, metho
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
     restore = Acceleration(deterministic=True).configure_backends("cpu")
-    sched = anode.schedules.get_schedule(schedule, **(dict(snapshots=1) if schedule == "revolve" else {}))
+    sched = anode._schedules.get_schedule(schedule, **(dict(snapshots=1) if schedule == "revolve" else {}))
     try:
         grads = []
         for opts in (dict(gradient="direct"), dict(gradient=anode.Anode(sched, stagewise=True))):
@@ -109,7 +109,7 @@ def test_bf16_anode_gradient_differs_from_direct_only_by_autocasts_weight_cache(
     # direct sums the steps' weight gradients in bfloat16; anode differentiates one step at
     # a time and sums them in float32. Without the cache both sum in float32: equal bits.
     import anode
-    from anode.nn import ConvODEFunc, ODEBlock
+    from anode._nn import ConvODEFunc, ODEBlock
 
     torch.manual_seed(0)
     func = ConvODEFunc(8)

@@ -1,4 +1,4 @@
-"""Adams methods (anode.adams): torchdiffeq's values, and exact gradients for every schedule."""
+"""Adams methods (anode._adams): torchdiffeq's values, and exact gradients for every schedule."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 import torchdiffeq
 
 import anode
-from anode.adams import BASHFORTH, MOULTON, Adams
+from anode._adams import BASHFORTH, MOULTON, Adams
+from anode._gradients import multistep
+from anode._ivp import IVP, CheckedFunc
 from anode.dropin import odeint as dropin_odeint
 from anode.dropin import odeint_adjoint as dropin_adjoint
-from anode.gradients import multistep
-from anode.ivp import IVP, CheckedFunc
 from problems import TimeMLP, rel_err
 
 EXPLICIT = Adams(implicit=False)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anode
-from anode.solvers import EMBEDDED_TABLEAUS, ButcherTableau
+from anode._solvers import EMBEDDED_TABLEAUS, ButcherTableau
 from problems import ADAPTIVE_PROBLEMS as PROBLEMS
 from problems import Counting
 from problems import linear_problem as _linear

@@ -279,7 +279,7 @@ def test_forward_only_loop_frees_everything_without_gc(gradient):
 
 def test_no_generator_states_kept_for_a_function_that_draws_none():
     captured = {}
-    original = anode.recompute.ForwardRecord.__init__
+    original = anode._recompute.ForwardRecord.__init__
 
     def spy(self, *a, **k):
         original(self, *a, **k)
@@ -287,7 +287,7 @@ def test_no_generator_states_kept_for_a_function_that_draws_none():
 
     func = Tanh()
     try:
-        anode.recompute.ForwardRecord.__init__ = spy
+        anode._recompute.ForwardRecord.__init__ = spy
         ys = anode.odeint(func, torch.randn(2, 3), torch.tensor([0.0, 1.0]), n_steps=50)
         assert captured["record"].rng == {}
         drop = nn.Dropout(0.5)
@@ -295,7 +295,7 @@ def test_no_generator_states_kept_for_a_function_that_draws_none():
                      params=list(func.parameters()))
         assert len(captured["record"].rng) == 50  # every step draws: each start state is kept
     finally:
-        anode.recompute.ForwardRecord.__init__ = original
+        anode._recompute.ForwardRecord.__init__ = original
     ys.sum().backward()
 
 

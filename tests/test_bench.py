@@ -10,11 +10,11 @@ import os
 import pytest
 import torch
 
-from anode.bench import suite, targets
-from anode.bench.isolation import Isolated
-from anode.bench.models import time_steps, train_step
-from anode.bench.models_report import table as models_table
-from anode.cli import main
+from anode_workbench.bench import suite, targets
+from anode_workbench.bench.isolation import Isolated
+from anode_workbench.bench.models import time_steps, train_step
+from anode_workbench.bench.models_report import table as models_table
+from anode_workbench.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # On CPU the peak is a difference of resident sizes, which the kernel sums approximately from

@@ -7,9 +7,9 @@ import csv
 import pytest
 import torch
 
-from anode.bench import adaptive
-from anode.bench.adaptive_workloads import adaptive_step, build
-from anode.cli import main
+from anode_workbench.bench import adaptive
+from anode_workbench.bench.adaptive_workloads import adaptive_step, build
+from anode_workbench.cli import main
 
 
 def test_quick_run_writes_tables_and_anode_equals_direct(tmp_path, capsys):

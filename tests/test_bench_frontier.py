@@ -1,4 +1,4 @@
-"""``anode bench frontier`` (anode.bench.frontier): the W1–W3 workloads at tiny sizes.
+"""``anode bench frontier`` (anode_workbench.bench.frontier): the W1–W3 workloads at tiny sizes.
 
 Checked: every exact method's gradient equals direct's, the peers run, Auto records what it
 chose, and the targets are ratios of the run's own figures; the whole command (fresh
@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from anode.bench import frontier
-from anode.bench import frontier_workloads as fw
+from anode_workbench.bench import frontier
+from anode_workbench.bench import frontier_workloads as fw
 
 pytest.importorskip("torchdiffeq")
 
@@ -63,7 +63,7 @@ def test_targets_are_ratios_of_the_run():
 
 @pytest.mark.slow
 def test_command_quick_writes_tables_and_plot(tmp_path):
-    from anode.cli import main
+    from anode_workbench.cli import main
 
     pytest.importorskip("matplotlib")
     assert main(["bench", "frontier", "--quick", "--workloads", "W2", "--out", str(tmp_path)]) == 0

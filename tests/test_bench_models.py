@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from anode.accel import Acceleration
-from anode.bench import model_targets
-from anode.bench import models as bench_models
-from anode.bench.models_report import failures, verdict
-from anode.cli import main
+from anode_workbench.accel import Acceleration
+from anode_workbench.bench import model_targets
+from anode_workbench.bench import models as bench_models
+from anode_workbench.bench.models_report import failures, verdict
+from anode_workbench.cli import main
 
 
 def _rows(path):
@@ -123,7 +123,7 @@ def test_compiled_anode_step_gives_the_compiled_direct_gradient(tmp_path):
     # Minutes on CPU: Inductor compiles the network and its ODE function for each method.
     import torch
 
-    from anode.diagnostics import relative_error
+    from anode_workbench.diagnostics import relative_error
 
     for gradient in ("direct", "anode"):
         res = bench_models.train_step(model="resnet_ode_small", ode_options={"gradient": gradient}, batch=4,

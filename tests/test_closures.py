@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import anode
-from anode.gradients.closures import ClosureFinder, closure_tensors
+from anode._gradients.closures import ClosureFinder, closure_tensors
 
 F64 = torch.float64
 TOL = 1e-10

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from anode import models
-from anode.cli import main
-from anode.compare import (
+from anode_workbench.cli import main
+from anode_workbench.compare import (
     CompareSpec,
     GradientErrorCallback,
     fixed_batch,
@@ -25,8 +25,8 @@ from anode.compare import (
     run_status,
     write_report,
 )
-from anode.data import load_cifar
-from anode.train import load_checkpoint
+from anode_workbench.data import load_cifar
+from anode_workbench.train import load_checkpoint
 from cifar_files import write_fake_cifar
 
 
@@ -185,9 +185,9 @@ def test_compare_command_cifar100(tmp_path, capsys):
 
 
 def test_diverged_run_is_recorded_and_not_retried(cifar10, tmp_path, monkeypatch):
-    import anode.train
+    import anode_workbench.train
 
-    real_train = anode.train.train
+    real_train = anode_workbench.train.train
     calls = []
 
     def fake_train(config, callbacks=()):
@@ -196,7 +196,7 @@ def test_diverged_run_is_recorded_and_not_retried(cifar10, tmp_path, monkeypatch
             raise FloatingPointError("training loss is nan in epoch 1")
         return real_train(config, callbacks)
 
-    monkeypatch.setattr(anode.train, "train", fake_train)
+    monkeypatch.setattr(anode_workbench.train, "train", fake_train)
     out = tmp_path / "div"
     spec = _spec(cifar10, seeds=(0,), epochs=1, variants=("anode", "backsolve"))
     assert run_compare(spec, out, log=lambda msg: None)[("backsolve", 0)] == "diverged"
@@ -218,16 +218,16 @@ def test_interrupt_stops_training_and_still_writes_the_report(cifar10, tmp_path,
     import os
     import signal
 
-    import anode.compare.report
-    import anode.train
+    import anode_workbench.compare.report
+    import anode_workbench.train
 
-    real_train = anode.train.train
+    real_train = anode_workbench.train.train
 
     def interrupt_in_epoch_two(model, epoch, run_dir):
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(anode.train, "train",
+    monkeypatch.setattr(anode_workbench.train, "train",
                         lambda config, callbacks=(): real_train(config, [*callbacks, interrupt_in_epoch_two]))
     out = tmp_path / "stopped"
     argv = ["compare", "--data-root", str(cifar10), "--seeds", "0", "--variants", "plain,anode",
@@ -243,14 +243,14 @@ def test_interrupt_stops_training_and_still_writes_the_report(cifar10, tmp_path,
     assert (out / "compare_curves.png").stat().st_size > 0
 
     # A SIGINT that arrives while the report is drawn waits until the report is complete.
-    monkeypatch.setattr(anode.train, "train", lambda config, callbacks=(): None)
-    real_plot = anode.compare.report.plot_curves
+    monkeypatch.setattr(anode_workbench.train, "train", lambda config, callbacks=(): None)
+    real_plot = anode_workbench.compare.report.plot_curves
 
     def signalled_plot(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return real_plot(*args, **kwargs)
 
-    monkeypatch.setattr(anode.compare.report, "plot_curves", signalled_plot)
+    monkeypatch.setattr(anode_workbench.compare.report, "plot_curves", signalled_plot)
     for name in ("compare_curves.png", "compare_gradient_error.png", "summary.json"):
         (out / name).unlink()
     with pytest.raises(KeyboardInterrupt):
@@ -266,7 +266,8 @@ def test_interrupt_with_parallel_runs_stops_them_and_starts_no_more(cifar10, tmp
     import time
 
     out = tmp_path / "parallel"
-    argv = [sys.executable, "-m", "anode.cli", "compare", "--data-root", str(cifar10), "--seeds", "0,1,2",
+    argv = [sys.executable, "-m", "anode_workbench.cli", "compare", "--data-root",
+            str(cifar10), "--seeds", "0,1,2",
             "--epochs", "200", "--batch-size", "10", "--subset", "20", "--test-subset", "10",
             "--grad-batch", "4", "--device", "cpu", "--no-progress", "--jobs", "2", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""torch.compile (anode.accel.compile_model): every gradient method of a compiled network
+"""torch.compile (anode_workbench.accel.compile_model): every gradient method of a compiled network
 equals the eager computation, anode's recomputation replaying the compiled forward exactly.
 
 Most tests use the ``aot_eager`` backend (Dynamo and AOTAutograd trace the ODE function
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from anode.accel import compile_model
-from anode.nn import ConvODEFunc, ODEBlock
+from anode._nn import ConvODEFunc, ODEBlock
+from anode_workbench.accel import compile_model
 from problems import rel_err
 
 F64_RTOL = 1e-10

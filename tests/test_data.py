@@ -1,4 +1,4 @@
-"""Tests for anode.data: CIFAR loading, augmentation and the batch iterator."""
+"""Tests for anode_workbench.data: CIFAR loading, augmentation and the batch iterator."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anode.data import (
+from anode_workbench.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
@@ -29,8 +29,8 @@ from anode.data import (
     random_crop,
     random_hflip,
 )
-from anode.data import download as download_mod
-from anode.data.download import md5_file
+from anode_workbench.data import download as download_mod
+from anode_workbench.data.download import md5_file
 from cifar_files import (
     CIFAR10_CLASSES,
     fake_cifar_arrays,

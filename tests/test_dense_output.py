@@ -8,7 +8,7 @@ import torch
 import torchdiffeq
 
 import anode
-from anode.tableaus import ButcherTableau
+from anode._tableaus import ButcherTableau
 from problems import ADAPTIVE_PROBLEMS as PROBLEMS
 from problems import Counting
 from problems import linear_problem as _linear

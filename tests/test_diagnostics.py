@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import anode
-from anode.commands import diagnose
-from anode.diagnostics import (
+from anode_workbench.commands import diagnose
+from anode_workbench.diagnostics import (
     checkpoint_cases,
     gradient_error,
     gradient_errors,

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from anode.cli import main
 from anode.models import list_models, register_model
-from anode.train import load_checkpoint
+from anode_workbench.cli import main
+from anode_workbench.train import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_files import write_fake_cifar  # noqa: E402
@@ -40,7 +40,7 @@ RUNNER = textwrap.dedent(
     from torch import nn
 
     from anode import ConvODEFunc, ODEBlock
-    from anode.cli import main
+    from anode_workbench.cli import main
     from anode.models import register_model
 
 

@@ -12,7 +12,7 @@ import torchdiffeq
 
 import anode
 import anode.dropin
-from anode import dopri8_coefficients as dp8
+from anode import _dopri8_coefficients as dp8
 from problems import ADAPTIVE_PROBLEMS as PROBLEMS
 from problems import Counting, mlp_problem
 
@@ -187,12 +187,12 @@ def test_one_step_and_its_interpolant_as_torchdiffeqs():
         coeff = solver._interp_fit(y0, y1, k, h)
         tab = anode.get_tableau("dopri8")
         stage_times = torch.tensor([0.1 + c * 0.4 for c in tab.c], dtype=torch.float64)
-        ours, error, ks = anode.solvers.embedded_step(lambda t, y: (func(t, y[0]),), (y0,), stage_times,
+        ours, error, ks = anode._solvers.embedded_step(lambda t, y: (func(t, y[0]),), (y0,), stage_times,
                                                       0.4, tab)
         assert torch.allclose(ours[0], y1, rtol=0, atol=1e-14)
         assert torch.allclose(error[0], err, rtol=0, atol=1e-15)
         for theta in [0.1, 0.5, 0.83]:
-            dense = anode.solvers.combine((y0,), 0.4, tab.dense_weights(theta), ks)[0]
+            dense = anode._solvers.combine((y0,), 0.4, tab.dense_weights(theta), ks)[0]
             theirs = _interp_evaluate(coeff, t0, t0 + h, t0 + theta * h)
             assert torch.allclose(dense, theirs, rtol=0, atol=1e-14), theta
 

@@ -1,4 +1,4 @@
-"""Terminal events (anode.events through anode.dropin): event times, the state there and
+"""Terminal events (anode._events through anode.dropin): event times, the state there and
 their gradients against finite differences, closed forms and torchdiffeq."""
 
 import math
@@ -8,9 +8,10 @@ import torch
 import torchdiffeq
 
 import anode
-from anode import dropin, event_search
-from anode.events import EventNotFoundError, solve_until_event
-from anode.options import FixedGrid, SolveOptions
+from anode import _event_search as event_search
+from anode import dropin
+from anode._events import EventNotFoundError, solve_until_event
+from anode._options import FixedGrid, SolveOptions
 
 
 @pytest.fixture(autouse=True)

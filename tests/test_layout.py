@@ -66,10 +66,10 @@ def test_no_import_cycles():
 def test_the_library_never_imports_the_command_line():
     offenders = sorted(
         m for m, deps in graph().items()
-        if not m.startswith("anode.commands") and m != "anode.cli"
-        and any(d.startswith("anode.commands") for d in deps)
+        if not m.startswith("anode_workbench.commands") and m != "anode_workbench.cli"
+        and any(d.startswith("anode_workbench.commands") for d in deps)
     )
-    assert not offenders, f"library modules importing anode.commands: {offenders}"
+    assert not offenders, f"library modules importing anode_workbench.commands: {offenders}"
 
 
 def test_no_module_over_400_lines():

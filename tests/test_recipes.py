@@ -1,4 +1,4 @@
-"""Training recipes (anode.train.recipes), their command-line options, and the ``*_noact``
+"""Training recipes (anode_workbench.train.recipes), their command-line options, and the ``*_noact``
 ResNets that a recipe's results are reported next to."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import types
 import pytest
 import torch
 
-import anode.compare
-import anode.train
+import anode_workbench.compare
+import anode_workbench.train
 from anode import models
-from anode.cli import main
-from anode.compare import CompareSpec
-from anode.train import TrainConfig, resolve_config
-from anode.train.recipes import RECIPES, recipe, recipe_config, training_settings
+from anode_workbench.cli import main
+from anode_workbench.compare import CompareSpec
+from anode_workbench.train import TrainConfig, resolve_config
+from anode_workbench.train.recipes import RECIPES, recipe, recipe_config, training_settings
 
 FAST = {
     "model": "resnet18_ode", "method": "euler", "n_steps": 2, "gradient": "anode", "epochs": 20,
@@ -57,7 +57,7 @@ def _capture_train(monkeypatch):
         seen.append(config)
         return types.SimpleNamespace(metrics=[], config=config, run_dir="x")
 
-    monkeypatch.setattr(anode.train, "train", fake_train)
+    monkeypatch.setattr(anode_workbench.train, "train", fake_train)
     return seen
 
 
@@ -85,7 +85,8 @@ def test_train_command_lists_recipes_and_rejects_unknown_ones(monkeypatch, capsy
 
 def test_compare_command_uses_the_recipe_for_every_variant(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(anode.compare, "run_compare", lambda spec, out, log=None: seen.append(spec) or {})
+    monkeypatch.setattr(anode_workbench.compare, "run_compare",
+                        lambda spec, out, log=None: seen.append(spec) or {})
     argv = ["compare", "--recipe", "fast", "--family", "sqnxt", "--size", "small", "--method", "midpoint",
             "--epochs", "3", "--out", str(tmp_path)]
     assert main(argv) == 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anode import models
-from anode.train import TrainConfig, train
+from anode_workbench.train import TrainConfig, train
 
 
 def test_resnet_ode_tiny_size_and_structure():

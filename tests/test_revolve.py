@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import anode
-from anode.schedules import Auto, Recompute, Revolve, Store, get_schedule, revolve_plan
-from anode.schedules import revolve as revolve_module
+from anode._schedules import Auto, Recompute, Revolve, Store, get_schedule, revolve_plan
+from anode._schedules import revolve as revolve_module
 
 # ---------------------------------------------------------------------------------------
 # Independent references for the number of forward steps of binomial checkpointing.
@@ -307,7 +307,7 @@ def test_states_held_never_exceed_snapshots_plus_working_state(monkeypatch, n_st
 def test_a_real_solve_frees_snapshots_as_the_backward_passes_them(monkeypatch, s):
     # Weak references to every state the solver makes without a graph stay alive while
     # anything, autograd's saved tensors included, holds the tensor.
-    import anode.gradients.anode as discrete_adjoint
+    import anode._gradients.anode as discrete_adjoint
 
     refs, in_backward, live = [], [False], []
     step = discrete_adjoint.rk_step
@@ -494,7 +494,7 @@ def test_budget_below_two_states_names_the_need():
 
 
 def test_benchmark_counts_evaluations_and_reports(tmp_path):
-    from anode.bench import revolve_tradeoff as bench
+    from anode_workbench.bench import revolve_tradeoff as bench
 
     tiny = dict(n_steps=6, channels=2, batch=1, size=4, repeats=1, method="midpoint")
     direct = bench.one_block(gradient="direct", **tiny)

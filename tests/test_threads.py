@@ -1,4 +1,4 @@
-"""The automatic number of threads of a CPU training run (anode.train.threads): decisions on a
+"""The automatic number of threads of a CPU training run (anode_workbench.train.threads): decisions on a
 simulated machine whose throughput follows the measurements on a 2-core machine, and the
 wiring into ``anode train``."""
 
@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from anode.cli import main
-from anode.train import TrainConfig, train
-from anode.train import threads as T
-from anode.train.threads import CpuLoad, ThreadGovernor, auto_threads
+from anode_workbench.cli import main
+from anode_workbench.train import TrainConfig, train
+from anode_workbench.train import threads as T
+from anode_workbench.train.threads import CpuLoad, ThreadGovernor, auto_threads
 
 TINY = "resnet_ode_small"
 
@@ -234,7 +234,7 @@ def test_anode_train_chooses_the_threads_and_a_run_follows_its_governor(data_roo
         made.append(ThreadGovernor(2, cores=2, load=busy_load, log=log, window_s=0.0))
         return made[0], ""
 
-    monkeypatch.setattr("anode.train.setup.auto_threads", fake_auto_threads)
+    monkeypatch.setattr("anode_workbench.train.setup.auto_threads", fake_auto_threads)
     torch.set_num_threads(2)
     try:
         seen = []

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from anode import models
-from anode.cli import main
-from anode.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
-from anode.train import (
+from anode_workbench.cli import main
+from anode_workbench.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
+from anode_workbench.train import (
     CHECKPOINT_KEYS,
     CPU_PRESET,
     EpochSchedule,
@@ -36,7 +36,7 @@ from anode.train import (
     set_rng_state,
     train,
 )
-from anode.train.config import default_data_root, lr_milestones
+from anode_workbench.train.config import default_data_root, lr_milestones
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_files import tiny_config, write_fake_cifar  # noqa: E402
@@ -259,7 +259,7 @@ def test_ode_options_reach_the_blocks_and_the_checkpoint(data_root, tmp_path, op
 
 
 def _independent_test_metrics(ckpt_file, data_root):
-    """Test loss/accuracy recomputed without anode.train: normalise by hand, one batch."""
+    """Test loss/accuracy recomputed without anode_workbench.train: normalise by hand, one batch."""
     ckpt = torch.load(ckpt_file, weights_only=True)
     model = models.create(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["ode_options"])
     model.load_state_dict(ckpt["model_state"])

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from anode import accel, models
-from anode.cli import main
-from anode.train import TrainConfig, evaluate_checkpoint, load_checkpoint, resolve_config, train
+from anode import models
+from anode_workbench import accel
+from anode_workbench.cli import main
+from anode_workbench.train import TrainConfig, evaluate_checkpoint, load_checkpoint, resolve_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_files import tiny_config  # noqa: E402
@@ -61,7 +62,7 @@ def test_bad_precision_on_the_command_line(capsys):
 
 def test_bf16_channels_last_compiled_run_end_to_end(data_root, tmp_path, monkeypatch):
     # aot_eager traces as inductor does, without the half minute of code generation
-    monkeypatch.setattr("anode.train.setup.compile_model",
+    monkeypatch.setattr("anode_workbench.train.setup.compile_model",
                         functools.partial(accel.compile_model, backend="aot_eager"))
     out = tmp_path / "run"
     assert main([

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from anode import models
-from anode.cli import main
-from anode.files import atomic_write
-from anode.train import (
+from anode_workbench.cli import main
+from anode_workbench.files import atomic_write
+from anode_workbench.train import (
     CPU_PRESET,
     EpochSchedule,
     TrainConfig,
@@ -26,8 +26,8 @@ from anode.train import (
     resolve_config,
     train,
 )
-from anode.train.lr_schedule import ONECYCLE_START, ONECYCLE_WARMUP
-from anode.train.metrics import curves_figure
+from anode_workbench.train.lr_schedule import ONECYCLE_START, ONECYCLE_WARMUP
+from anode_workbench.train.metrics import curves_figure
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_files import tiny_config  # noqa: E402
@@ -338,11 +338,11 @@ def test_cli_passes_the_new_training_flags(data_root, tmp_path):
 
 
 def test_cli_interrupt_says_how_to_resume(monkeypatch, capsys):
-    import anode.train
+    import anode_workbench.train
 
     def interrupted(config, callbacks=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(anode.train, "train", interrupted)
+    monkeypatch.setattr(anode_workbench.train, "train", interrupted)
     assert main(["train", "--out", "runs/x"]) == 130
     assert "continue with: anode train --out runs/x --resume" in capsys.readouterr().err

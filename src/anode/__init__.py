@@ -7,16 +7,16 @@ also takes its method names exactly (:mod:`anode.dropin`).
 """
 
 from . import dropin
-from .adams import Adams
-from .adaptive import AdaptiveSolveError
-from .controllers import Adaptive
-from .gradients import Anode, Backsolve, Direct, GradientMethod
-from .ivp import SolveStats
-from .nn import Autonomous, ConvODEFunc, ODEBlock
-from .odeint import odeint, odeint_adjoint
-from .options import FixedGrid, SolveOptions
-from .schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
-from .solvers import EMBEDDED_TABLEAUS, TABLEAUS, ButcherTableau, get_tableau
+from ._adams import Adams
+from ._adaptive import AdaptiveSolveError
+from ._controllers import Adaptive
+from ._gradients import Anode, Backsolve, Direct, GradientMethod
+from ._ivp import SolveStats
+from ._nn import Autonomous, ConvODEFunc, ODEBlock
+from ._odeint import odeint, odeint_adjoint
+from ._options import FixedGrid, SolveOptions
+from ._schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
+from ._solvers import EMBEDDED_TABLEAUS, TABLEAUS, ButcherTableau, get_tableau
 
 __version__ = "0.1.0"
 

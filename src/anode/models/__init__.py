@@ -9,10 +9,10 @@ plain residual baselines, and a registry by name.
 See ``docs/models.md`` for every model's structure and parameter count.
 """
 
-from . import resnet, resnet_tiny, squeezenext  # noqa: F401  (registers the models)
-from .blocks import ResidualBlock, ResidualNetwork
-from .init import reference_init
-from .options import (
+from . import _resnet, _resnet_tiny, _squeezenext  # noqa: F401  (registers the models)
+from ._blocks import ResidualBlock, ResidualNetwork
+from ._init import reference_init
+from ._options import (
     DEFAULT_ODE_OPTIONS,
     check_ode_options,
     named_options,
@@ -23,9 +23,9 @@ from .options import (
     set_ode_options,
     solve_options,
 )
-from .registry import create, list_models, register_model
-from .resnet import BasicBlock, ResNet
-from .squeezenext import SqueezeNext, SqueezeNextBlock, SqueezeNextODEFunc
+from ._registry import create, list_models, register_model
+from ._resnet import BasicBlock, ResNet
+from ._squeezenext import SqueezeNext, SqueezeNextBlock, SqueezeNextODEFunc
 
 __all__ = [
     "create",

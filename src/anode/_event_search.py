@@ -1,0 +1,282 @@
+"""The graph-free search for a terminal event (see :mod:`anode._events`): steps until the
+event function changes sign at a step's end, the interpolant of that step, and the root of
+the event function on it.
+
+The steps are torchdiffeq 0.2.5's (``rk_common.py``, ``_advance_until_event``;
+``solvers.py``, ``FixedGridODESolver.integrate_until_event``): adaptive steps without an end
+time under anode's controller (:class:`~anode._controllers.Adaptive`, the loop of
+:func:`anode._adaptive.integrate`), or steps of ``step_size``. Each step is taken by
+:func:`~anode._solvers.rk_step`'s arithmetic on the times of
+:func:`~anode._grid.step_geometry`, and every step end is rounded to the dtype of ``t`` so
+that the steps can be replayed from a time grid held in that dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ._adaptive import AdaptiveSolveError
+from ._controllers import Adaptive
+from ._grid import step_geometry
+from ._ivp import SolveStats
+from ._solvers import ButcherTableau, State, combine, embedded_step, rk_stages
+
+MAX_FIXED_STEPS = 20000
+"""Most steps of a fixed-grid event search (torchdiffeq's limit)."""
+
+INTERPOLANTS = ("dense", "cubic", "linear")
+
+
+class EventNotFoundError(RuntimeError):
+    """A fixed-grid event search took :data:`MAX_FIXED_STEPS` steps without a sign change
+    of the event function."""
+
+
+@dataclass
+class Interpolant:
+    """The solution inside one step ``[start, start + h]`` as a function of the fraction
+    ``θ`` of the step: the tableau's dense output (``ks`` all stages), the cubic Hermite
+    interpolant of ``(y, ks[0])`` and ``(y1, f1)``, or the line through ``y`` and ``y1``."""
+
+    kind: str
+    tableau: ButcherTableau
+    start: float
+    end: float
+    h: float
+    y: State
+    ks: list[State]
+    y1: State
+    f1: State | None = None
+
+    def value(self, theta: float) -> State:
+        if self.kind == "dense":
+            return combine(self.y, self.h, self.tableau.dense_weights(theta), self.ks)
+        if self.kind == "linear":
+            return tuple(a + theta * (b - a) for a, b in zip(self.y, self.y1))
+        h00, h10 = (1 + 2 * theta) * (1 - theta) ** 2, theta * (1 - theta) ** 2
+        h01, h11 = theta**2 * (3 - 2 * theta), theta**2 * (theta - 1)
+        return tuple(h00 * a + (h10 * self.h) * fa + h01 * b + (h11 * self.h) * fb
+                     for a, fa, b, fb in zip(self.y, self.ks[0], self.y1, self.f1))
+
+    def rate(self, theta: float) -> State:
+        """``dY/dt`` at ``θ`` (state units per time unit)."""
+        if self.kind == "dense":
+            return combine(tuple(torch.zeros_like(y) for y in self.y), 1.0,
+                           self.tableau.dense_rates(theta), self.ks)
+        if self.kind == "linear":
+            return tuple((b - a) / self.h for a, b in zip(self.y, self.y1))
+        d00, d10 = 6 * theta * (theta - 1), (1 - theta) * (1 - 3 * theta)
+        d01, d11 = -d00, theta * (3 * theta - 2)
+        return tuple((d00 * a + d01 * b) / self.h + d10 * fa + d11 * fb
+                     for a, fa, b, fb in zip(self.y, self.ks[0], self.y1, self.f1))
+
+
+def step_with_interpolant(func, y: State, start: float, end: float, tab: ButcherTableau,
+                           kind: str, time, ks: list[State] | None = None,
+                           y1: State | None = None) -> Interpolant:
+    """The step from ``(start, y)`` to ``end`` and its interpolant, under the current grad
+    mode; ``ks`` and ``y1`` when already computed (the sweep's), else computed here by
+    :func:`~anode._solvers.rk_step`'s arithmetic."""
+    stage_times, h = step_geometry(start, end, 0.0, 1.0, tab.c)
+    if ks is None:
+        ks = rk_stages(func, y, time(stage_times), h, tab, tab.stages if kind == "dense"
+                       else tab.solution_stages)
+        y1 = combine(y, h, tab.b, ks)
+    f1 = func(time(end), y1) if kind == "cubic" else None
+    return Interpolant(kind, tab, start, end, h, y, ks, y1, f1)
+
+
+def combined_event_fn(event_fn: Callable, is_tuple: bool, t0: torch.Tensor, y0: State):
+    """``g(t, y)``: the smallest component of ``event_fn(t, y) * sign(event_fn(t0, y0))``,
+    so that the first component to cross zero ends the solve (torchdiffeq's rule)."""
+
+    def raw(t, y):
+        out = event_fn(t, y if is_tuple else y[0])
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"event_fn must return a tensor, got {type(out).__name__}")
+        return out
+
+    with torch.no_grad():
+        signs = torch.sign(raw(t0, y0))
+
+    def g(t, y):
+        return torch.min(raw(t, y) * signs)
+
+    return g
+
+
+def rng_state(state: State) -> tuple:
+    devices = sorted({y.device.index or 0 for y in state if y.is_cuda})
+    return torch.get_rng_state(), tuple(torch.cuda.get_rng_state(d) for d in devices)
+
+
+def same_rng(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+@dataclass
+class Sweep:
+    """What the graph-free search found: the accepted step boundaries up to the start of
+    the event step (``bounds[-1]``), the state there, the event step's interpolant and τ."""
+
+    bounds: list[float]
+    y: State
+    step: Interpolant
+    tau: float
+
+
+def _adaptive_steps(func, y: State, s: float, direction: float, tab: ButcherTableau,
+                    ctl: Adaptive, fired, time, round_t, k0: State, stats: SolveStats):
+    """Adaptive steps from ``(s, y)`` until ``fired(end, y1)``, by the controller loop of
+    :func:`anode._adaptive.integrate` without an end time. Returns ``(bounds, y_j, ks, y1,
+    end)`` of the event step ``j``."""
+    evals, accepted, rejected = 1, 0, 0
+    h = ctl.first_step
+    if h is None:
+        h = ctl.initial_step(func, s, y, k0, tab.order, direction, time, func.is_tuple)
+        evals += 1
+    previous, last_ratio, bounds = 1.0, 0.0, [s]
+    try:
+        while True:
+            if accepted + rejected >= ctl.max_num_steps:
+                raise AdaptiveSolveError(
+                    f"max_num_steps={ctl.max_num_steps} exceeded at t={s:.17g} ({accepted} accepted, "
+                    f"{rejected} rejected steps) before the event function changed sign")
+            end = round_t(s + direction * min(h, ctl.max_step))
+            if end == s or not math.isfinite(end):
+                why = (f"the last scaled error was {last_ratio:.3g}" if math.isfinite(last_ratio)
+                       else "the last error estimate was NaN or Inf")
+                raise AdaptiveSolveError(
+                    f"step size underflow at t={s:.17g} before the event function changed sign: a "
+                    f"step of {h:.3g} no longer advances time ({why})")
+            stage_times, size = step_geometry(s, end, 0.0, 1.0, tab.c)
+            y1, error, ks = embedded_step(func, y, time(stage_times), size, tab, k0)
+            evals += tab.stages - (k0 is not None)
+            with torch.no_grad():
+                ratio = last_ratio = ctl.error_ratio(error, y, y1, func.is_tuple)
+            if ratio <= 1.0:  # False for NaN
+                accepted += 1
+                if fired(end, y1):
+                    return bounds, y, ks, y1, end
+                h = ctl.next_step(abs(size), ratio, previous, tab.order)
+                previous, s, y = ratio, end, y1
+                bounds.append(end)
+                k0 = ks[-1] if tab.fsal else None
+            else:
+                rejected += 1
+                h = ctl.next_step(abs(size), ratio, previous, tab.order)
+                k0 = ks[0]
+    finally:
+        stats.forward_steps += accepted
+        stats.rejected_steps += rejected
+        stats.forward_evaluations += evals
+        stats.stages = tab.solution_stages
+
+
+def _fixed_steps(func, y: State, s: float, direction: float, tab: ButcherTableau, step_size: float,
+                 fired, time, round_t, stats: SolveStats):
+    """Steps of ``step_size`` from ``(s, y)`` until ``fired(end, y1)`` (torchdiffeq's
+    fixed-grid search). Returns ``(bounds, y_j, ks, y1, end)`` of the event step ``j``."""
+    bounds = [s]
+    for _ in range(MAX_FIXED_STEPS):
+        end = round_t(s + direction * step_size)
+        stage_times, size = step_geometry(s, end, 0.0, 1.0, tab.c)
+        ks = rk_stages(func, y, time(stage_times), size, tab, tab.solution_stages)
+        y1 = combine(y, size, tab.b, ks)
+        stats.count_fixed_forward(1, tab.solution_stages)
+        if fired(end, y1):
+            return bounds, y, ks, y1, end
+        s, y = end, y1
+        bounds.append(end)
+    raise EventNotFoundError(f"no sign change of the event function in {MAX_FIXED_STEPS} steps of "
+                             f"{step_size:g} (t={s:.17g})")
+
+
+def _locate(value: Callable[[float], float], a: float, b: float, fa: float, fb: float, round_t) -> float:
+    """The first time (in ``t``'s precision) at which the event has fired, given
+    ``value(a) > 0`` (not fired) and ``value(b) <= 0`` (fired): the bracket shrinks to
+    neighbouring times by Illinois steps (regula falsi that halves the value of an end kept
+    twice; Dowell and Jarratt, BIT 11, 1971), with a bisection whenever three steps in a
+    row have not halved it. Returns the fired end."""
+    side, reference, since = 0, abs(b - a), 0
+    for _ in range(4000):
+        mid = round_t(a + (b - a) / 2)
+        if mid == a or mid == b:
+            break
+        x = mid
+        if since < 3 and fa != fb and math.isfinite(fa) and math.isfinite(fb):
+            guess = round_t(b - fb * (b - a) / (fb - fa))
+            if min(a, b) < guess < max(a, b):
+                x = guess
+        fx = value(x)
+        if fx > 0:
+            a, fa = x, fx
+            fb = fb / 2 if side == 1 else fb
+            side = 1
+        else:
+            b, fb = x, fx
+            fa = fa / 2 if side == -1 else fa
+            side = -1
+        if x == mid or abs(b - a) <= reference / 2:
+            reference, since = abs(b - a), 0
+        else:
+            since += 1
+    return b
+
+
+def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
+           stepping, kind: str, time, round_t, k0: State, stats: SolveStats) -> Sweep | None:
+    """Step from ``(s0, y0)`` until ``g`` (0-d, positive at ``s0``) is no longer positive at
+    a step's end, and locate the first time it is not on that step's interpolant. Runs
+    under the current grad mode (the caller's ``torch.no_grad()``).
+
+    Args:
+        func: ``func(t, y)`` on tuple states; ``g(t, y)`` the combined event function.
+        y0, s0, direction: the initial state and time (a float), ±1.
+        tab, stepping: the method and its :class:`~anode._controllers.Adaptive` or fixed
+            grid (``stepping.step_size``).
+        kind: the interpolant, one of ``"dense"``, ``"cubic"``, ``"linear"``.
+        time: makes ``func``'s time argument from a float or a list; ``round_t`` rounds a
+            float to ``t``'s dtype.
+        k0: ``func(s0, y0)``.
+        stats: counts steps and evaluations.
+
+    Returns:
+        The :class:`Sweep`; None when ``g(s0, y0) == 0`` (the event holds at the start).
+
+    Raises:
+        anode.AdaptiveSolveError, EventNotFoundError: no sign change within the limits.
+    """
+    if float(g(time(s0), y0)) == 0.0:
+        return None
+
+    def fired(x, y) -> bool:
+        value = float(g(time(x), y))
+        if math.isnan(value):
+            raise ValueError(f"event_fn returned NaN at t={x:.17g}")
+        return not value > 0
+
+    if isinstance(stepping, Adaptive):
+        found = _adaptive_steps(func, y0, s0, direction, tab, stepping, fired, time, round_t, k0, stats)
+    else:
+        found = _fixed_steps(func, y0, s0, direction, tab, float(stepping.step_size), fired, time,
+                             round_t, stats)
+    bounds, y_j, ks, y1, end = found
+    if kind == "dense" and len(ks) < tab.stages:  # a fixed-grid step skips an FSAL last stage
+        ks = y1 = None
+    step = step_with_interpolant(func, y_j, bounds[-1], end, tab, kind, time, ks, y1)
+    stats.forward_evaluations += kind == "cubic"
+
+    def value(x: float) -> float:
+        return float(g(time(x), step.value((x - step.start) / step.h)))
+
+    tau = _locate(value, step.start, end, value(step.start), value(end), round_t)
+    return Sweep(bounds, y_j, step, tau)
+
+
+__all__ = ["search", "step_with_interpolant", "combined_event_fn", "rng_state", "same_rng", "Sweep",
+           "Interpolant", "EventNotFoundError", "MAX_FIXED_STEPS", "INTERPOLANTS"]

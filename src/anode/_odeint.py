@@ -1,0 +1,338 @@
+"""The front door: check the input once, normalise it, dispatch to a gradient method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from ._adams import get_method, is_multistep
+from ._callbacks import find_callbacks
+from ._controllers import Adaptive
+from ._gradients import GradientMethod, resolve
+from ._gradients.direct import forward_solve
+from ._grid import TimeGrid
+from ._inputs import check_state, check_times, default_params, functorch_transforms
+from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
+from ._options import SolveOptions
+from ._schedules import Auto, Schedule
+from ._solvers import ButcherTableau, State
+from .dropin._options import adjoint_gradient, check_adjoint_arguments, solve_options
+
+Tensors = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+_UNSET = (None, None, None, None, None, "anode", None)  # odeint's defaults for the options' arguments
+
+
+def check_options_record(options) -> None:
+    """Raise TypeError unless ``options`` is a :class:`SolveOptions`, a torchdiffeq options
+    dict or None."""
+    if options is None or isinstance(options, (SolveOptions, Mapping)):
+        return
+    raise TypeError("options must be an anode.SolveOptions or a dict of torchdiffeq options, "
+                    f"not {type(options).__name__}")
+
+
+def _from_dict(options: Mapping, method, n_steps, step_size, rtol, atol, gradient, schedule,
+               schedule_options) -> SolveOptions:
+    if n_steps is not None or step_size is not None:
+        raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
+                         "not n_steps=/step_size=")
+    tableau = get_method("dopri5" if method is None else method)  # anode's names, e.g. rk4
+    corrector = is_multistep(tableau) and tableau.implicit  # rtol/atol: its convergence test
+    if not (tableau.embedded or corrector) and (rtol is not None or atol is not None):
+        raise ValueError(f"rtol/atol need a method with an error estimate; {tableau.name!r} has none "
+                         "(an embedded pair: dopri5, bosh3, tsit5, adaptive_heun)")
+    return solve_options(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, tableau,
+                         options, resolve(gradient, schedule, **schedule_options))
+
+
+def odeint(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor,
+    *,
+    method: str | ButcherTableau | None = None,
+    n_steps: int | None = None,
+    step_size: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    gradient: str | GradientMethod = "anode",
+    schedule: str | Schedule | Auto | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+    stats: SolveStats | None = None,
+    options: SolveOptions | None = None,
+    **schedule_options,
+) -> Tensors:
+    """Solve dy/dt = func(t, y), y(t[0]) = y0; return y at every time in t.
+
+    Steps are taken on a fixed grid (``n_steps``, ``step_size``) or, for an embedded pair
+    such as ``dopri5``, chosen by a step-size controller (:class:`~anode._controllers.Adaptive`,
+    given through ``options``); every gradient method then differentiates the accepted steps
+    with their sizes held fixed (see :mod:`anode._adaptive`). An adaptive dopri5, bosh3 or
+    tsit5 solve takes the output times between the first and the last from the interpolant of the
+    step containing them (dense output, as torchdiffeq; ``Adaptive(dense_output=False)``
+    steps onto them instead).
+
+    The API follows torchdiffeq's ``odeint`` so that code can switch: ``func(t, y)`` takes a
+    0-d time tensor and the state and returns dy/dt with the state's structure.
+
+    Args:
+        func: the vector field; an ``nn.Module`` or any callable. A module (or a bound
+            method of one) is held weakly by the solve's graph: keep a reference to it until
+            the backward pass.
+        y0: the initial state: a floating-point tensor of any shape ``S``, or a tuple of
+            such tensors (shapes ``S_i``).
+        t: 1-D tensor of ``M`` output times (time units), increasing or decreasing;
+            ``t[0]`` is the initial time. A repeated time (a zero-length interval) takes no
+            step and repeats the state; ``M == 1`` returns ``y0``. May require grad.
+        method: a Runge–Kutta method name (``euler``, ``midpoint``, ``heun``, ``ralston``,
+            ``rk4`` (the classic one; torchdiffeq's ``rk4`` is ``rk38``), ``rk38``), an
+            embedded pair (``dopri5``, ``bosh3``, ``tsit5``, ``dopri8``, ``adaptive_heun``; adaptive with
+            default tolerances unless ``n_steps`` or ``step_size`` is given) or any explicit
+            :class:`ButcherTableau`; or an Adams multistep method on a fixed grid
+            (``explicit_adams``, ``implicit_adams`` (alias ``fixed_adams``) or an
+            :class:`anode.Adams`; see :mod:`anode._adams`). None (the default): ``dopri5`` when
+            ``rtol``/``atol`` are given, else ``rk4``.
+        n_steps: number of equal steps in each interval between consecutive output times.
+        step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
+            equal steps no longer than it (see :func:`anode._grid.make_grid`). With neither
+            (and no tolerances), one step per interval.
+        rtol, atol: relative (dimensionless) and absolute (state units) tolerances of adaptive
+            stepping, :class:`~anode._controllers.Adaptive`'s meaning (torchdiffeq's); giving
+            either selects adaptive steps (default method dopri5), the other at its default
+            (``1e-7``, ``1e-9``). Not with ``n_steps``/``step_size``, except for
+            ``implicit_adams``, whose corrector they set (as torchdiffeq). Other controller options
+            (``first_step``, ``max_num_steps``, ...) go through ``options``.
+        gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
+            ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
+            ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
+            ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md), or
+            a gradient object such as ``anode.Anode(schedule=anode.Revolve(4))``.
+        schedule: for ``gradient="anode"``: ``"recompute"`` (default; keep the input only,
+            the paper's scheme), ``"store"`` (keep all states), ``"revolve"``, ``"auto"``, or
+            a schedule object.
+        params: optional: tensors func depends on whose gradients are wanted besides the
+            parameters of func when it is an ``nn.Module`` (like torchdiffeq's
+            ``adjoint_params``, but added to ``func.parameters()`` rather than replacing them).
+            Not needed for closures: ``anode`` and ``backsolve`` find the tensors requiring
+            grad that func reaches on its first evaluation (parameters of a module a lambda or
+            a bound method uses, non-leaf tensors such as a hypernetwork's output, whose
+            gradient flows on into their graph; see :mod:`anode._gradients.closures`). A tensor
+            that reaches func only in a later evaluation raises ValueError in the backward
+            rather than lose its gradient: list it here.
+        stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
+        options: a :class:`~anode._options.SolveOptions` record instead of ``method``,
+            ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
+            schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
+            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size``,
+            ``perturb``, ``grid_constructor`` for a fixed-grid method; ``first_step``,
+            ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``, ``norm``,
+            ``step_t``, ``jump_t`` for an adaptive one; see
+            :mod:`anode.dropin._options`), which goes with ``method``, ``rtol``,
+            ``atol`` and ``gradient`` as torchdiffeq's does (default method dopri5). Method
+            names stay anode's (``rk4`` is the classic method); :mod:`anode.dropin` takes
+            torchdiffeq's names too.
+        **schedule_options: options of the named schedule (e.g. ``snapshots``).
+
+    Returns:
+        A tensor of shape ``(M, *S)``, or for a tuple ``y0`` a tuple of tensors of shapes
+        ``(M, *S_i)``; entry ``i`` along the leading axis is the state at ``t[i]``.
+
+    Under ``torch.no_grad()`` or ``torch.inference_mode()`` every gradient method runs the
+    same graph-free forward (func may still differentiate inside, e.g. a Hamiltonian or a
+    trace estimator). Under a ``torch.func`` transform (``vmap``, ``grad``, ...) the exact
+    methods solve as ``direct`` does, which those transforms differentiate exactly (with
+    direct's memory); ``backsolve`` runs its forward without a graph under ``vmap`` and
+    raises under ``grad``, ``jacrev``, ``jvp``. Adaptive stepping raises under any of them
+    (its step sizes depend on the state's values); use a fixed grid there. ``t`` batched by
+    ``vmap`` (a time grid per sample) raises ValueError saying what to do instead.
+
+    Dtypes (torchdiffeq's rules): ``func`` receives time in the state's dtype (a tuple's
+    promoted dtype); a ``t`` of lower precision than the state is promoted to it. The
+    step-size controller computes its norms in at least float32 (float16/bfloat16 states).
+
+    torchdiffeq's step callbacks (``func.callback_step``, ``callback_accept_step``,
+    ``callback_reject_step`` and their ``_adjoint`` forms) are called as
+    :mod:`anode._callbacks` describes.
+
+    Raises:
+        TypeError: y0, t or params of the wrong type or dtype; options neither a
+            SolveOptions nor a dict; func returns a wrong type,
+            structure or dtype (the tuple component is named).
+        ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, func's output depends
+            on a leaf requiring grad that func makes itself (anode, backsolve), unknown method,
+            implicit_adams under a ``torch.func`` transform,
+            gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
+            grid and tolerances both given, tolerances with a method that has no error
+            estimate, options given twice, an unknown key in an options dict (naming it and
+            the supported ones), func returns a wrong shape; adaptive stepping
+            under a ``torch.func`` transform or with func NaN/Inf at y0; tolerances below a
+            float16/bfloat16 state's resolution (naming the dtype); ``t`` batched by
+            ``vmap``; ``*_adjoint`` callbacks with a method that takes no backward steps.
+        anode.AdaptiveSolveError: an adaptive solve exceeds ``max_num_steps`` between two
+            output times or its step size underflows; the message names the time reached.
+    """
+    check_signature(func)
+    check_options_record(options)
+    if isinstance(options, Mapping):
+        options = _from_dict(options, method, n_steps, step_size, rtol, atol, gradient, schedule,
+                             schedule_options)
+    elif options is None:
+        options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
+                                    atol=atol, **schedule_options)
+    elif schedule_options or (n_steps, step_size, rtol, atol, gradient, schedule) != _UNSET[1:] or (
+            method is not None and get_method(method) != options.method):
+        # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
+        # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
+        raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
+    state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
+    stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))
+    return stacked if is_tuple else stacked[0]
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    method: str | ButcherTableau | None = None,
+    options: Mapping | SolveOptions | None = None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_method=None,
+    adjoint_options=None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    gradient: str | GradientMethod = "backsolve",
+    **kwargs,
+) -> Tensors:
+    """torchdiffeq's ``odeint_adjoint`` signature: :func:`odeint` with the continuous adjoint
+    (``gradient="backsolve"``, Chen et al., NeurIPS 2018) as the default gradient.
+
+    ``adjoint_params`` are added to ``func.parameters()`` (torchdiffeq uses them instead);
+    the reverse solve uses the forward's method, tolerances and options, so each
+    ``adjoint_*`` argument must be None or equal to the forward's, except that
+    ``adjoint_options`` may name the reverse solve's error norm (``norm="seminorm"`` or a
+    callable, see :class:`~anode._gradients.Backsolve`). For the exact gradient of
+    the solve at similar memory, call :func:`odeint` (discrete adjoint). Method names are
+    anode's; :func:`anode.dropin.odeint_adjoint` takes torchdiffeq's (its ``rk4`` is Kutta's
+    3/8 rule).
+
+    Args:
+        func, y0, t, rtol, atol, method, options, **kwargs: as :func:`odeint`.
+        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: torchdiffeq's; None
+            or the forward's value.
+        adjoint_params: tensors ``func`` depends on whose gradients are wanted.
+        gradient: as :func:`odeint`; default ``"backsolve"``.
+
+    Returns:
+        As :func:`odeint`.
+
+    Raises:
+        NotImplementedError: an ``adjoint_*`` argument that differs from the forward's.
+        ValueError, TypeError: as :func:`odeint`.
+    """
+    adaptive = rtol is not None or atol is not None or isinstance(options, Mapping)
+    default = options.method.name if isinstance(options, SolveOptions) else "dopri5" if adaptive else "rk4"
+    norm = check_adjoint_arguments(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol,
+                                   method, options, adjoint_rtol, adjoint_atol, adjoint_method,
+                                   adjoint_options, default)
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=adjoint_gradient(gradient, norm), params=adjoint_params, **kwargs)
+
+
+# torch.compile runs the solve itself eagerly (a graph break around it) and compiles what is
+# compiled inside it: the vector field (anode_workbench.accel.compile_model compiles it in place).
+# Traced, the solver's Python bookkeeping (step counters, records, schedules) would guard and
+# recompile on every block and grad mode, and a compiled custom Function would not replay
+# its forward in the backward as anode's does.
+@torch.compiler.disable
+def solve(
+    func: Callable, y0: Tensors, t: torch.Tensor, options: SolveOptions, *,
+    params: Sequence[torch.Tensor] | None = None, stats: SolveStats | None = None,
+    grid: TimeGrid | None = None,
+) -> tuple[State, bool, list[State]]:
+    """:func:`odeint` without stacking: ``(y0 as a tuple, whether y0 was a tuple, the tuple
+    state at every output time)``. Used by :class:`~anode._nn.ODEBlock`, which needs only the
+    last state and should not copy the input into a stacked result.
+
+    ``grid`` replays given steps (for ``t``'s output times) instead of choosing them: the
+    accepted steps of an event search (:mod:`anode._events`). The options' controller then
+    serves only ``backsolve``'s adaptive reverse solve."""
+    transforms = functorch_transforms()
+    state, is_tuple = check_state(y0, check_values=not transforms)
+    times = check_times(t)
+    t, func_time_dtype = time_dtypes(t, state)
+    adaptive = isinstance(options.stepping, Adaptive)
+    if adaptive and transforms:
+        raise ValueError(
+            f"adaptive stepping cannot run under torch.func {'/'.join(sorted(transforms))}: its step "
+            "sizes depend on the values of the state; use a FixedGrid (n_steps= or step_size=)")
+    if transforms and is_multistep(options.method) and options.method.implicit:
+        raise ValueError(
+            f"implicit_adams cannot run under torch.func {'/'.join(sorted(transforms))}: its corrector "
+            "iterates until the values converge; use explicit_adams or a Runge-Kutta method")
+    # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
+    if grid is None and not adaptive:
+        grid = options.stepping.grid(times, func, y0, t)
+    stats = stats if stats is not None else SolveStats()
+    if len(set(times)) == 1:  # no step to take (one output time, or only repeats of it)
+        return state, is_tuple, [state] * len(times)
+    inference = torch.is_inference_mode_enabled()
+    if inference:
+        # func may differentiate inside, which inference tensors forbid: solve outside
+        # inference mode (still without a graph) on ordinary copies.
+        with torch.inference_mode(False):
+            state = tuple(y.clone() if y.is_inference() else y for y in state)
+            t = t.clone() if t.is_inference() else t
+    ivp = IVP(
+        func=CheckedFunc(func, is_tuple, time_dtype=func_time_dtype),
+        y0=state,
+        t=t,
+        grid=grid,
+        tableau=options.method,
+        params=default_params(func, params),
+        stats=stats,
+        controller=options.stepping if adaptive else None,
+        times=tuple(times),
+        callbacks=find_callbacks(func, is_tuple, t, adaptive, options.method.name),
+    )
+    # Evaluations without grad return detached outputs, so that a graph func builds inside
+    # (FFJORD's divergence) dies with its evaluation; not where forward-mode AD, which
+    # no_grad leaves on, or a torch.func transform needs the outputs' tangents.
+    forward_ad = getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
+    ivp.func.detach_without_grad = not (transforms or forward_ad)
+    if inference:
+        with torch.inference_mode(False), torch.no_grad():
+            outputs = forward_solve(ivp)
+    elif transforms or not torch.is_grad_enabled():
+        # torch.func transforms differentiate plain operations only. For an exact method
+        # that is the same gradient; an approximate one cannot be had there.
+        if transforms - {"Vmap", "Functionalize"}:
+            ivp.callbacks.check_backward(f"direct (under torch.func {'/'.join(sorted(transforms))})")
+        if transforms and not options.gradient.exact:
+            if transforms - {"Vmap", "Functionalize"}:
+                raise ValueError(
+                    f"gradient={options.gradient.name!r} cannot run under torch.func "
+                    f"{'/'.join(sorted(transforms))}: its gradient is not that of the operations "
+                    "run; use gradient='anode' or 'direct'"
+                )
+            with torch.no_grad():
+                outputs = forward_solve(ivp)
+        else:
+            outputs = forward_solve(ivp)
+    else:
+        if not options.gradient.calls_adjoint_callbacks and any(
+                x.requires_grad for x in (*state, t, *ivp.params)):
+            ivp.callbacks.check_backward(options.gradient.name)
+        outputs = options.gradient.solve(ivp)
+    grid = ivp.grid
+    n_states = len(grid.solve_outputs)
+    by_step = dict(zip(grid.solve_outputs, outputs[:n_states]))
+    by_step[0] = state
+    tapped = outputs[n_states:]
+    return state, is_tuple, [state, *(by_step[k] if kind == "step" else tapped[k]
+                                      for kind, k in grid.output_sources)]

@@ -1,5 +1,0 @@
-"""Subcommands of the ``anode`` command, one module each.
-
-A module here defines ``register(subparsers)``, which adds its parser(s) and sets
-``run=function(args) -> int`` as a default; :mod:`anode.cli` discovers them.
-"""
