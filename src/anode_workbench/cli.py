@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import pkgutil
 import shlex
 import sys
 
-from . import commands
+WORKBENCH_REQUIRES = ("numpy", "tqdm", "matplotlib")
+
+
+def _missing_requirements() -> list[str]:
+    """The workbench's own requirements that this environment lacks (``pip install anode``
+    alone installs the library, which needs none of them)."""
+    return [name for name in WORKBENCH_REQUIRES if importlib.util.find_spec(name) is None]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand found in ``anode_workbench.commands``."""
+    from . import commands
+
     parser = argparse.ArgumentParser(
         prog="anode", description="Train, evaluate, diagnose and benchmark neural ODEs (ANODE)."
     )
@@ -33,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     (``"anode bench --quick"``), for the records it writes.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    missing = _missing_requirements()
+    if missing:
+        print(f"anode: the command needs the workbench's requirements ({', '.join(missing)} missing); "
+              "install them with: pip install 'anode[workbench]'", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     if hasattr(args, "command_line"):
         args.command_line = shlex.join(["anode", *argv])
