@@ -50,8 +50,8 @@ gpu)
     BUDGET=${BUDGET:-560}; DEVICE=cuda; SIZE=full; NOACT_MODEL=resnet18_ode_noact
     BENCH_MODELS="resnet18,resnet18_ode,sqnxt23,sqnxt23_ode"; BENCH_ARGS=(--batch 256 --repeats 3)
     SIZES=(); SQNXT_EPOCHS=${SQNXT_EPOCHS:-8}
-    TESTS=(tests/test_revolve.py tests/test_accel.py tests/test_recipes.py tests/test_models.py
-           tests/test_autograd_uses.py)
+    TESTS=(tests/library/test_revolve.py tests/workbench/test_accel.py tests/workbench/test_recipes.py tests/library/test_models.py
+           tests/library/test_autograd_uses.py)
     ;;
 rehearse)
     # The same steps on a CPU at tiny sizes: every command line and file of the GPU session
@@ -60,7 +60,7 @@ rehearse)
     BENCH_MODELS="resnet_small,resnet_ode_small"; BENCH_ARGS=(--batch 8 --repeats 1 --size 16)
     SIZES=(--subset 512 --test-subset 200 --epoch-test-subset 100 --batch-size 64)
     RESNET_EPOCHS=${RESNET_EPOCHS:-2}; SQNXT_EPOCHS=${SQNXT_EPOCHS:-2}
-    TESTS=(tests/test_recipes.py)
+    TESTS=(tests/workbench/test_recipes.py)
     ;;
 *) echo "ANODE_SESSION must be gpu or rehearse, got $MODE" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ stages) is a different method with other coefficients.
 The published coefficients are rational approximations, to about 18 significant digits,
 of a solution of the order conditions: in exact rational arithmetic the conditions up to
 order 8 (of order 7 for the embedded weights) hold to about 1e-17, not exactly, which is
-far below double precision (``tests/test_dopri8.py`` checks all 200 of them).
+far below double precision (``tests/library/test_dopri8.py`` checks all 200 of them).
 
 A 14th stage ``f(t + h, y1)`` makes the pair first-same-as-last for the step-size
 controller and the dense output (:data:`C_MID`): it is the next step's first stage, so a
@@ -82,5 +82,5 @@ polynomials ``b_i(θ)`` with 20 significant digits but not their source), evalua
 It is not determined by the tableau: the 17 order conditions up to order 5 at θ = 1/2
 (HNW I §II.6) leave a five-dimensional family of weights on the stages 1, 6-14, since
 stages 12-14 all sit at ``c = 1``; this member satisfies them to rounding (about 1e-15,
-``tests/test_dopri8.py``), so the midpoint is of order 5 and the quartic interpolant of
+``tests/library/test_dopri8.py``), so the midpoint is of order 5 and the quartic interpolant of
 order 4."""

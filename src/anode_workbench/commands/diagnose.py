@@ -7,7 +7,7 @@ reverse solve (:func:`anode_workbench.diagnostics.reconstruction_error`) and the
 direct autograd through the solver (:func:`anode_workbench.diagnostics.gradient_errors`), all in
 float64:
 
-* ``linear``: dz/dt = θz, θ = -5 (closed form known; see tests/test_backsolve.py);
+* ``linear``: dz/dt = θz, θ = -5 (closed form known; see tests/library/test_backsolve.py);
 * ``tanh-mlp``: dz/dt = W2 tanh(W1 z + b1) + b2, PyTorch's default initialisation;
 * ``resnet-bn-train`` / ``resnet-bn-eval``: :class:`anode.ConvODEFunc` (conv–BN–ReLU–conv–
   BN–ReLU, the ANODE paper's ResNet ODE function) with BatchNorm in training mode, and in

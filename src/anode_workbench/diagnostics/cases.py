@@ -1,7 +1,7 @@
 """The cases of ``anode diagnose``: ODE functions with initial states, synthetic or taken from
 a trained model.
 
-* ``linear``: dz/dt = θz, θ = -5 (closed form known; see tests/test_backsolve.py);
+* ``linear``: dz/dt = θz, θ = -5 (closed form known; see tests/library/test_backsolve.py);
 * ``tanh-mlp``: dz/dt = W2 tanh(W1 z + b1) + b2, PyTorch's default initialisation;
 * ``resnet-bn-train`` / ``resnet-bn-eval``: :class:`anode.ConvODEFunc` (conv–BN–ReLU–conv–
   BN–ReLU, the ANODE paper's ResNet ODE function) with BatchNorm in training mode, and in

@@ -29,7 +29,7 @@ from anode_workbench.train import (
 from anode_workbench.train.lr_schedule import ONECYCLE_START, ONECYCLE_WARMUP
 from anode_workbench.train.metrics import curves_figure
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_files import tiny_config  # noqa: E402
 
 TINY = "_test_run_tiny_ode"

@@ -4,7 +4,7 @@ command line) and every module stays small."""
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "anode"
+SRC = Path(__file__).resolve().parents[2] / "src" / "anode"
 MAX_LINES = 400
 
 

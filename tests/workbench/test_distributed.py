@@ -29,7 +29,7 @@ from anode.models import list_models, register_model
 from anode_workbench.cli import main
 from anode_workbench.train import load_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_files import write_fake_cifar  # noqa: E402
 
 RUNNER = textwrap.dedent(

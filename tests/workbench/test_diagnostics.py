@@ -201,7 +201,7 @@ def test_diagnose_missing_data_or_checkpoint(tmp_path, fake_data, capsys):
 @pytest.mark.slow
 def test_diagnose_full_run(tmp_path):
     # The real command on real CIFAR-10 when it is present (the figures in docs/ come from it).
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg"
     try:
         load_images(root, 1)
     except ValueError:

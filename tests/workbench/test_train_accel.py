@@ -16,7 +16,7 @@ from anode_workbench import accel
 from anode_workbench.cli import main
 from anode_workbench.train import TrainConfig, evaluate_checkpoint, load_checkpoint, resolve_config, train
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_files import tiny_config  # noqa: E402
 
 TINY = "_test_accel_tiny_ode"

@@ -266,7 +266,7 @@ def test_the_library_changes_no_process_wide_setting():
     import ast
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1] / "src" / "anode"
+    src = Path(__file__).resolve().parents[2] / "src" / "anode"
     found = []
     for path in sorted(src.rglob("*.py")):
         if path.relative_to(src).parts[0] in WORKBENCH:

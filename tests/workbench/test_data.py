@@ -40,7 +40,7 @@ from cifar_files import (
     write_fake_cifar,
 )
 
-SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg"
 
 # --------------------------------------------------------------------------------------
 # Real CIFAR-10 (re-encoded copy in the shared data folder)

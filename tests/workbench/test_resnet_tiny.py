@@ -49,7 +49,7 @@ def test_resnet_ode_tiny_anode_gradients_equal_direct_in_float64():
 def test_cpu_default_on_real_cifar10(tmp_path):
     """The main job as `anode train` runs it on a CPU, on the real data: 6-9 minutes with the
     one thread the tests run on (conftest.py)."""
-    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg"
+    root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10-jpeg"
     if not (root / "cifar-10-batches-py").is_dir():
         pytest.skip("the real CIFAR-10 is not in ../shared/data/cifar10-jpeg")
     r = train(TrainConfig(data_root=str(root), out=str(tmp_path / "run"), device="cpu", progress=False,

@@ -38,7 +38,7 @@ from anode_workbench.train import (
 )
 from anode_workbench.train.config import default_data_root, lr_milestones
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_files import tiny_config, write_fake_cifar  # noqa: E402
 
 TINY = "_test_tiny_ode"
