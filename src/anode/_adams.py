@@ -88,8 +88,10 @@ class Adams:
             ``max_order - 1`` (the corrector ``max_order``); below 4 every step is the
             3/8 rule (torchdiffeq warns, and so does this).
         max_iters: the most corrections of an implicit step, >= 1.
-        rtol, atol: the corrector's convergence tolerances (relative, dimensionless;
-            absolute, state units), >= 0; torchdiffeq's ``rtol``/``atol`` of the solve.
+        rtol: the corrector's relative convergence tolerance (dimensionless), >= 0;
+            torchdiffeq's ``rtol`` of the solve.
+        atol: the corrector's absolute convergence tolerance (state units), >= 0;
+            torchdiffeq's ``atol`` of the solve.
 
     The evaluations of a step: 4 for a 3/8-rule step (the first two), then 1 (explicit) or
     ``1 + corrections`` (implicit). No error estimate (fixed grid only), no dense output.

@@ -68,8 +68,9 @@ class Adaptive:
         safety: factor < 1 on the optimal step size, in (0, 1].
         ifactor: largest growth of the step size per step, >= 1.
         dfactor: smallest shrink factor per rejected step, in (0, 1].
-        pcoeff, icoeff: proportional and integral coefficients of the PI controller
-            (``icoeff > 0``); ``0, 1`` is the integral controller of torchdiffeq and HNW.
+        pcoeff: proportional coefficient of the PI controller; ``pcoeff=0, icoeff=1`` is
+            the integral controller of torchdiffeq and HNW.
+        icoeff: integral coefficient of the PI controller, > 0.
         max_step: largest step size (time units), > 0.
         max_num_steps: most step attempts (accepted and rejected) from one output time to
             the next, >= 1: the count restarts whenever a step reaches or passes an output

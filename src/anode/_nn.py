@@ -28,13 +28,20 @@ class ODEBlock(nn.Module):
             as a submodule so its parameters train with the network). A module of ``z``
             alone (e.g. ``nn.Sequential``) goes in :class:`Autonomous`.
         end_time: T (time units), a nonzero float; the block integrates over [0, T].
-        method, n_steps, step_size, rtol, atol, gradient, schedule, params,
-            **schedule_options: as in :func:`anode.odeint`; e.g.
-            ``ODEBlock(func, method="dopri5", rtol=1e-3, atol=1e-4)`` steps adaptively, and
-            every gradient method differentiates the accepted steps exactly.
+        method: as in :func:`anode.odeint`; e.g. ``ODEBlock(func, method="dopri5",
+            rtol=1e-3, atol=1e-4)`` steps adaptively, and every gradient method
+            differentiates the accepted steps exactly.
+        n_steps: as in :func:`anode.odeint`.
+        step_size: as in :func:`anode.odeint`.
+        rtol: as in :func:`anode.odeint`.
+        atol: as in :func:`anode.odeint`.
+        gradient: as in :func:`anode.odeint`.
+        schedule: as in :func:`anode.odeint`.
+        params: as in :func:`anode.odeint`.
         options: a :class:`~anode._options.SolveOptions` record instead of ``method`` ...
             ``schedule`` and schedule options, e.g. ``SolveOptions("dopri5",
             Adaptive(rtol=1e-3, atol=1e-4, max_num_steps=100))``.
+        **schedule_options: as in :func:`anode.odeint`.
 
     Shapes:
         input ``[*S]`` (a tensor, or a tuple of tensors), output the same.

@@ -99,12 +99,13 @@ def odeint(
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
             equal steps no longer than it (see :func:`anode._grid.make_grid`). With neither
             (and no tolerances), one step per interval.
-        rtol, atol: relative (dimensionless) and absolute (state units) tolerances of adaptive
-            stepping, :class:`~anode._controllers.Adaptive`'s meaning (torchdiffeq's); giving
-            either selects adaptive steps (default method dopri5), the other at its default
-            (``1e-7``, ``1e-9``). Not with ``n_steps``/``step_size``, except for
+        rtol: relative tolerance (dimensionless) of adaptive stepping,
+            :class:`~anode._controllers.Adaptive`'s meaning (torchdiffeq's); giving it or
+            ``atol`` selects adaptive steps (default method dopri5), the other at its default
+            (``rtol=1e-7``, ``atol=1e-9``). Not with ``n_steps``/``step_size``, except for
             ``implicit_adams``, whose corrector they set (as torchdiffeq). Other controller options
             (``first_step``, ``max_num_steps``, ...) go through ``options``.
+        atol: absolute tolerance (state units) of adaptive stepping; as ``rtol``.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
             ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
@@ -222,11 +223,21 @@ def odeint_adjoint(
     3/8 rule).
 
     Args:
-        func, y0, t, rtol, atol, method, options, **kwargs: as :func:`odeint`.
-        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: torchdiffeq's; None
-            or the forward's value.
+        func: as :func:`odeint`.
+        y0: as :func:`odeint`.
+        t: as :func:`odeint`.
+        rtol: as :func:`odeint`.
+        atol: as :func:`odeint`.
+        method: as :func:`odeint`.
+        options: as :func:`odeint`.
+        adjoint_rtol: torchdiffeq's; None or equal to ``rtol``.
+        adjoint_atol: torchdiffeq's; None or equal to ``atol``.
+        adjoint_method: torchdiffeq's; None or equal to ``method``.
+        adjoint_options: torchdiffeq's; None or equal to ``options``, or naming the reverse
+            solve's error norm.
         adjoint_params: tensors ``func`` depends on whose gradients are wanted.
         gradient: as :func:`odeint`; default ``"backsolve"``.
+        **kwargs: further arguments of :func:`odeint` (``n_steps``, ``stats``, ...).
 
     Returns:
         As :func:`odeint`.

@@ -81,9 +81,11 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
     with exact discrete-adjoint gradients at low memory.
 
     Args:
-        func, y0, t: as :func:`anode.odeint` (and torchdiffeq): ``func(t, y)``; a tensor or a
-            tuple of tensors of shapes ``S_i``; 1-D output times, increasing or decreasing.
-        rtol, atol: tolerances of the adaptive methods (numbers; torchdiffeq's defaults).
+        func: ``func(t, y)``, as :func:`anode.odeint` (and torchdiffeq).
+        y0: the initial state: a tensor of shape ``S`` or a tuple of tensors of shapes ``S_i``.
+        t: 1-D output times, increasing or decreasing.
+        rtol: relative tolerance of the adaptive methods (a number; torchdiffeq's default).
+        atol: absolute tolerance of the adaptive methods (state units; torchdiffeq's default).
         method: a torchdiffeq name (:data:`METHODS`; default ``dopri5``).
         options: torchdiffeq's options dict (:data:`FIXED_OPTIONS` or
             :data:`ADAPTIVE_OPTIONS`).
@@ -141,12 +143,22 @@ def odeint_adjoint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, a
     the solve at similar memory, use :func:`odeint` (or ``gradient="anode"`` here).
 
     Args:
-        func, y0, t, rtol, atol, method, options, event_fn, stats: as :func:`odeint`.
-        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: None or equal to the
-            forward's value (anode's reverse solve cannot use others).
+        func: as :func:`odeint`.
+        y0: as :func:`odeint`.
+        t: as :func:`odeint`.
+        rtol: as :func:`odeint`.
+        atol: as :func:`odeint`.
+        method: as :func:`odeint`.
+        options: as :func:`odeint`.
+        event_fn: as :func:`odeint`.
+        adjoint_rtol: None or equal to ``rtol`` (anode's reverse solve cannot use another).
+        adjoint_atol: None or equal to ``atol``.
+        adjoint_method: None or equal to ``method``.
+        adjoint_options: None or equal to ``options``.
         adjoint_params: tensors ``func`` depends on whose gradients are wanted; added to
             ``func.parameters()`` when func is an ``nn.Module`` (torchdiffeq uses them instead).
         gradient: anode's gradient method (default ``"backsolve"``).
+        stats: as :func:`odeint`.
 
     Raises:
         NotImplementedError: an ``adjoint_*`` argument that differs from the forward's,
@@ -177,12 +189,17 @@ def odeint_dense(func: Callable, y0: torch.Tensor, t0, t1, *, rtol=1e-7, atol=1e
     ``t_eval``. Each call of ``dense_output_fn`` costs one solve.
 
     Args:
-        func: ``func(t, y)``; y0: the initial state, a tensor of shape ``S`` (torchdiffeq
-            takes no tuple here either).
-        t0, t1: start and end times (0-d tensors or numbers, time units); ``t1 < t0``
-            solves backwards.
-        rtol, atol, options, gradient, params: as :func:`odeint`.
+        func: ``func(t, y)``.
+        y0: the initial state, a tensor of shape ``S`` (torchdiffeq takes no tuple here
+            either).
+        t0: start time (a 0-d tensor or a number, time units).
+        t1: end time (likewise); ``t1 < t0`` solves backwards.
+        rtol: as :func:`odeint`.
+        atol: as :func:`odeint`.
         method: ``"dopri5"`` or None, as torchdiffeq.
+        options: as :func:`odeint`.
+        gradient: as :func:`odeint`.
+        params: as :func:`odeint`.
 
     Returns:
         ``dense_output_fn(t_eval)``: ``t_eval`` a 0-d or 1-D tensor of times between ``t0``
@@ -231,7 +248,8 @@ def odeint_event(func: Callable, y0: Tensors, t0: torch.Tensor, *, event_fn: Cal
     (:mod:`anode._events`), so nothing is rerouted here as torchdiffeq does.
 
     Args:
-        func, y0: as :func:`odeint`.
+        func: as :func:`odeint`.
+        y0: as :func:`odeint`.
         t0: the initial time, a tensor of one element (may require grad).
         event_fn: as :func:`odeint`.
         reverse_time: solve backwards in time.
@@ -246,7 +264,7 @@ def odeint_event(func: Callable, y0: Tensors, t0: torch.Tensor, *, event_fn: Cal
     Raises:
         TypeError: ``t0`` not a tensor; ``odeint_interface`` is torchdiffeq's own (its
             event time has no gradient to give).
-        As ``odeint_interface``.
+        Exception: whatever ``odeint_interface`` raises.
     """
     if getattr(odeint_interface, "__module__", "").startswith("torchdiffeq"):
         raise TypeError("odeint_interface is torchdiffeq's own; anode.dropin.odeint_event needs "

@@ -46,7 +46,9 @@ METHODS: dict[str, str | ButcherTableau] = {
 """torchdiffeq's method names and the anode method each runs (a name of
 :func:`anode.get_tableau` or of :data:`anode._adams.ADAMS_METHODS`, or a tableau)."""
 
-UNSUPPORTED_METHODS: dict[str, str] = {}  # every torchdiffeq 0.2.5 method is supported
+UNSUPPORTED_METHODS: dict[str, str] = {}
+"""torchdiffeq method names anode does not solve, each with the reason its NotImplementedError
+gives; empty, since every method of torchdiffeq 0.2.5 is supported."""
 
 FIXED_OPTIONS = ("step_size", "perturb", "interp", "grid_constructor")
 """torchdiffeq options taken by the fixed-grid methods, → :class:`~anode._options.FixedGrid`:
@@ -103,10 +105,11 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     ``method`` and ``options`` dict (see the module docstring for the mapping).
 
     Args:
-        rtol, atol: tolerances of the adaptive methods and of implicit_adams' corrector
-            (ignored by the other fixed-grid methods, as in torchdiffeq): numbers or
-            one-element tensors; a tuple or list per component of a tuple state; a tensor
+        rtol: relative tolerance of the adaptive methods and of implicit_adams' corrector
+            (ignored by the other fixed-grid methods, as in torchdiffeq): a number or a
+            one-element tensor; a tuple or list per component of a tuple state; a tensor
             per element (see :class:`~anode._controllers.Adaptive`).
+        atol: absolute tolerance (state units), in the same forms as ``rtol``.
         method: a name in :data:`METHODS` (None: ``dopri5``), an anode tableau or an
             :class:`~anode._adams.Adams`.
         options: the options dict: :data:`FIXED_OPTIONS` for a fixed-grid method,

@@ -38,7 +38,8 @@ class BasicBlock(nn.Module):
     kept, else a 1×1 convolution with the stride, and BN ("option B").
 
     Args:
-        in_channels, out_channels: C_in, C_out.
+        in_channels: C_in.
+        out_channels: C_out.
         stride: 1 or 2, the spatial down-sampling factor.
 
     Shapes:

@@ -82,7 +82,8 @@ class SqueezeNextBlock(nn.Module):
     a 1×1 convolution with the stride and BN when the shape changes, else the identity.
 
     Args:
-        in_channels, out_channels: C_in, C_out.
+        in_channels: C_in.
+        out_channels: C_out.
         stride: 1 or 2.
 
     Shapes:

@@ -11,10 +11,11 @@ approximately, so on CPU a step whose peak is a few pages can read as a few page
 zero. Time is the median of repeats after warm-up. Report ratios measured in one run.
 
 The fixed mmap threshold has a price: every large tensor is a fresh mapping whose pages the
-kernel zeroes on first touch, which made forward+backward of a convolutional ODE block about
-2.5x slower on CPU here, and not by the same factor for every method (those that allocate more
-often pay more). Time on CPU is therefore best measured in a separate process with glibc's
-default allocator settings (``Isolated(..., malloc_env=False)``).
+kernel zeroes on first touch, which slows forward+backward of a convolutional ODE block down
+on CPU (``docs/benchmarks.md`` gives the measured factor), and not by the same factor for
+every method (those that allocate more often pay more). Time on CPU is therefore
+best measured in a separate process with glibc's default allocator settings
+(``Isolated(..., malloc_env=False)``).
 """
 
 from __future__ import annotations

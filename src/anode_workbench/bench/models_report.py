@@ -5,9 +5,9 @@ arithmetic, but in another order, so the two round differently. In float32 on a 
 difference is at rounding level (here: 0.0, the same operations in the same order). With
 TF32 convolutions (PyTorch's default on CUDA) or under bfloat16 autocast, every convolution
 rounds its inputs to a 10-bit or 7-bit mantissa, and a rounding-level difference early in the
-network can grow to 1e-3 of the gradient or more: an H200 run in float32 found anode 1.05e-3
-from direct on ``sqnxt23_ode``, and 0.0 with deterministic cuDNN and TF32 off. Comparing
-against a fixed tolerance would call that a wrong gradient.
+network can grow far beyond rounding level by the end of the backward (``docs/benchmarks.md``
+has a float32 GPU run where it did, and where it vanished with deterministic cuDNN and TF32
+off). Comparing against a fixed tolerance would call that a wrong gradient.
 
 So the same run measures a noise floor: ``direct``'s gradient once more, in a fresh process
 (which picks its own cuDNN algorithms), on the same batch in reverse order. In exact

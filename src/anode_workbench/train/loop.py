@@ -161,8 +161,8 @@ def _announce(run: Run, resumed: bool) -> None:
     )
     busy = _busy_cores() if run.ctx.device.type == "cpu" and cfg.threads is None else None
     if busy is not None and torch.get_num_threads() > 1:
-        # Threads that share busy cores wait on each other at every operation; on a loaded
-        # two-core machine one thread was measured 4-5 times faster than two.
+        # Threads that share busy cores wait on each other at every operation, so fewer
+        # threads can be faster (measurements: docs/training.md, "Threads").
         print(
             f"note: the machine is busy (load average {busy[0]:.1f} on {busy[1]} cores); "
             "if training is slow, --threads 1 may be faster",

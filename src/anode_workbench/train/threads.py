@@ -4,12 +4,12 @@
 Why: PyTorch runs each operation on all its intra-op threads and waits at the end of it until
 every thread is done; the waiting threads spin (OpenMP's default wait policy) instead of
 sleeping. While another process keeps a core busy, one of the threads waits for its share of
-that core at every operation and the others spin meanwhile: on a 2-core machine with one
-competing single-threaded process a ``resnet_ode_tiny`` training step (batch 128) ran at 33
-images/s with two threads and at 250 with one, while on the idle machine two threads run at
-460 images/s against 255 with one. A passive wait policy (``OMP_WAIT_POLICY=PASSIVE``,
-read once when the OpenMP runtime starts) gave 230 images/s busy but 404 idle, 12 % less
-than today's default, so the policy is left alone and the number of threads is chosen.
+that core at every operation and the others spin meanwhile, so next to a busy core two
+threads can train slower than one, while on an idle machine two are faster. A passive wait
+policy (``OMP_WAIT_POLICY=PASSIVE``, read once when the OpenMP runtime starts) avoids most of
+the loss on a busy machine but costs throughput on an idle one, so the policy is left alone
+and the number of threads is chosen. The measurements (images/s of each setting, busy and
+idle, with the machine) are in ``docs/training.md``, "Threads".
 
 How: the governor measures, over windows of a few seconds of training steps, the images per
 second and the CPU time other processes take on the cores this process may run on (from
