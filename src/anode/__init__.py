@@ -8,15 +8,16 @@ also takes its method names exactly (:mod:`anode.dropin`).
 
 from . import dropin
 from ._adams import Adams
-from ._adaptive import AdaptiveSolveError
-from ._controllers import Adaptive
 from ._gradients import Anode, Backsolve, Direct, GradientMethod
 from ._ivp import SolveStats
 from ._nn import Autonomous, ConvODEFunc, ODEBlock
 from ._odeint import odeint, odeint_adjoint
-from ._options import FixedGrid, SolveOptions
+from ._options import SolveOptions
 from ._schedules import SCHEDULES, Auto, Recompute, Revolve, Schedule, Store
 from ._solvers import EMBEDDED_TABLEAUS, TABLEAUS, ButcherTableau, get_tableau
+from ._stepping.adaptive import AdaptiveSolveError
+from ._stepping.controller import Adaptive
+from ._stepping.fixed_grid import FixedGrid
 
 __version__ = "0.1.0"
 

@@ -2,13 +2,7 @@
 event function changes sign at a step's end, the interpolant of that step, and the root of
 the event function on it.
 
-The steps are torchdiffeq 0.2.5's (``rk_common.py``, ``_advance_until_event``;
-``solvers.py``, ``FixedGridODESolver.integrate_until_event``): adaptive steps without an end
-time under anode's controller (:class:`~anode._controllers.Adaptive`, the loop of
-:func:`anode._adaptive.integrate`), or steps of ``step_size``. Each step is taken by
-:func:`~anode._solvers.rk_step`'s arithmetic on the times of
-:func:`~anode._grid.step_geometry`, and every step end is rounded to the dtype of ``t`` so
-that the steps can be replayed from a time grid held in that dtype.
+The steps until the event function changes sign are :mod:`anode._stepping.until`'s.
 """
 
 from __future__ import annotations
@@ -19,21 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._adaptive import AdaptiveSolveError
-from ._controllers import Adaptive
-from ._grid import step_geometry
 from ._ivp import SolveStats
-from ._solvers import ButcherTableau, State, combine, embedded_step, rk_stages
-
-MAX_FIXED_STEPS = 20000
-"""Most steps of a fixed-grid event search (torchdiffeq's limit)."""
+from ._solvers import ButcherTableau, State, combine, rk_stages
+from ._stepping.controller import Adaptive
+from ._stepping.grid import step_geometry
+from ._stepping.until import adaptive_until, fixed_until
 
 INTERPOLANTS = ("dense", "cubic", "linear")
-
-
-class EventNotFoundError(RuntimeError):
-    """A fixed-grid event search took :data:`MAX_FIXED_STEPS` steps without a sign change
-    of the event function."""
 
 
 @dataclass
@@ -129,73 +115,6 @@ class Sweep:
     tau: float
 
 
-def _adaptive_steps(func, y: State, s: float, direction: float, tab: ButcherTableau,
-                    ctl: Adaptive, fired, time, round_t, k0: State, stats: SolveStats):
-    """Adaptive steps from ``(s, y)`` until ``fired(end, y1)``, by the controller loop of
-    :func:`anode._adaptive.integrate` without an end time. Returns ``(bounds, y_j, ks, y1,
-    end)`` of the event step ``j``."""
-    evals, accepted, rejected = 1, 0, 0
-    h = ctl.first_step
-    if h is None:
-        h = ctl.initial_step(func, s, y, k0, tab.order, direction, time, func.is_tuple)
-        evals += 1
-    previous, last_ratio, bounds = 1.0, 0.0, [s]
-    try:
-        while True:
-            if accepted + rejected >= ctl.max_num_steps:
-                raise AdaptiveSolveError(
-                    f"max_num_steps={ctl.max_num_steps} exceeded at t={s:.17g} ({accepted} accepted, "
-                    f"{rejected} rejected steps) before the event function changed sign")
-            end = round_t(s + direction * min(h, ctl.max_step))
-            if end == s or not math.isfinite(end):
-                why = (f"the last scaled error was {last_ratio:.3g}" if math.isfinite(last_ratio)
-                       else "the last error estimate was NaN or Inf")
-                raise AdaptiveSolveError(
-                    f"step size underflow at t={s:.17g} before the event function changed sign: a "
-                    f"step of {h:.3g} no longer advances time ({why})")
-            stage_times, size = step_geometry(s, end, 0.0, 1.0, tab.c)
-            y1, error, ks = embedded_step(func, y, time(stage_times), size, tab, k0)
-            evals += tab.stages - (k0 is not None)
-            with torch.no_grad():
-                ratio = last_ratio = ctl.error_ratio(error, y, y1, func.is_tuple)
-            if ratio <= 1.0:  # False for NaN
-                accepted += 1
-                if fired(end, y1):
-                    return bounds, y, ks, y1, end
-                h = ctl.next_step(abs(size), ratio, previous, tab.order)
-                previous, s, y = ratio, end, y1
-                bounds.append(end)
-                k0 = ks[-1] if tab.fsal else None
-            else:
-                rejected += 1
-                h = ctl.next_step(abs(size), ratio, previous, tab.order)
-                k0 = ks[0]
-    finally:
-        stats.forward_steps += accepted
-        stats.rejected_steps += rejected
-        stats.forward_evaluations += evals
-        stats.stages = tab.solution_stages
-
-
-def _fixed_steps(func, y: State, s: float, direction: float, tab: ButcherTableau, step_size: float,
-                 fired, time, round_t, stats: SolveStats):
-    """Steps of ``step_size`` from ``(s, y)`` until ``fired(end, y1)`` (torchdiffeq's
-    fixed-grid search). Returns ``(bounds, y_j, ks, y1, end)`` of the event step ``j``."""
-    bounds = [s]
-    for _ in range(MAX_FIXED_STEPS):
-        end = round_t(s + direction * step_size)
-        stage_times, size = step_geometry(s, end, 0.0, 1.0, tab.c)
-        ks = rk_stages(func, y, time(stage_times), size, tab, tab.solution_stages)
-        y1 = combine(y, size, tab.b, ks)
-        stats.count_fixed_forward(1, tab.solution_stages)
-        if fired(end, y1):
-            return bounds, y, ks, y1, end
-        s, y = end, y1
-        bounds.append(end)
-    raise EventNotFoundError(f"no sign change of the event function in {MAX_FIXED_STEPS} steps of "
-                             f"{step_size:g} (t={s:.17g})")
-
-
 def _locate(value: Callable[[float], float], a: float, b: float, fa: float, fb: float, round_t) -> float:
     """The first time (in ``t``'s precision) at which the event has fired, given
     ``value(a) > 0`` (not fired) and ``value(b) <= 0`` (fired): the bracket shrinks to
@@ -237,7 +156,7 @@ def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
     Args:
         func: ``func(t, y)`` on tuple states; ``g(t, y)`` the combined event function.
         y0, s0, direction: the initial state and time (a float), ±1.
-        tab, stepping: the method and its :class:`~anode._controllers.Adaptive` or fixed
+        tab, stepping: the method and its :class:`~anode._stepping.controller.Adaptive` or fixed
             grid (``stepping.step_size``).
         kind: the interpolant, one of ``"dense"``, ``"cubic"``, ``"linear"``.
         time: makes ``func``'s time argument from a float or a list; ``round_t`` rounds a
@@ -261,9 +180,9 @@ def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
         return not value > 0
 
     if isinstance(stepping, Adaptive):
-        found = _adaptive_steps(func, y0, s0, direction, tab, stepping, fired, time, round_t, k0, stats)
+        found = adaptive_until(func, y0, s0, direction, tab, stepping, fired, time, round_t, k0, stats)
     else:
-        found = _fixed_steps(func, y0, s0, direction, tab, float(stepping.step_size), fired, time,
+        found = fixed_until(func, y0, s0, direction, tab, float(stepping.step_size), fired, time,
                              round_t, stats)
     bounds, y_j, ks, y1, end = found
     if kind == "dense" and len(ks) < tab.stages:  # a fixed-grid step skips an FSAL last stage
@@ -279,4 +198,4 @@ def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
 
 
 __all__ = ["search", "step_with_interpolant", "combined_event_fn", "rng_state", "same_rng", "Sweep",
-           "Interpolant", "EventNotFoundError", "MAX_FIXED_STEPS", "INTERPOLANTS"]
+           "Interpolant", "INTERPOLANTS"]

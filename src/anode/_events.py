@@ -47,10 +47,8 @@ import torch
 
 from ._adams import is_multistep
 from ._callbacks import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
-from ._controllers import Adaptive
 from ._event_search import (
     INTERPOLANTS,
-    EventNotFoundError,
     Sweep,
     combined_event_fn,
     rng_state,
@@ -58,12 +56,14 @@ from ._event_search import (
     search,
     step_with_interpolant,
 )
-from ._grid import TimeGrid
 from ._inputs import check_state, functorch_transforms
 from ._ivp import CheckedFunc, SolveStats, check_signature, time_dtypes
 from ._odeint import Tensors, solve
 from ._options import SolveOptions
 from ._solvers import State
+from ._stepping.controller import Adaptive
+from ._stepping.grid import TimeGrid
+from ._stepping.until import EventNotFoundError
 
 
 class _EventGradient(torch.autograd.Function):

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ._callbacks import NO_CALLBACKS, Callbacks
-from ._controllers import Adaptive
-from ._grid import TimeGrid
 from ._recompute import FREED, autocast_state
 from ._solvers import ButcherTableau, State
+from ._stepping.controller import Adaptive
+from ._stepping.grid import TimeGrid
 
 
 @dataclass
@@ -218,14 +218,14 @@ class IVP:
         y0: the initial state, a tuple of tensors.
         t: the output times, 1-D tensor of length M.
         grid: the time grid; for an adaptive solve None until its forward sweep
-            (:func:`anode._adaptive.integrate`) sets the accepted grid, which the backward
+            (:func:`anode._stepping.adaptive.integrate`) sets the accepted grid, which the backward
             then replays.
         tableau: the Runge–Kutta method, or an :class:`~anode._adams.Adams` multistep
             method (fixed grid only; :mod:`anode._gradients.multistep`).
         params: tensors ``func`` depends on whose gradients are wanted.
         stats: counts to accumulate into.
         controller: the step-size options of an adaptive solve
-            (:class:`~anode._controllers.Adaptive`), else None.
+            (:class:`~anode._stepping.controller.Adaptive`), else None.
         times: the output times as Python floats (float64).
         callbacks: torchdiffeq's step hooks found on the user's function
             (:mod:`anode._callbacks`); the forward loops call ``callbacks.forward``, the

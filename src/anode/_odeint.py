@@ -8,15 +8,15 @@ import torch
 
 from ._adams import get_method, is_multistep
 from ._callbacks import find_callbacks
-from ._controllers import Adaptive
 from ._gradients import GradientMethod, resolve
 from ._gradients.direct import forward_solve
-from ._grid import TimeGrid
 from ._inputs import check_state, check_times, default_params, functorch_transforms
 from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from ._options import SolveOptions
 from ._schedules import Auto, Schedule
 from ._solvers import ButcherTableau, State
+from ._stepping.controller import Adaptive
+from ._stepping.grid import TimeGrid
 from .dropin._options import adjoint_gradient, check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]

@@ -13,7 +13,7 @@ import torchdiffeq
 from torch import nn
 
 import anode
-from anode._grid import make_grid
+from anode._stepping.grid import make_grid
 from problems import TimeMLP
 from problems import rel_err as max_rel
 
@@ -26,7 +26,7 @@ METHODS = [("euler", "euler"), ("midpoint", "midpoint"), ("rk38", "rk4")]
 class MatchingGrid:
     """A torchdiffeq ``grid_constructor`` that yields anode's grid exactly.
 
-    Forward (increasing times) it builds the nodes from ``t`` as :class:`anode._grid.TimeGrid`
+    Forward (increasing times) it builds the nodes from ``t`` as :class:`anode._stepping.grid.TimeGrid`
     does, differentiably; for the adjoint's reverse intervals it returns the forward's
     nodes reversed, bit for bit. Every grid it hands out is recorded.
     """

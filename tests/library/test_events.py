@@ -8,10 +8,11 @@ import torch
 import torchdiffeq
 
 import anode
-from anode import _event_search as event_search
 from anode import dropin
 from anode._events import EventNotFoundError, solve_until_event
-from anode._options import FixedGrid, SolveOptions
+from anode._options import SolveOptions
+from anode._stepping import until as event_steps
+from anode._stepping.fixed_grid import FixedGrid
 
 
 @pytest.fixture(autouse=True)
@@ -292,7 +293,7 @@ def test_errors_are_named(monkeypatch):
         dropin.odeint_event(lambda t, y: f(t, y) + 0.01 * torch.randn(2), y0, t0, event_fn=event_fn)
     with pytest.raises(ValueError, match="torch.func"):
         torch.func.vmap(lambda y: dropin.odeint_event(f, y, t0, event_fn=event_fn)[0])(y0[None])
-    monkeypatch.setattr(event_search, "MAX_FIXED_STEPS", 30)
+    monkeypatch.setattr(event_steps, "MAX_FIXED_STEPS", 30)
     with pytest.raises(EventNotFoundError, match="no sign change"):
         dropin.odeint_event(f, y0, t0, event_fn=lambda t, y: y[0] + 10, method="euler",
                             options=dict(step_size=0.1))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import anode
-from anode._grid import make_grid
+from anode._stepping.grid import make_grid
 
 # Stability function R(h) of one step on dz/dt = z: the Taylor polynomial of e^h up to the
 # method's order, for explicit methods with as many stages as their order (p <= 4).

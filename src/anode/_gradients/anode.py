@@ -39,18 +39,11 @@ from .._adams import is_multistep
 from .._ivp import IVP
 from .._schedules import Auto, Recompute, Schedule, Store
 from .._solvers import State, rk_step
+from .._stepping.loops import ForwardStart, dense_step, forward_sweep, plain_solve
 from . import multistep
 from .base import GradientMethod
 from .closures import independent
-from .direct import dense_step, plain_solve
-from .forward import (
-    ForwardStart,
-    check_closed,
-    forward_sweep,
-    start_forward,
-    unflatten,
-    zeros_if_none,
-)
+from .forward import check_closed, start_forward, unflatten, zeros_if_none
 from .stages import stagewise_vjp
 
 

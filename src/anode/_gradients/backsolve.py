@@ -49,16 +49,16 @@ from dataclasses import replace
 import torch
 
 from .._adams import is_multistep
-from .._adaptive import integrate
 from .._callbacks import StepHooks
-from .._controllers import Adaptive, mixed_norm
-from .._grid import TimeGrid
 from .._ivp import IVP
 from .._solvers import ButcherTableau, State, rk_step
+from .._stepping.controller import Adaptive, mixed_norm
+from .._stepping.grid import TimeGrid
+from .._stepping.loops import ForwardStart, adaptive_reverse, forward_sweep
 from . import multistep
 from .base import GradientMethod
 from .closures import independent
-from .forward import ForwardStart, check_closed, forward_sweep, start_forward, unflatten, zeros_if_none
+from .forward import check_closed, start_forward, unflatten, zeros_if_none
 
 
 def reverse_step_times(
@@ -173,7 +173,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     time_grads[i] = dl_dti
                     aug = (*aug[:-1], aug[-1] - dl_dti)
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
-                    aug = _adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
+                    aug = adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
                                             reverse_controller, hooks)
                 steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
                 if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
@@ -258,21 +258,6 @@ def _adjoint_hooks(ivp: IVP, n_w: int, need_t: bool) -> StepHooks:
         return (t_adj, z if is_tuple else z[0], a if is_tuple else a[0], *aug[2 * n_y : 2 * n_y + n_w])
 
     return ivp.callbacks.adjoint.with_view(view)
-
-
-def _adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float,
-                      controller: Adaptive, hooks: StepHooks | None = None) -> State:
-    """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
-    adaptive steps (the forward's controller options and tableau, the adjoint norm of
-    :func:`adjoint_controller`), as torchdiffeq's ``odeint_adjoint`` does. Its evaluations
-    count into ``ivp.stats.reverse_evaluations``; ``hooks`` are called on its step attempts."""
-    t = ivp.t
-    sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
-              grid=None, tableau=ivp.tableau, params=(), controller=controller,
-              times=(t_from, t_to))
-    outputs, _ = integrate(sub, controller, hooks=hooks)
-    ivp.stats.reverse_evaluations += sub.stats.forward_evaluations
-    return outputs[-1]
 
 
 class _AugmentedDynamics:

@@ -1,38 +1,21 @@
-"""The forward sweep shared by gradient methods that build no graph in the forward pass, and
-its start: the first evaluation, which finds the tensors func reaches by closure."""
+"""The start of the forward of the gradient methods that build no graph in it: the first
+evaluation, which finds the tensors func reaches by closure (the sweep that follows it is
+:func:`anode._stepping.loops.forward_sweep`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .._adaptive import integrate
 from .._ivp import IVP
 from .._recompute import ForwardRecord
-from .._solvers import State, rk_step
+from .._solvers import State
+from .._stepping.loops import ForwardStart
 from .closures import ClosureFinder, check_closed, closure_modules, closure_tensors
 
-__all__ = ["ForwardStart", "check_closed", "forward_sweep", "start_forward", "unflatten", "zeros_if_none"]
-
-
-@dataclass
-class ForwardStart:
-    """What :func:`start_forward` hands the forward sweep.
-
-    Attributes:
-        record: the forward's record, made before func first ran.
-        slope: ``func(t0, y0)``, detached: the first stage of the first step.
-        graph_bytes: the bytes autograd saved for that evaluation's graph besides the
-            state and the parameters (:class:`GraphBytes`), when measured; else 0.
-    """
-
-    record: ForwardRecord
-    slope: State
-    graph_bytes: int = 0
+__all__ = ["check_closed", "start_forward", "unflatten", "zeros_if_none"]
 
 
 def _detached(x):
@@ -102,63 +85,8 @@ def start_forward(ivp: IVP, measure: bool = False) -> ForwardStart:
     return ForwardStart(record, tuple(v.detach() for v in k), graph.total if graph else 0)
 
 
-def forward_sweep(
-    ivp: IVP, start: ForwardStart, keep: Callable[[int, State], None] | None = None,
-) -> list[torch.Tensor]:
-    """Integrate without a graph; return the states at ``ivp.grid.solve_outputs``, flattened.
-
-    Args:
-        ivp: the problem (its ``y0`` are the inputs of the calling autograd Function).
-        start: from :func:`start_forward`: the record, which notes each step's generator
-            state for replay (see :class:`ForwardRecord`), and the first stage.
-        keep: called as ``keep(j, y_j)`` with the state at the start of every step.
-        saved: sees each tensor autograd saves for the first step's graph (the first
-            evaluation's, for an adaptive problem) and returns it detached; e.g. a
-            :class:`GraphBytes` that measures the graph a backward rebuild will hold.
-
-    Returns:
-        The output states, output major, state component minor.
-
-    An adaptive problem (``ivp.grid is None``) is solved by the controller loop
-    (:func:`anode._adaptive.integrate`), which sets ``ivp.grid`` to the accepted grid and
-    calls ``keep`` for the accepted steps only. torchdiffeq's forward step callbacks
-    (``ivp.callbacks.forward``) are called for every step (attempt) of this sweep, and only
-    here.
-
-    Raises:
-        anode._adaptive.AdaptiveSolveError: as :func:`anode._adaptive.integrate`.
-    """
-    record = start.record
-    if ivp.grid is None:
-        outputs, ivp.grid = integrate(ivp, ivp.controller, record=record, keep=keep,
-                                      first_eval=lambda t0, y: start.slope, hooks=ivp.callbacks.forward)
-        record.finish()
-        return [y for state in outputs for y in state]
-    stage_times, sizes = ivp.step_times(ivp.t.detach())
-    outputs = set(ivp.grid.solve_outputs)
-    y, result = tuple(ivp.y0), []
-    first = [start.slope]
-
-    def first_step(t: torch.Tensor, y: State) -> State:  # its first stage is known
-        return first.pop() if first else ivp.func(t, y)
-
-    hooks = ivp.callbacks.forward
-    for j in range(ivp.grid.n_steps):
-        if keep is not None:
-            keep(j, y)
-        if hooks:
-            hooks.on_step(stage_times[j][0], y, sizes[j])
-        y = rk_step(first_step if j == 0 else ivp.func, y, stage_times[j], sizes[j], ivp.tableau)
-        record.after_step(j)
-        if j + 1 in outputs:
-            result.extend(y)
-    record.finish()
-    ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
-    return result
-
-
 class GraphBytes:
-    """A pack hook for :func:`forward_sweep`'s ``saved``: the bytes of the distinct storages
+    """A pack hook for :func:`start_forward`'s measured evaluation: the bytes of the distinct storages
     autograd saves for a graph, besides those of ``exclude`` (the step's input and the
     parameters, which are held anyway), in :attr:`total`. An estimate of the memory a
     rebuilt graph holds: temporaries that autograd does not save are not counted."""

@@ -33,8 +33,9 @@ from .._adams import Adams, StepRecord, adams_step, history_lengths, pack, unpac
 from .._ivp import IVP
 from .._recompute import ForwardRecord
 from .._solvers import State
+from .._stepping.loops import ForwardStart
 from .closures import independent
-from .forward import ForwardStart, check_closed, start_forward, unflatten, zeros_if_none
+from .forward import check_closed, start_forward, unflatten, zeros_if_none
 
 
 def _detached(x):

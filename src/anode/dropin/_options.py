@@ -15,10 +15,11 @@ from collections.abc import Mapping
 import torch
 
 from .._adams import Adams, get_method, is_multistep
-from .._controllers import Adaptive
 from .._gradients import Backsolve, GradientMethod
-from .._options import FixedGrid, SolveOptions
+from .._options import SolveOptions
 from .._solvers import ButcherTableau
+from .._stepping.controller import Adaptive
+from .._stepping.fixed_grid import FixedGrid
 
 # Heun's third-order method, torchdiffeq's "heun3" (fixed_grid.py, Heun3).
 HEUN3 = ButcherTableau("heun3", ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75), (0.0, 1 / 3, 2 / 3))

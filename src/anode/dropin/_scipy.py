@@ -42,9 +42,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from .._adaptive import AdaptiveSolveError
 from .._gradients.forward import check_closed
 from .._ivp import SolveStats
+from .._stepping.adaptive import AdaptiveSolveError
 
 SCIPY_OPTIONS = ("solver", "min_step", "max_step")
 """The options ``method="scipy_solver"`` takes (torchdiffeq's)."""
@@ -123,7 +123,7 @@ class _Problem:
 
     def solve(self, rhs: Callable, y0, t_span: tuple[float, float], t_eval) -> object:
         """``solve_ivp`` of ``rhs`` (NumPy in and out) from ``t_span[0]``; raises
-        :class:`~anode._adaptive.AdaptiveSolveError` when SciPy does not reach the end."""
+        :class:`~anode._stepping.adaptive.AdaptiveSolveError` when SciPy does not reach the end."""
         extra = {"min_step": self.min_step} if self.lsoda else {}
         sol = _solve_ivp()(rhs, t_span, y0, method=self.solver, t_eval=t_eval, rtol=self.rtol,
                            atol=self.atol, max_step=self.max_step, **extra)

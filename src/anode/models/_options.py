@@ -19,12 +19,13 @@ from typing import Any
 
 from torch import nn
 
-from .._controllers import Adaptive
 from .._gradients import Anode, resolve
 from .._nn import ODEBlock
-from .._options import FixedGrid, SolveOptions
+from .._options import SolveOptions
 from .._schedules import SCHEDULES
 from .._schedules.registry import constructor_parameters
+from .._stepping.controller import Adaptive
+from .._stepping.fixed_grid import FixedGrid
 
 DEFAULT_ODE_OPTIONS: dict[str, Any] = {
     "method": "euler",
@@ -112,9 +113,9 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[tuple[SolveOptions
     block's current value:
 
     * ``method``: a name or :class:`~anode.ButcherTableau`.
-    * ``n_steps`` / ``step_size``: a new :class:`~anode._options.FixedGrid` (giving one
+    * ``n_steps`` / ``step_size``: a new :class:`~anode._stepping.fixed_grid.FixedGrid` (giving one
       clears the other).
-    * ``rtol`` / ``atol``: adaptive steps (:class:`~anode._controllers.Adaptive`); on a block
+    * ``rtol`` / ``atol``: adaptive steps (:class:`~anode._stepping.controller.Adaptive`); on a block
       that already steps adaptively the tolerance not named and the other controller
       options are kept, else it takes its default. The method must be an embedded pair
       (``set_ode_options(model, method="dopri5", rtol=1e-3)``).

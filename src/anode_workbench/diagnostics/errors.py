@@ -32,11 +32,11 @@ from torch import nn
 
 from anode._gradients import GRADIENTS
 from anode._gradients.backsolve import reverse_step_times
-from anode._grid import make_grid
 from anode._ivp import CheckedFunc
 from anode._odeint import odeint
 from anode._recompute import ForwardRecord
 from anode._solvers import ButcherTableau, get_tableau, rk_step
+from anode._stepping.grid import make_grid
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 

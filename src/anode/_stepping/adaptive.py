@@ -1,15 +1,15 @@
 """The adaptive forward sweep: step by an embedded pair's error estimate, record the grid.
 
 For an adaptive solve this sweep *is* the forward pass of every gradient method (not an
-extra pass): it runs the controller loop of :class:`~anode._controllers.Adaptive`, hands
+extra pass): it runs the controller loop of :class:`~anode._stepping.controller.Adaptive`, hands
 each accepted step's start state to the caller (a schedule keeps what it needs), and
-returns the accepted steps as a :class:`~anode._grid.TimeGrid` with per-interval step
+returns the accepted steps as a :class:`~anode._stepping.grid.TimeGrid` with per-interval step
 fractions. The backward then works on that grid as on a fixed one: the accepted steps are
 replayed with their sizes held fixed, so the gradient is that of the discrete solve that
 was accepted (ACA, Zhuang et al., ICML 2020; diffrax's ``RecursiveCheckpointAdjoint``).
 Rejected steps and the initial step-size probe are never replayed.
 
-Each accepted step is computed with the times :func:`~anode._grid.step_geometry` gives, the
+Each accepted step is computed with the times :func:`~anode._stepping.grid.step_geometry` gives, the
 operations :meth:`TimeGrid.step_times` repeats, and its solution by the arithmetic of
 :func:`~anode._solvers.rk_step`: a replayed step reproduces the forward's state bit for bit.
 
@@ -27,12 +27,12 @@ from collections.abc import Callable
 
 import torch
 
-from ._callbacks import StepHooks
-from ._controllers import Adaptive
-from ._grid import TimeGrid, nudge_stages, step_geometry, tap_theta
-from ._ivp import IVP
-from ._recompute import ForwardRecord
-from ._solvers import State, combine, embedded_step
+from .._callbacks import StepHooks
+from .._ivp import IVP
+from .._recompute import ForwardRecord
+from .._solvers import State, combine, embedded_step
+from .controller import Adaptive
+from .grid import TimeGrid, nudge_stages, step_geometry, tap_theta
 
 
 class AdaptiveSolveError(RuntimeError):
@@ -79,13 +79,13 @@ def integrate(
             the initial probe are noted as not replayed.
         keep: called as ``keep(j, y_j)`` with the start state of every accepted step ``j``.
         first_eval: evaluates ``func(t0, y0)`` in place of a plain call (the caller's
-            closure check, see :func:`~anode._gradients.forward.forward_sweep`).
+            closure check, see :func:`~anode._stepping.loops.forward_sweep`).
         hooks: torchdiffeq's step callbacks, called for every step attempt
             (:mod:`anode._callbacks`); the initial step-size probe is no step.
 
     Returns:
         ``(outputs, grid)``: the states at the grid's ``solve_outputs``, then at its taps
-        (dense output, see :attr:`~anode._controllers.Adaptive.dense_output`), and the
+        (dense output, see :attr:`~anode._stepping.controller.Adaptive.dense_output`), and the
         accepted grid. Counts accepted and rejected steps and function evaluations into
         ``ivp.stats``.
 

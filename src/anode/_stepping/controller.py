@@ -10,7 +10,7 @@ safety factor and the step-change limits. The PI coefficients follow diffrax's
 ``PIDController`` (Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29,
 2003); their defaults give torchdiffeq's pure integral controller.
 
-The sweep that takes the steps is :func:`anode._adaptive.integrate`.
+The sweep that takes the steps is :func:`anode._stepping.adaptive.integrate`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._solvers import State
+from .._solvers import State
 
 
 def _check(name: str, value, low: float, *, strict: bool = False, high: float = math.inf) -> None:
@@ -89,7 +89,7 @@ class Adaptive:
         jump_t: torchdiffeq's ``jump_t``: times where ``func`` is discontinuous in time;
             steps end there as for ``step_t``, the step ending there evaluates its
             ``c = 1`` stages just before the time and the next step starts afresh (no FSAL
-            reuse) just after it (:attr:`~anode._grid.TimeGrid.perturbed`). No time may be in
+            reuse) just after it (:attr:`~anode._stepping.grid.TimeGrid.perturbed`). No time may be in
             both (ValueError, as torchdiffeq).
 
     Tolerances may also be given per component and per element, as torchdiffeq takes them
@@ -102,7 +102,7 @@ class Adaptive:
     Raises:
         ValueError: an option out of its range or NaN, naming it.
         TypeError: an option that is not a number (``max_num_steps`` not an int).
-        anode._adaptive.AdaptiveSolveError (at solve time): ``max_num_steps`` exceeded
+        anode._stepping.adaptive.AdaptiveSolveError (at solve time): ``max_num_steps`` exceeded
             between two output times, or the step size underflows (a finite-time blow-up, or a stiff problem).
     """
 

@@ -3,7 +3,7 @@
 The grid splits each interval ``[t[i], t[i+1]]`` between consecutive output times into
 ``n_i`` steps: equal steps (a fixed grid, :func:`make_grid`), or steps given as fractions of
 the interval's length (the accepted steps of an adaptive solve, see
-:mod:`anode._controllers`). All grid arithmetic is done in float64 so that the grid does not
+:mod:`anode._stepping.controller`). All grid arithmetic is done in float64 so that the grid does not
 depend on the dtype of ``t`` and every output time is hit exactly (the last step of an
 interval ends *at* the output time because the next interval starts from it, never from
 an accumulated sum of step sizes).
