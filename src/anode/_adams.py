@@ -146,6 +146,56 @@ class Adams:
         """History slots in the extended state: ``max_order - 2`` past f-values."""
         return self.max_order - 2
 
+    def step(self, func, y: State, past: list[State], stage_times, h,
+             record: StepRecord | None = None) -> tuple[State, list[State], StepRecord, int]:
+        """Take one step of this method from ``y`` with the f-values ``past`` of earlier steps
+        (the function :func:`adams_step` is this method).
+
+        Args:
+            func: ``func(t, y) -> dy/dt`` on tuple states.
+            y: the state at the step's start (tuple of tensors).
+            past: ``f_{n-1}, f_{n-2}, ...``, at most ``self.slots`` states (newest first).
+            stage_times: 1-D tensor of the 4 times ``t_n + c_i h`` (``c = 0, 1/3, 2/3, 1``).
+            h: the step size (signed time units), a float or a 0-d tensor.
+            record: None in a forward (the corrector iterates to convergence); else the
+                forward's record of this step, whose corrections are taken again unchecked.
+
+        Returns:
+            ``(y_{n+1}, the new history f_n, f_{n-1}, ... (at most self.slots), the step's
+            record, evaluations of func)``; entries of the new history after the first are the
+            objects of ``past``.
+        """
+        f0 = func(stage_times[0], y)
+        history = [f0, *past]
+        order = len(history)
+        if order < 3:
+            ks = [f0]
+            for i in range(1, _RK38.stages):
+                ks.append(func(stage_times[i], stage_input(y, h, _RK38, i, ks)))
+            return combine(y, h, _RK38.b, ks), history[: self.slots], StepRecord(), _RK38.stages
+        dy = _weighted(h, BASHFORTH[order], history)
+        if not self.implicit:
+            return tuple(a + d for a, d in zip(y, dy)), history[: self.slots], StepRecord(), 1
+        weights = MOULTON[order + 1]
+        rest = _weighted(h, weights[1:], history)
+        limit = self.max_iters if record is None else record.corrections
+        done, converged = 0, False
+        while done < limit and not converged:
+            f = func(stage_times[-1], tuple(a + d for a, d in zip(y, dy)))
+            new = tuple(x * (h * weights[0]) + r for x, r in zip(f, rest))
+            if record is None:
+                converged = _converged(dy, new, self.rtol, self.atol)
+            dy, done = new, done + 1
+        if record is None:
+            record = StepRecord(done, converged)
+            if not converged:
+                warnings.warn(f"{self.name}: the corrector did not converge in {done} iterations "
+                              f"(rtol={self.rtol}, atol={self.atol}); the step keeps its last "
+                              "iterate and the history loses its oldest f-value", stacklevel=2)
+        if not record.converged:
+            history.pop()
+        return tuple(a + d for a, d in zip(y, dy)), history[: self.slots], record, 1 + done
+
 
 ADAMS_METHODS = {"explicit_adams": Adams(implicit=False), "implicit_adams": Adams(implicit=True),
                  "fixed_adams": Adams(implicit=True)}
@@ -203,55 +253,9 @@ def _converged(old: State, new: State, rtol: float, atol: float) -> bool:
     return bool(ratio < 1)
 
 
-def adams_step(method: Adams, func, y: State, past: list[State], stage_times, h,
-               record: StepRecord | None = None) -> tuple[State, list[State], StepRecord, int]:
-    """Take one step of ``method`` from ``y`` with the f-values ``past`` of earlier steps.
-
-    Args:
-        method: the Adams method.
-        func: ``func(t, y) -> dy/dt`` on tuple states.
-        y: the state at the step's start (tuple of tensors).
-        past: ``f_{n-1}, f_{n-2}, ...``, at most ``method.slots`` states (newest first).
-        stage_times: 1-D tensor of the 4 times ``t_n + c_i h`` (``c = 0, 1/3, 2/3, 1``).
-        h: the step size (signed time units), a float or a 0-d tensor.
-        record: None in a forward (the corrector iterates to convergence); else the
-            forward's record of this step, whose corrections are taken again unchecked.
-
-    Returns:
-        ``(y_{n+1}, the new history f_n, f_{n-1}, ... (at most method.slots), the step's
-        record, evaluations of func)``; entries of the new history after the first are the
-        objects of ``past``.
-    """
-    f0 = func(stage_times[0], y)
-    history = [f0, *past]
-    order = len(history)
-    if order < 3:
-        ks = [f0]
-        for i in range(1, _RK38.stages):
-            ks.append(func(stage_times[i], stage_input(y, h, _RK38, i, ks)))
-        return combine(y, h, _RK38.b, ks), history[: method.slots], StepRecord(), _RK38.stages
-    dy = _weighted(h, BASHFORTH[order], history)
-    if not method.implicit:
-        return tuple(a + d for a, d in zip(y, dy)), history[: method.slots], StepRecord(), 1
-    weights = MOULTON[order + 1]
-    rest = _weighted(h, weights[1:], history)
-    limit = method.max_iters if record is None else record.corrections
-    done, converged = 0, False
-    while done < limit and not converged:
-        f = func(stage_times[-1], tuple(a + d for a, d in zip(y, dy)))
-        new = tuple(x * (h * weights[0]) + r for x, r in zip(f, rest))
-        if record is None:
-            converged = _converged(dy, new, method.rtol, method.atol)
-        dy, done = new, done + 1
-    if record is None:
-        record = StepRecord(done, converged)
-        if not converged:
-            warnings.warn(f"{method.name}: the corrector did not converge in {done} iterations "
-                          f"(rtol={method.rtol}, atol={method.atol}); the step keeps its last "
-                          "iterate and the history loses its oldest f-value", stacklevel=2)
-    if not record.converged:
-        history.pop()
-    return tuple(a + d for a, d in zip(y, dy)), history[: method.slots], record, 1 + done
+adams_step = Adams.step
+"""``adams_step(method, func, y, past, stage_times, h, record=None)``: :meth:`Adams.step` as
+a function of the method."""
 
 
 def history_lengths(method: Adams, records: list[StepRecord]) -> list[int]:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._ivp import SolveStats
 from ._solvers import ButcherTableau, State, combine, rk_stages
 from ._stepping.controller import Adaptive
 from ._stepping.grid import step_geometry
-from ._stepping.until import adaptive_until, fixed_until
+from ._stepping.until import Stepper, adaptive_until, fixed_until
 
 INTERPOLANTS = ("dense", "cubic", "linear")
 
@@ -61,9 +60,9 @@ class Interpolant:
                      for a, fa, b, fb in zip(self.y, self.ks[0], self.y1, self.f1))
 
 
-def step_with_interpolant(func, y: State, start: float, end: float, tab: ButcherTableau,
-                           kind: str, time, ks: list[State] | None = None,
-                           y1: State | None = None) -> Interpolant:
+def step_with_interpolant(func, y: State, start: float, end: float, tab: ButcherTableau, *,
+                          kind: str, time, ks: list[State] | None = None,
+                          y1: State | None = None) -> Interpolant:
     """The step from ``(start, y)`` to ``end`` and its interpolant, under the current grad
     mode; ``ks`` and ``y1`` when already computed (the sweep's), else computed here by
     :func:`~anode._solvers.rk_step`'s arithmetic."""
@@ -147,22 +146,21 @@ def _locate(value: Callable[[float], float], a: float, b: float, fa: float, fb: 
     return b
 
 
-def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
-           stepping, kind: str, time, round_t, k0: State, stats: SolveStats) -> Sweep | None:
+def search(stepper: Stepper, g, y0: State, s0: float, k0: State, *, stepping,
+           kind: str) -> Sweep | None:
     """Step from ``(s0, y0)`` until ``g`` (0-d, positive at ``s0``) is no longer positive at
     a step's end, and locate the first time it is not on that step's interpolant. Runs
     under the current grad mode (the caller's ``torch.no_grad()``).
 
     Args:
-        func: ``func(t, y)`` on tuple states; ``g(t, y)`` the combined event function.
-        y0, s0, direction: the initial state and time (a float), ±1.
-        tab, stepping: the method and its :class:`~anode._stepping.controller.Adaptive` or fixed
-            grid (``stepping.step_size``).
-        kind: the interpolant, one of ``"dense"``, ``"cubic"``, ``"linear"``.
-        time: makes ``func``'s time argument from a float or a list; ``round_t`` rounds a
-            float to ``t``'s dtype.
+        stepper: ``func``, the method, the direction of time, how times are made and
+            rounded, and the counts (:class:`~anode._stepping.until.Stepper`).
+        g: ``g(t, y)``, the combined event function.
+        y0, s0: the initial state and time (a float).
         k0: ``func(s0, y0)``.
-        stats: counts steps and evaluations.
+        stepping: the method's :class:`~anode._stepping.controller.Adaptive` or fixed grid
+            (``stepping.step_size``).
+        kind: the interpolant, one of ``"dense"``, ``"cubic"``, ``"linear"``.
 
     Returns:
         The :class:`Sweep`; None when ``g(s0, y0) == 0`` (the event holds at the start).
@@ -170,6 +168,7 @@ def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
     Raises:
         anode.AdaptiveSolveError, EventNotFoundError: no sign change within the limits.
     """
+    func, tab, time, round_t = stepper.func, stepper.tableau, stepper.time, stepper.round_t
     if float(g(time(s0), y0)) == 0.0:
         return None
 
@@ -180,15 +179,14 @@ def search(func, g, y0: State, s0: float, direction: float, tab: ButcherTableau,
         return not value > 0
 
     if isinstance(stepping, Adaptive):
-        found = adaptive_until(func, y0, s0, direction, tab, stepping, fired, time, round_t, k0, stats)
+        found = adaptive_until(stepper, y0, s0, stepping, fired, k0)
     else:
-        found = fixed_until(func, y0, s0, direction, tab, float(stepping.step_size), fired, time,
-                             round_t, stats)
+        found = fixed_until(stepper, y0, s0, float(stepping.step_size), fired)
     bounds, y_j, ks, y1, end = found
     if kind == "dense" and len(ks) < tab.stages:  # a fixed-grid step skips an FSAL last stage
         ks = y1 = None
-    step = step_with_interpolant(func, y_j, bounds[-1], end, tab, kind, time, ks, y1)
-    stats.forward_evaluations += kind == "cubic"
+    step = step_with_interpolant(func, y_j, bounds[-1], end, tab, kind=kind, time=time, ks=ks, y1=y1)
+    stepper.stats.forward_evaluations += kind == "cubic"
 
     def value(x: float) -> float:
         return float(g(time(x), step.value((x - step.start) / step.h)))

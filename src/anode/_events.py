@@ -41,7 +41,8 @@ sweep and the replay.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -63,7 +64,7 @@ from ._options import SolveOptions
 from ._solvers import State
 from ._stepping.controller import Adaptive
 from ._stepping.grid import TimeGrid
-from ._stepping.until import EventNotFoundError
+from ._stepping.until import EventNotFoundError, Stepper
 
 
 class _EventGradient(torch.autograd.Function):
@@ -225,18 +226,53 @@ def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: Sol
         if not all(bool(torch.isfinite(k).all()) for k in k0):
             raise ValueError(f"func returned NaN or Inf at the initial state (t={s0})")
         with torch.no_grad():
-            sweep = search(cfunc, g, state, s0, direction, tab, stepping, kind, time, round_t, k0, stats)
+            stepper = Stepper(cfunc, tab, direction, time, round_t, stats)
+            sweep = search(stepper, g, state, s0, k0, stepping=stepping, kind=kind)
     if sweep is None:  # the event holds at t[0] already (torchdiffeq's rule)
         return t0, state, is_tuple
     _check_no_random(needs_graph, rng, state)
-    return _finish(cfunc, g, state, is_tuple, t, options, sweep, kind, time, needs_graph, grad_on,
-                   params, stats, y0)
+    problem = _EventProblem(cfunc, g, y0, state, is_tuple, t, time, options, kind, params, stats,
+                            needs_graph, grad_on)
+    return _finish(problem, sweep)
 
 
-def _finish(cfunc, g, state, is_tuple, t, options, sweep: Sweep, kind, time, needs_graph, grad_on,
-            params, stats, y0):
+@dataclass(frozen=True)
+class _EventProblem:
+    """The event solve that :func:`_finish` completes, as :func:`solve_until_event` set it up.
+
+    Attributes:
+        func: the checked vector field (:class:`~anode._ivp.CheckedFunc`); ``g``: the
+            combined event function ``g(t, y)``.
+        y0: the initial state as given (the replay solves from it); ``state``: the same as a
+            tuple, outside inference mode; ``is_tuple``: whether ``y0`` was a tuple.
+        t: the two times given; ``time`` makes a tensor in ``t``'s dtype from a float.
+        options: the solve's method, stepping and gradient; ``kind``: the interpolant.
+        params, stats: as :func:`solve_until_event`.
+        needs_graph: whether the steps are rebuilt with a graph (grad mode on and something
+            requires grad); ``grad_on``: whether grad mode was on.
+    """
+
+    func: CheckedFunc
+    g: Callable
+    y0: Tensors
+    state: State
+    is_tuple: bool
+    t: torch.Tensor
+    time: Callable
+    options: SolveOptions
+    kind: str
+    params: Sequence[torch.Tensor] | None
+    stats: SolveStats
+    needs_graph: bool
+    grad_on: bool
+
+
+def _finish(problem: _EventProblem, sweep: Sweep):
     """Rebuild the event step with a graph after replaying the steps before it, and attach
     the implicit-function gradient (see the module docstring)."""
+    cfunc, g, y0, state, is_tuple = problem.func, problem.g, problem.y0, problem.state, problem.is_tuple
+    t, time, options, kind = problem.t, problem.time, problem.options, problem.kind
+    params, stats, needs_graph, grad_on = problem.params, problem.stats, problem.needs_graph, problem.grad_on
     t0 = t[0]
     step = sweep.step
     shift = t0 - t0.detach() if needs_graph and t0.requires_grad else None
@@ -256,7 +292,7 @@ def _finish(cfunc, g, state, is_tuple, t, options, sweep: Sweep, kind, time, nee
             _, _, rows = solve(cfunc.func, y0, t_replay, options, params=params, stats=stats, grid=grid)
             y_j = rows[-1]
         step = step_with_interpolant(cfunc, y_j, step.start, step.end, options.method,
-                                      kind, shifted)
+                                     kind=kind, time=shifted)
         stats.count_fixed_forward(1, options.method.stages if kind == "dense"
                                   else options.method.solution_stages)
     theta = (sweep.tau - step.start) / step.h

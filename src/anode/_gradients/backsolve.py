@@ -174,7 +174,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     aug = (*aug[:-1], aug[-1] - dl_dti)
                 if adaptive and seg_times[i] != seg_times[i - 1]:  # repeated dense outputs
                     aug = adaptive_reverse(ivp, dynamics, aug, seg_times[i], seg_times[i - 1],
-                                            reverse_controller, hooks)
+                                           controller=reverse_controller, hooks=hooks)
                 steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
                 if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
                     aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record,

@@ -139,7 +139,8 @@ def integrate(
         h = controller.first_step
     else:
         with torch.no_grad():  # step sizes are held fixed, never differentiated
-            h = controller.initial_step(func, times[0], y, k0, tab.order, direction, time, is_tuple)
+            h = controller.initial_step(func, times[0], y, k0, order=tab.order, direction=direction,
+                                           time=time, is_tuple=is_tuple)
         evals += 1
     if record is not None and record.after_unreplayed():
         k0 = None  # func draws random numbers: a replay evaluates the first stage afresh
@@ -176,7 +177,8 @@ def integrate(
                         f1, end_pin, cut = 1.0, None, True
                 end_jump = end_pin in jumps if end_pin is not None else (
                     cut and t_next in jumps and span < len(spans) - 1)
-                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c, start_pin, end_pin)
+                stage_times, size = step_geometry(t_i, t_next, f, f1, tab.c, start_at=start_pin,
+                                                  end_at=end_pin)
                 # Time has a finite resolution: a proposal below it rounds to the same step as
                 # the attempt just rejected, or to none at all.
                 if not f1 > f or start + size == start or (f, f1) == retried:

@@ -210,7 +210,7 @@ class Adaptive:
         floor = 1.0 if ratio < 1 else self.dfactor  # an accepted step never shrinks the next
         return h * min(self.ifactor, max(factor, floor))
 
-    def initial_step(self, func, t0: float, y0: State, f0: State, order: int, direction: float,
+    def initial_step(self, func, t0: float, y0: State, f0: State, *, order: int, direction: float,
                      time, is_tuple: bool = True) -> float:
         """Hairer's starting step size (HNW I §II.4; torchdiffeq's ``_select_initial_step``
         with its ``order - 1`` argument): one evaluation of ``func`` at ``t0 + h0``.

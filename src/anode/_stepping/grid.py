@@ -192,7 +192,8 @@ class TimeGrid:
         for i0, i1, n, f in self._spans():
             if f is not None:
                 sizes += [step_geometry(self.times[i0], self.times[i1], f[k], f[k + 1], (),
-                                        pins.get(offset + k), pins.get(offset + k + 1))[1]
+                                        start_at=pins.get(offset + k),
+                                        end_at=pins.get(offset + k + 1))[1]
                           for k in range(n)]
             else:
                 sizes += [(self.times[i1] - self.times[i0]) / n] * n if n else []
@@ -273,7 +274,7 @@ def nudge_stages(stage_times: torch.Tensor, nodes, starts, ends, direction: floa
     return out
 
 
-def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes,
+def step_geometry(t_start: float, t_end: float, f0: float, f1: float, nodes, *,
                   start_at: float | None = None, end_at: float | None = None) -> tuple[list[float], float]:
     """Stage times and size of one step between fractions ``f0 < f1`` of the interval
     ``[t_start, t_end]``, as Python floats, by exactly the operations that

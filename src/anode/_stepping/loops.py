@@ -180,12 +180,13 @@ def forward_sweep(
     return result
 
 
-def adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float,
-                      controller: Adaptive, hooks: StepHooks | None = None) -> State:
+def adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float, *,
+                     controller: Adaptive, hooks: StepHooks | None = None) -> State:
     """Integrate the augmented system from ``t_from`` back to ``t_to`` with its own
-    adaptive steps (the forward's controller options and tableau, the adjoint norm of
-    :func:`~anode._gradients.backsolve.adjoint_controller`), as torchdiffeq's ``odeint_adjoint`` does. Its evaluations
-    count into ``ivp.stats.reverse_evaluations``; ``hooks`` are called on its step attempts."""
+    adaptive steps (the forward's tableau, ``controller``: the forward's options with the
+    adjoint norm of :func:`~anode._gradients.backsolve.adjoint_controller`), as torchdiffeq's
+    ``odeint_adjoint`` does. Its evaluations count into ``ivp.stats.reverse_evaluations``;
+    ``hooks`` are called on its step attempts."""
     t = ivp.t
     sub = IVP(func=dynamics, y0=aug, t=torch.tensor([t_from, t_to], dtype=t.dtype, device=t.device),
               grid=None, tableau=ivp.tableau, params=(), controller=controller,

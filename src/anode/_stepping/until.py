@@ -13,6 +13,8 @@ dtype of ``t`` so that the steps can be replayed from a time grid held in that d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -31,15 +33,40 @@ class EventNotFoundError(RuntimeError):
     of the event function."""
 
 
-def adaptive_until(func, y: State, s: float, direction: float, tab: ButcherTableau,
-                    ctl: Adaptive, fired, time, round_t, k0: State, stats: SolveStats):
+@dataclass(frozen=True)
+class Stepper:
+    """How the steps of an open-ended solve are taken: the same for every step.
+
+    Attributes:
+        func: ``func(t, y)`` on tuple states, with ``is_tuple`` (a
+            :class:`~anode._ivp.CheckedFunc`: how a custom norm sees the state).
+        tableau: the Runge–Kutta method (an embedded pair for :func:`adaptive_until`).
+        direction: +1.0 forwards in time, -1.0 backwards.
+        time: makes ``func``'s time argument (a tensor in ``t``'s dtype) from a float or a
+            list of floats (time units).
+        round_t: rounds a float to ``t``'s dtype, so that step ends are times of that dtype.
+        stats: counts the steps and function evaluations.
+    """
+
+    func: Callable
+    tableau: ButcherTableau
+    direction: float
+    time: Callable
+    round_t: Callable[[float], float]
+    stats: SolveStats
+
+
+def adaptive_until(stepper: Stepper, y: State, s: float, ctl: Adaptive, fired, k0: State):
     """Adaptive steps from ``(s, y)`` until ``fired(end, y1)``, by the controller loop of
-    :func:`anode._stepping.adaptive.integrate` without an end time. Returns ``(bounds, y_j, ks, y1,
-    end)`` of the event step ``j``."""
+    :func:`anode._stepping.adaptive.integrate` without an end time; ``k0`` is
+    ``func(s, y)``. Returns ``(bounds, y_j, ks, y1, end)`` of the event step ``j``."""
+    func, tab, direction, time, round_t = (stepper.func, stepper.tableau, stepper.direction,
+                                           stepper.time, stepper.round_t)
     evals, accepted, rejected = 1, 0, 0
     h = ctl.first_step
     if h is None:
-        h = ctl.initial_step(func, s, y, k0, tab.order, direction, time, func.is_tuple)
+        h = ctl.initial_step(func, s, y, k0, order=tab.order, direction=direction, time=time,
+                             is_tuple=func.is_tuple)
         evals += 1
     previous, last_ratio, bounds = 1.0, 0.0, [s]
     try:
@@ -73,16 +100,18 @@ def adaptive_until(func, y: State, s: float, direction: float, tab: ButcherTable
                 h = ctl.next_step(abs(size), ratio, previous, tab.order)
                 k0 = ks[0]
     finally:
+        stats = stepper.stats
         stats.forward_steps += accepted
         stats.rejected_steps += rejected
         stats.forward_evaluations += evals
         stats.stages = tab.solution_stages
 
 
-def fixed_until(func, y: State, s: float, direction: float, tab: ButcherTableau, step_size: float,
-                 fired, time, round_t, stats: SolveStats):
+def fixed_until(stepper: Stepper, y: State, s: float, step_size: float, fired):
     """Steps of ``step_size`` from ``(s, y)`` until ``fired(end, y1)`` (torchdiffeq's
     fixed-grid search). Returns ``(bounds, y_j, ks, y1, end)`` of the event step ``j``."""
+    func, tab, direction, time, round_t, stats = (stepper.func, stepper.tableau, stepper.direction,
+                                                  stepper.time, stepper.round_t, stepper.stats)
     bounds = [s]
     for _ in range(MAX_FIXED_STEPS):
         end = round_t(s + direction * step_size)
@@ -98,4 +127,4 @@ def fixed_until(func, y: State, s: float, direction: float, tab: ButcherTableau,
                              f"{step_size:g} (t={s:.17g})")
 
 
-__all__ = ["adaptive_until", "fixed_until", "EventNotFoundError", "MAX_FIXED_STEPS"]
+__all__ = ["Stepper", "adaptive_until", "fixed_until", "EventNotFoundError", "MAX_FIXED_STEPS"]
