@@ -472,27 +472,3 @@ def test_budget_below_two_states_names_the_need():
         anode.odeint(lambda t, y: -y, torch.zeros(8, dtype=torch.float64),
                      torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=4, schedule="auto",
                      memory_budget=100)
-
-
-# ---------------------------------------------------------------------------------------
-# The benchmark's measurement and report, on a tiny block in this process.
-
-
-def test_benchmark_counts_evaluations_and_reports(tmp_path):
-    from anode_workbench.bench import revolve_tradeoff as bench
-
-    tiny = dict(n_steps=6, channels=2, batch=1, size=4, repeats=1, method="midpoint")
-    direct = bench.one_block(gradient="direct", **tiny)
-    rev = bench.one_block(gradient="anode", schedule="revolve", schedule_options={"snapshots": 2}, **tiny)
-    assert direct["function_evaluations"] == 6 * 2
-    # two evaluations per forward, recomputed and rebuilt step, and one more per rebuilt step
-    # when it is rebuilt stage by stage (chosen by memory)
-    whole = (2 * 6 + expected_recomputed(6, 2)) * 2
-    assert rev["function_evaluations"] in (whole, whole + 6)
-    assert rev["schedule"] == "revolve(2)"
-    assert abs(rev["grad_norm"] - direct["grad_norm"]) <= 1e-5 * direct["grad_norm"]
-    rows = [{"label": "direct", **direct}, {"label": "revolve(2)", **rev}]
-    md = bench.table(rows)
-    assert md.count("\n") == 3 and "| revolve(2) |" in md
-    bench.plot(rows, tmp_path / "plot.png", "tiny")
-    assert (tmp_path / "plot.png").stat().st_size > 1000
