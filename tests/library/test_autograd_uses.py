@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import anode
+from problems import CNF, CachesTrajectory, CosMLP, Counting, Hamiltonian
 
 F64 = torch.float64
 EXACT = [("anode", "store"), ("anode", "recompute"), ("anode", "revolve"), ("direct", None)]
@@ -35,16 +36,6 @@ def options(gradient, schedule):
     if schedule == "revolve":
         return dict(gradient="anode", schedule="revolve", snapshots=2)
     return dict(gradient="anode", schedule=schedule)
-
-
-class Tanh(nn.Module):
-    def __init__(self, dim=3, hidden=8):
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
-
-    def forward(self, t, y):
-        return self.lin2(torch.tanh(self.lin1(y))) * torch.cos(t)
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,7 +61,7 @@ def test_gradient_penalty_closed_form():
 
 def penalty_and_hvp(gradient, schedule, method, n_steps, seed):
     torch.manual_seed(seed)
-    func = Tanh().double()
+    func = CosMLP().double()
     y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
     ys = anode.odeint(func, y0, t, method=method, n_steps=n_steps, **options(gradient, schedule))
@@ -96,7 +87,7 @@ def test_double_backward_equals_direct(method, n_steps, seed, which):
 
 
 def test_backsolve_create_graph_raises():
-    func = Tanh().double()
+    func = CosMLP().double()
     y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     ys = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), gradient="backsolve")
     with pytest.raises(RuntimeError, match="not twice differentiable"):
@@ -120,20 +111,6 @@ def test_double_backward_with_gradients_through_time():
 # 2. functions that call autograd inside
 
 
-class Hamiltonian(nn.Module):
-    """dq/dt = dH/dp, dp/dt = -dH/dq for a learned H(q, p): autograd inside func."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
-
-    def forward(self, t, x):
-        with torch.enable_grad():
-            x = x if x.requires_grad else x.detach().requires_grad_()
-            (dh,) = torch.autograd.grad(self.net(x).sum(), x, create_graph=True)
-        return torch.stack([dh[:, 1], -dh[:, 0]], dim=1)
-
-
 @pytest.mark.parametrize("gradient", ["direct", "anode", "backsolve"])
 def test_function_differentiating_inside_trains_and_runs_without_grad(gradient):
     torch.manual_seed(0)
@@ -153,32 +130,6 @@ def test_function_differentiating_inside_trains_and_runs_without_grad(gradient):
                               list(func.parameters()), materialize_grads=True)
     tol = 1e-12 if gradient != "backsolve" else 1e-3  # backsolve: a reverse solve, approximate
     assert all(rel_err(g, r) <= tol for g, r in zip(grads, ref))
-
-
-class CNF(nn.Module):
-    """A continuous normalizing flow on 2-D points (FFJORD): state (z, log-density change).
-
-    ``trace="exact"`` sums the Jacobian's diagonal; ``trace="hutchinson"`` estimates it as
-    e^T (df/dz) e with Rademacher noise e drawn inside func (replayed by recomputation).
-    """
-
-    def __init__(self, trace):
-        super().__init__()
-        self.trace = trace
-        self.net = nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 2))
-
-    def forward(self, t, state):
-        z = state[0]
-        with torch.enable_grad():
-            z = z if z.requires_grad else z.detach().requires_grad_()
-            f = self.net(torch.cat([z, t.expand(z.shape[0], 1).to(z.dtype)], 1))
-            if self.trace == "exact":
-                div = sum(torch.autograd.grad(f[:, i].sum(), z, create_graph=True)[0][:, i] for i in range(2))
-            else:
-                e = torch.randint(0, 2, z.shape, dtype=z.dtype) * 2 - 1
-                (ej,) = torch.autograd.grad(f, z, e, create_graph=True)
-                div = (ej * e).sum(1)
-        return f, -div
 
 
 def cnf_nll(flow, x, **kw):
@@ -216,19 +167,6 @@ def test_cnf_gradients_equal_direct_and_training_lowers_the_loss(trace):
 # 3. what a solve leaves behind
 
 
-class CachesTrajectory(nn.Module):
-    def __init__(self, gradient):
-        super().__init__()
-        self.gradient = gradient
-        self.lin = nn.Linear(64, 64)
-
-    def forward(self, t, y):
-        return torch.tanh(self.lin(y))
-
-    def run(self, y0):
-        self.trajectory = anode.odeint(self, y0, torch.tensor([0.0, 1.0]), n_steps=3, gradient=self.gradient)
-
-
 @pytest.mark.parametrize("gradient", ["direct", "anode", "backsolve"])
 def test_module_keeping_its_own_output_is_freed(gradient):
     m = CachesTrajectory(gradient)
@@ -240,7 +178,7 @@ def test_module_keeping_its_own_output_is_freed(gradient):
 
 
 def test_module_freed_before_backward_is_a_clear_error():
-    ys = anode.odeint(Tanh(), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+    ys = anode.odeint(CosMLP(), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
     gc.collect()
     with pytest.raises(RuntimeError, match="freed before the backward"):
         ys.sum().backward()
@@ -285,7 +223,7 @@ def test_no_generator_states_kept_for_a_function_that_draws_none():
         original(self, *a, **k)
         captured["record"] = self
 
-    func = Tanh()
+    func = CosMLP()
     try:
         anode._recompute.ForwardRecord.__init__ = spy
         ys = anode.odeint(func, torch.randn(2, 3), torch.tensor([0.0, 1.0]), n_steps=50)
@@ -331,7 +269,7 @@ def test_long_solve_holds_only_the_schedule_states():
 @pytest.mark.parametrize("gradient", ["direct", "anode", "backsolve"])
 def test_vmap_over_forward_passes(gradient):
     torch.manual_seed(0)
-    func = Tanh().double()
+    func = CosMLP().double()
     y0 = torch.randn(5, 2, 3, dtype=F64)
     t = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
 
@@ -353,7 +291,7 @@ def test_torch_func_grad_through_backsolve_raises():
 
 def test_torch_func_grad_through_anode_equals_direct():
     torch.manual_seed(0)
-    func = Tanh().double()
+    func = CosMLP().double()
     t = torch.tensor([0.0, 1.0], dtype=F64)
     y0 = torch.randn(2, 3, dtype=F64)
 
@@ -369,20 +307,9 @@ def test_torch_func_grad_through_anode_equals_direct():
 # 5. repeated output times
 
 
-class Counting(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = Tanh().double()
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.inner(t, y)
-
-
 @pytest.mark.parametrize("gradient", ["direct", "anode", "backsolve"])
 def test_zero_length_span_repeats_the_state_without_calling_func(gradient):
-    func = Counting()
+    func = Counting(CosMLP().double())
     y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     ys = anode.odeint(func, y0, torch.tensor([0.5, 0.5], dtype=F64), gradient=gradient)
     assert func.calls == 0 and torch.equal(ys[0], y0) and torch.equal(ys[1], y0)
@@ -397,7 +324,7 @@ def test_zero_length_span_repeats_the_state_without_calling_func(gradient):
 )
 def test_repeated_times_equal_the_solve_without_repeats(gradient, times):
     torch.manual_seed(0)
-    func = Counting()
+    func = Counting(CosMLP().double())
     y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     t = torch.tensor(times, dtype=F64)
     distinct = torch.tensor(sorted(set(times), reverse=times[0] > times[-1]), dtype=F64)
@@ -482,7 +409,7 @@ def test_double_backward_with_batchnorm_in_training_mode(schedule):
 
 
 def test_block_options_take_only_a_record():
-    block = anode.ODEBlock(Tanh(), method="euler")
+    block = anode.ODEBlock(CosMLP(), method="euler")
     with pytest.raises(TypeError, match="SolveOptions"):
         block.options = "garbage"
     block.options = anode.SolveOptions.make("midpoint", n_steps=2)

@@ -14,7 +14,7 @@ from torch import nn
 
 import anode
 from anode._stepping.grid import make_grid
-from problems import TimeMLP
+from problems import NoisyDecay, TanhOscillator, TimeMLP
 from problems import rel_err as max_rel
 
 TOL = 1e-10
@@ -113,22 +113,9 @@ def test_reverse_solve_evaluates_func_on_the_forward_grid_reversed():
     assert ours == func.times == grid.nodes.flip(0)[:-1].tolist()
 
 
-class Oscillator(nn.Module):
-    """A tuple state (x, v): x' = v, v' = -k tanh(x) - c v, with k a closure tensor."""
-
-    def __init__(self, k):
-        super().__init__()
-        self.c = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
-        self.k = k
-
-    def forward(self, t, y):
-        x, v = y
-        return v, -self.k * torch.tanh(x) - self.c * v
-
-
 def test_tuple_state_and_closure_params_equal_torchdiffeq():
     k = torch.tensor([1.5, 0.7], dtype=torch.float64, requires_grad=True)
-    func = Oscillator(k)
+    func = TanhOscillator(k)
     x0 = torch.tensor([[0.5, -1.0]], dtype=torch.float64, requires_grad=True)
     v0 = torch.tensor([[0.2, 0.1]], dtype=torch.float64, requires_grad=True)
     t = torch.linspace(0, 2, 4, dtype=torch.float64)
@@ -147,7 +134,7 @@ def test_closure_tensor_found_without_params():
     k = torch.tensor([1.5, 0.7], dtype=torch.float64, requires_grad=True)
     x0 = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    grads, func = [], Oscillator(k)
+    grads, func = [], TanhOscillator(k)
     for params in (None, [k]):
         sol = anode.odeint(func, (x0, x0 + 1), t, method="euler", n_steps=4, gradient="backsolve",
                            params=params)
@@ -240,22 +227,8 @@ def test_forward_keeps_only_the_outputs():
     assert saved_bytes(1) == saved_bytes(32) == expected
 
 
-class Noisy(nn.Module):
-    """dz/dt = -z * u with u drawn from the global generator at every evaluation."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
-        self.draws: list[float] = []
-
-    def forward(self, t, z):
-        u = torch.rand((), dtype=torch.float64)
-        self.draws.append(u.item())
-        return -self.scale * u * z
-
-
 def test_reverse_step_replays_the_forward_steps_random_numbers():
-    func = Noisy()
+    func = NoisyDecay()
     z0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(0)
     out = anode.odeint(func, z0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="euler",

@@ -10,6 +10,7 @@ from torch import nn
 
 import anode
 from anode._gradients.closures import ClosureFinder, closure_tensors
+from problems import DropoutMLP, FFJORDStyle
 
 F64 = torch.float64
 TOL = 1e-10
@@ -20,21 +21,11 @@ SCHEDULES = {"store": anode.Store, "recompute": anode.Recompute, "revolve": lamb
              "auto": lambda: anode.Auto(memory_budget=2000)}
 
 
-class Field(nn.Module):
-    def __init__(self, dropout: float = 0.0):
-        super().__init__()
-        self.lin1, self.lin2 = nn.Linear(3, 8), nn.Linear(8, 3)
-        self.drop = nn.Dropout(dropout)
-
-    def dynamics(self, t, y):
-        return self.lin2(self.drop(torch.tanh(self.lin1(y)))) * torch.cos(t)
-
-
 def problem(kind: str):
     """``(func, y0, tensors whose gradients are compared, tensors func reaches)``, built anew
     (same values) per call."""
     torch.manual_seed(0)
-    net = Field(dropout=0.3 if kind == "dropout" else 0.0).double()
+    net = DropoutMLP(dropout=0.3 if kind == "dropout" else 0.0).double()
     y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
     z = torch.randn(3, dtype=F64, requires_grad=True)
     hyper = nn.Linear(3, 3).double()
@@ -174,24 +165,6 @@ def test_a_leaf_made_inside_func_raises_at_the_forward():
     with pytest.raises(ValueError, match="makes a tensor"):
         anode.odeint(func, torch.ones(2, dtype=F64), T, n_steps=2)
     anode.odeint(func, torch.ones(2, dtype=F64), T, n_steps=2, gradient="direct")
-
-
-class FFJORDStyle(nn.Module):
-    """As FFJORD's ODEfunc: marks the state and time as requiring grad in place and takes the
-    divergence with create_graph=True, whatever the grad mode outside."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
-
-    def forward(self, t, states):
-        y = states[0]
-        with torch.enable_grad():
-            y.requires_grad_(True)
-            t.requires_grad_(True)
-            dy = self.net(torch.cat([y, t.expand(y.shape[0], 1)], 1))
-            div = sum(torch.autograd.grad(dy[:, i].sum(), y, create_graph=True)[0][:, i] for i in range(2))
-        return dy, -div.unsqueeze(1)
 
 
 @pytest.mark.parametrize("stepping", [FIXED, ADAPTIVE], ids=["rk4", "dopri5"])

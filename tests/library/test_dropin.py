@@ -5,24 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchdiffeq
-from torch import nn
 
 import anode
 from anode import dropin
-from problems import TimeMLP, rel_err
+from problems import ForcedLinear, TimeMLP, rel_err
 
 F64 = torch.float64
-
-
-class Linear(nn.Module):
-    """dy/dt = A y + sin(t)."""
-
-    def __init__(self, dim=3):
-        super().__init__()
-        self.A = nn.Parameter(0.5 * torch.randn(dim, dim, dtype=F64))
-
-    def forward(self, t, y):
-        return y @ self.A.T + torch.sin(t)
 
 
 def _problem(name):
@@ -30,7 +18,7 @@ def _problem(name):
     torch.manual_seed(0)
     t = torch.linspace(0.0, 1.0, 5, dtype=F64)
     if name == "linear":
-        func, y0 = Linear(), torch.randn(2, 3, dtype=F64)
+        func, y0 = ForcedLinear(), torch.randn(2, 3, dtype=F64)
     elif name == "mlp":
         func, y0 = TimeMLP(3).double(), torch.randn(4, 3, dtype=F64)
     elif name == "tuple":

@@ -8,44 +8,12 @@ import warnings
 import pytest
 import torch
 import torchdiffeq
-from torch import nn
 
 import anode
 from anode import dropin
+from problems import CallbackField
 
 F64 = torch.float64
-
-
-class Field(nn.Module):
-    """dy/dt = tanh(W y) + 0.3 cos(t), recording every callback call as
-    ``(name, t0, y0, dt)``."""
-
-    def __init__(self, dim=2, tuple_state=False):
-        super().__init__()
-        torch.manual_seed(0)
-        self.W = nn.Parameter(0.5 * torch.randn(dim, dim, dtype=F64))
-        self.tuple_state = tuple_state
-        self.calls = []
-
-    def forward(self, t, y):
-        if self.tuple_state:
-            x, v = y
-            return v, torch.tanh(x @ self.W.T) - 0.1 * v
-        return torch.tanh(y @ self.W.T) + 0.3 * torch.cos(t)
-
-    def hook(self, name):
-        def record(t0, y0, dt):
-            copy = tuple(y.detach().clone() for y in y0) if isinstance(y0, tuple) else y0.detach().clone()
-            self.calls.append((name, t0.detach().clone(), copy, dt.detach().clone()))
-        return record
-
-    def listen(self, *names):
-        for name in names:
-            setattr(self, name, self.hook(name))
-        return self
-
-    def named(self, name):
-        return [c for c in self.calls if c[0] == name]
 
 
 FORWARD = ("callback_step", "callback_accept_step", "callback_reject_step")
@@ -61,7 +29,7 @@ def _steps(calls):
 @pytest.mark.parametrize("t", [[0.0, 1.0], [1.0, 0.0]], ids=["increasing", "decreasing"])
 def test_fixed_grid_steps_match_torchdiffeq(t):
     t = torch.tensor(t, dtype=F64)
-    ours, theirs = Field().listen("callback_step"), Field().listen("callback_step")
+    ours, theirs = CallbackField().listen("callback_step"), CallbackField().listen("callback_step")
     out = dropin.odeint(ours, Y0, t, method="euler", options=dict(step_size=0.1))
     ref = torchdiffeq.odeint(theirs, Y0, t, method="euler", options=dict(step_size=0.1))
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
@@ -74,7 +42,7 @@ def test_fixed_grid_steps_match_torchdiffeq(t):
 
 def test_adaptive_steps_match_torchdiffeq():
     t = torch.tensor([0.0, 0.7, 2.0], dtype=F64)
-    ours, theirs = Field().listen(*FORWARD), Field().listen(*FORWARD)
+    ours, theirs = CallbackField().listen(*FORWARD), CallbackField().listen(*FORWARD)
     dropin.odeint(ours, Y0, t, rtol=1e-6, atol=1e-8)
     torchdiffeq.odeint(theirs, Y0, t, rtol=1e-6, atol=1e-8)
     for field in (ours, theirs):
@@ -93,7 +61,7 @@ def test_adaptive_steps_match_torchdiffeq():
 
 
 def test_rejected_steps_are_reported():
-    field = Field().listen(*FORWARD)
+    field = CallbackField().listen(*FORWARD)
     dropin.odeint(field, Y0, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-8, atol=1e-10,
                   options=dict(first_step=1.0))  # far too large: rejected first
     rejected = field.named("callback_reject_step")
@@ -104,14 +72,14 @@ def test_rejected_steps_are_reported():
 
 
 def test_tuple_state_hooks_receive_a_tuple():
-    field = Field(tuple_state=True).listen("callback_step")
+    field = CallbackField(tuple_state=True).listen("callback_step")
     y0 = (Y0.clone(), torch.zeros(2, dtype=F64))
     out = dropin.odeint(field, y0, torch.tensor([0.0, 0.4], dtype=F64), method="rk4",
                         options=dict(step_size=0.1))
     assert len(field.calls) == 4
     first, last = field.calls[0][2], field.calls[-1][2]
     assert isinstance(first, tuple) and torch.equal(first[0], Y0)
-    steps3 = dropin.odeint(Field(tuple_state=True), y0, torch.tensor([0.0, 0.3], dtype=F64),
+    steps3 = dropin.odeint(CallbackField(tuple_state=True), y0, torch.tensor([0.0, 0.3], dtype=F64),
                            method="rk4", options=dict(step_size=0.1))
     assert all(torch.allclose(a, b[-1], rtol=0, atol=1e-14) for a, b in zip(last, steps3))
     assert out[0].shape == (2, 2)
@@ -127,10 +95,10 @@ def test_forward_hooks_once_per_step_whatever_the_gradient(gradient, method):
     grad = "anode" if gradient in ("revolve", "store") else gradient
     steps = dict(n_steps=6) if method == "rk4" else dict(rtol=1e-6, atol=1e-8)
     t = torch.tensor([0.0, 0.5, 1.5], dtype=F64, requires_grad=True)
-    reference = Field().listen("callback_step")
+    reference = CallbackField().listen("callback_step")
     with torch.no_grad():
         anode.odeint(reference, Y0, t, method=method, **steps)
-    field = Field().listen("callback_step")
+    field = CallbackField().listen("callback_step")
     y0 = Y0.clone().requires_grad_()
     out = anode.odeint(field, y0, t, method=method, gradient=grad, **steps, **kw)
     n = len(field.calls)
@@ -147,7 +115,7 @@ def test_discrete_adjoint_calls_adjoint_hooks_per_backward_step(method, schedule
     """gradient='anode': one call per backward step, last first, with that forward step's
     own (t0, y0, dt)."""
     names = (*FORWARD, *ADJOINT) if method == "dopri5" else ("callback_step", "callback_step_adjoint")
-    field = Field().listen(*names)
+    field = CallbackField().listen(*names)
     steps = dict(n_steps=5) if method == "rk4" else dict(rtol=1e-6, atol=1e-8)
     kw = dict(snapshots=2) if schedule == "revolve" else {}
     y0 = Y0.clone().requires_grad_()
@@ -170,7 +138,7 @@ def test_backsolve_adjoint_hooks_as_torchdiffeq_fixed_grid():
     """torchdiffeq's test: 10 reverse steps for step_size 0.1 on [0, 1]; the augmented state
     in its layout (t adjoint, y, y adjoint, *parameter adjoints)."""
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    ours, theirs = Field().listen("callback_step_adjoint"), Field().listen("callback_step_adjoint")
+    ours, theirs = (CallbackField().listen("callback_step_adjoint") for _ in range(2))
     for func, solve in ((ours, dropin.odeint_adjoint), (theirs, torchdiffeq.odeint_adjoint)):
         y0 = Y0.clone().requires_grad_()
         solve(func, y0, t, method="rk4", options=dict(step_size=0.1))[-1].sum().backward()
@@ -184,7 +152,7 @@ def test_backsolve_adjoint_hooks_as_torchdiffeq_fixed_grid():
 
 
 def test_backsolve_adjoint_hooks_adaptive():
-    field = Field().listen(*ADJOINT)
+    field = CallbackField().listen(*ADJOINT)
     y0 = Y0.clone().requires_grad_()
     out = dropin.odeint_adjoint(field, y0, torch.tensor([0.0, 0.5, 1.0], dtype=F64), rtol=1e-6, atol=1e-8)
     assert not field.calls
@@ -197,7 +165,7 @@ def test_backsolve_adjoint_hooks_adaptive():
 
 
 def test_direct_cannot_call_adjoint_hooks():
-    field = Field().listen("callback_step_adjoint")
+    field = CallbackField().listen("callback_step_adjoint")
     with pytest.raises(ValueError, match="callback_step_adjoint cannot be called by gradient='direct'"):
         anode.odeint(field, Y0, torch.tensor([0.0, 1.0], dtype=F64), gradient="direct")
     with torch.no_grad():  # nothing is differentiated: nothing to call them on
@@ -205,18 +173,18 @@ def test_direct_cannot_call_adjoint_hooks():
 
 
 def test_torch_func_grad_cannot_call_adjoint_hooks():
-    field = Field().listen("callback_step_adjoint")
+    field = CallbackField().listen("callback_step_adjoint")
     t = torch.tensor([0.0, 1.0], dtype=F64)
     with pytest.raises(ValueError, match=r"callback_step_adjoint cannot be called by "
                                          r"gradient='direct \(under torch.func Grad\)'"):
         torch.func.grad(lambda y: anode.odeint(field, y, t, n_steps=2)[-1].sum())(Y0)
-    field = Field().listen("callback_step")  # forward hooks are called under vmap
+    field = CallbackField().listen("callback_step")  # forward hooks are called under vmap
     torch.func.vmap(lambda y: anode.odeint(field, y, t, n_steps=2))(torch.stack([Y0, Y0]))
     assert len(field.calls) == 2
 
 
 def test_double_backward_with_adjoint_hooks_raises():
-    field = Field().listen("callback_step_adjoint")
+    field = CallbackField().listen("callback_step_adjoint")
     y0 = Y0.clone().requires_grad_()
     out = anode.odeint(field, y0, torch.tensor([0.0, 1.0], dtype=F64), n_steps=3)
     with pytest.raises(RuntimeError, match="callback_step_adjoint.*create_graph=True"):
@@ -226,21 +194,21 @@ def test_double_backward_with_adjoint_hooks_raises():
 # ------------------------------------------------------------------------- hooks never called
 @pytest.mark.parametrize("name", ["callback_accept_step", "callback_reject_step_adjoint"])
 def test_accept_reject_hooks_with_a_fixed_grid_warn(name):
-    field = Field().listen(name)
+    field = CallbackField().listen(name)
     with pytest.warns(UserWarning, match=f"{name}.*never called.*fixed-grid method"):
         dropin.odeint(field, Y0, torch.tensor([0.0, 1.0], dtype=F64), method="euler")
     assert not field.calls
 
 
 def test_misspelt_hook_warns_and_a_non_callable_raises():
-    field = Field().listen("callback_steps")
+    field = CallbackField().listen("callback_steps")
     with pytest.warns(UserWarning, match=r"callback_steps.*no solve calls"):
         dropin.odeint(field, Y0, torch.tensor([0.0, 1.0], dtype=F64), method="euler")
-    field = Field()
+    field = CallbackField()
     field.callback_step = 3
     with pytest.raises(TypeError, match="callback_step must be callable"):
         dropin.odeint(field, Y0, torch.tensor([0.0, 1.0], dtype=F64))
-    field = Field()
+    field = CallbackField()
     field.callbacks = []  # not named like a hook
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no hooks, no warning
@@ -256,7 +224,7 @@ def test_hooks_on_a_plain_function_and_in_an_ode_block():
     f.callback_step = lambda t0, y0, dt: calls.append(float(t0))
     anode.odeint(f, Y0, torch.tensor([0.0, 1.0], dtype=F64), n_steps=4)
     assert calls == [0.0, 0.25, 0.5, 0.75]
-    field = Field().listen("callback_step", "callback_step_adjoint")
+    field = CallbackField().listen("callback_step", "callback_step_adjoint")
     block = anode.ODEBlock(field, 1.0, n_steps=2)
     block(Y0.clone().requires_grad_()).sum().backward()
     assert [c[0] for c in field.calls] == ["callback_step"] * 2 + ["callback_step_adjoint"] * 2
@@ -269,10 +237,10 @@ def test_adams_methods_call_step_hooks_as_torchdiffeq(method, gradient):
     and each backward step (anode: the forward step's arguments, last first)."""
     t = torch.linspace(0.0, 1.0, 3, dtype=F64)
     options = dict(step_size=0.125)
-    ref = Field().listen("callback_step")
+    ref = CallbackField().listen("callback_step")
     torchdiffeq.odeint(ref, Y0, t, method=method, options=options)
     expected = _steps(ref.named("callback_step"))
-    ours = Field().listen("callback_step", "callback_step_adjoint")
+    ours = CallbackField().listen("callback_step", "callback_step_adjoint")
     ys = dropin.odeint(ours, Y0.clone().requires_grad_(), t, method=method, options=options,
                        gradient=gradient)
     got = _steps(ours.named("callback_step"))

@@ -9,18 +9,15 @@ import torchdiffeq
 
 import anode
 from anode import dropin
+from problems import harmonic
 
 F64 = torch.float64
-
-
-def _oscillator(t, y):
-    return torch.stack([y[1], -y[0]])
 
 
 def _fails(solve, k, t):
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     try:
-        solve(_oscillator, y0, t, rtol=1e-8, atol=1e-10, options=dict(max_num_steps=k))
+        solve(harmonic, y0, t, rtol=1e-8, atol=1e-10, options=dict(max_num_steps=k))
     except (AssertionError, anode.AdaptiveSolveError):  # torchdiffeq asserts
         return True
     return False
@@ -33,7 +30,7 @@ def test_max_num_steps_counts_per_output_interval_as_torchdiffeq():
     assert not _fails(dropin.odeint, k, t)  # torchdiffeq code that works keeps working
     assert _fails(dropin.odeint, k - 1, t)  # and what fails there fails here
     stats = anode.SolveStats()
-    dropin.odeint(_oscillator, torch.tensor([1.0, 0.0], dtype=F64), t, rtol=1e-8, atol=1e-10, stats=stats)
+    dropin.odeint(harmonic, torch.tensor([1.0, 0.0], dtype=F64), t, rtol=1e-8, atol=1e-10, stats=stats)
     assert stats.forward_steps + stats.rejected_steps > 3 * k  # far more than k in the whole solve
 
 
@@ -44,7 +41,7 @@ def test_adaptive_max_num_steps_restarts_at_each_output_time(dense_output):
 
     def solve(k, stats=None):
         stepping = anode.Adaptive(rtol=1e-8, atol=1e-10, max_num_steps=k, dense_output=dense_output)
-        return anode.odeint(_oscillator, y0, t, options=anode.SolveOptions("dopri5", stepping), stats=stats)
+        return anode.odeint(harmonic, y0, t, options=anode.SolveOptions("dopri5", stepping), stats=stats)
 
     stats = anode.SolveStats()
     solve(40, stats)

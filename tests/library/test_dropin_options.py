@@ -11,30 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchdiffeq
-from torch import nn
 
 import anode
 from anode import dropin
-from problems import TimeMLP, rel_err
+from problems import Jump, TimeMLP, rel_err
 
 F64 = torch.float64
-
-
-class Jump(nn.Module):
-    """dy/dt = a y for t < 0.5, b y² - y after: discontinuous in time at 0.5. Records the
-    time of each evaluation in ``times``."""
-
-    def __init__(self, closed_left=False):
-        super().__init__()
-        self.closed_left = closed_left  # the left side includes 0.5
-        self.a = nn.Parameter(torch.tensor(-0.5, dtype=F64))
-        self.b = nn.Parameter(torch.tensor(0.8, dtype=F64))
-        self.times: list[float] = []
-
-    def forward(self, t, y):
-        self.times.append(t.item())
-        left = t <= 0.5 if self.closed_left else t < 0.5
-        return self.a * y if left else self.b * y**2 - y
 
 
 def _grads(odeint, func, y0, t, **kwargs):

@@ -13,6 +13,7 @@ from anode._events import EventNotFoundError, solve_until_event
 from anode._options import SolveOptions
 from anode._stepping import until as event_steps
 from anode._stepping.fixed_grid import FixedGrid
+from problems import BouncingBall, Pendulum, decay
 
 
 @pytest.fixture(autouse=True)
@@ -23,19 +24,6 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(before)
-
-
-class Pendulum(torch.nn.Module):
-    """A driven, damped pendulum: non-polynomial and time-dependent, so no method is exact."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(0.7))
-        self.w = torch.nn.Parameter(torch.tensor([1.3, -0.4]))
-
-    def forward(self, t, y):
-        drive = 0.3 * self.w[0] * torch.cos(t) + 0.2 * self.w[1] * y[1]
-        return torch.stack([y[1], -self.a * torch.sin(y[0]) + drive])
 
 
 def _problem():
@@ -125,25 +113,6 @@ def test_free_fall_closed_form_with_tuple_state():
     assert abs(pos[-1].item()) < 1e-13
 
 
-class Ball(torch.nn.Module):
-    """torchdiffeq's bouncing ball (examples/bouncing_ball.py): the radius is in the state."""
-
-    def __init__(self):
-        super().__init__()
-        self.gravity = torch.nn.Parameter(torch.tensor([9.8]))
-        self.log_radius = torch.nn.Parameter(torch.log(torch.tensor([0.2])))
-        self.init_pos = torch.nn.Parameter(torch.tensor([10.0]))
-        self.init_vel = torch.nn.Parameter(torch.tensor([0.0]))
-        self.absorption = torch.nn.Parameter(torch.tensor([0.2]))
-
-    def forward(self, t, state):
-        return state[1], -self.gravity, torch.zeros_like(state[2])
-
-    @staticmethod
-    def event_fn(t, state):
-        return state[0] - torch.exp(state[2])
-
-
 def _grads(out, inputs):
     grads = torch.autograd.grad(out, inputs, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
@@ -153,7 +122,7 @@ def test_bouncing_ball_forward_and_reverse_time():
     """Two bounces by chained odeint_event calls, then the first bounce found again by
     solving backwards from a time after it (reverse_time): times and gradients against the
     closed form of the parabolas."""
-    ball, t0 = Ball(), torch.tensor([0.0], requires_grad=True)
+    ball, t0 = BouncingBall(), torch.tensor([0.0], requires_grad=True)
     params = [ball.gravity, ball.log_radius, ball.init_pos, ball.init_vel, ball.absorption, t0]
     state, t, times = (ball.init_pos, ball.init_vel, ball.log_radius), t0, []
     for _ in range(2):
@@ -327,9 +296,6 @@ def test_what_the_event_search_does_not_honour_raises():
 
     def event(t, y):
         return y[0] - 0.5
-
-    def decay(t, y):
-        return -y
 
     cases = [
         dict(method="dopri5", options=dict(jump_t=[0.3])),

@@ -4,13 +4,10 @@ import pytest
 import torch
 
 import anode
+from problems import decay
 
 Y0 = torch.zeros(2, 3)
 T = torch.tensor([0.0, 1.0])
-
-
-def f(t, y):
-    return -y
 
 
 @pytest.mark.parametrize(
@@ -40,7 +37,7 @@ def f(t, y):
 )
 @pytest.mark.parametrize("gradient", ["direct", "anode"])
 def test_bad_arguments(kwargs, exc, match, gradient):
-    args = dict(func=f, y0=Y0, t=T, gradient=gradient)
+    args = dict(func=decay, y0=Y0, t=T, gradient=gradient)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         anode.odeint(**args)
@@ -65,7 +62,7 @@ def test_func_output_checks(gradient):
 
 def test_schedule_options_rejected_for_other_gradients():
     with pytest.raises(ValueError, match="apply to gradient='anode' only"):
-        anode.odeint(f, Y0, T, gradient="direct", snapshots=2)
+        anode.odeint(decay, Y0, T, gradient="direct", snapshots=2)
 
 
 def test_odeblock_checks_names_at_construction():

@@ -11,22 +11,9 @@ import torch
 from torch import nn
 
 import anode
+from problems import AutocastProbe, ConvDropoutFunc
 
 SCHEDULES = ["recompute", "store"]
-
-
-class ConvDropoutFunc(nn.Module):
-    """conv–BN–ReLU–dropout–conv: random and stateful, as a recomputation stress test."""
-
-    def __init__(self, c=3, p=0.3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.bn = nn.BatchNorm2d(c)
-        self.drop = nn.Dropout(p)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, t, z):
-        return self.conv2(self.drop(torch.relu(self.bn(self.conv1(z)))))
 
 
 def make_pair(func_factory, gradient, schedule, dtype=torch.float64, **kw):
@@ -123,18 +110,6 @@ def test_eval_mode_buffers_at_forward_time_are_used(schedule):
         results[gradient] = [x.grad] + [p.grad for p in block.parameters()]
     for a, b in zip(results["anode"], results["direct"], strict=True):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
-
-
-class AutocastProbe(anode.ConvODEFunc):
-    """Records whether autocast was on at each call."""
-
-    def __init__(self, c):
-        super().__init__(c)
-        self.seen = []
-
-    def forward(self, t, z):
-        self.seen.append(torch.is_autocast_enabled("cpu"))
-        return super().forward(t, z)
 
 
 def rel_norm(a, b):

@@ -15,11 +15,11 @@ import weakref
 import checkpoint_schedules
 import pytest
 import torch
-from torch import nn
 
 import anode
 from anode._schedules import Auto, Recompute, Revolve, Store, get_schedule, revolve_plan
 from anode._schedules import revolve as revolve_module
+from problems import DropoutTanh, seeded_ramp
 
 # ---------------------------------------------------------------------------------------
 # Independent references for the number of forward steps of binomial checkpointing.
@@ -62,22 +62,11 @@ def expected_recomputed(n: int, s: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# A tiny ODE for gradient checks.
-
-
-class Tiny(nn.Module):
-    def __init__(self, d: int = 3):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.w = nn.Parameter(torch.randn(d, d, generator=g, dtype=torch.float64) / d)
-        self.b = nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64) / d)
-
-    def forward(self, t, y):
-        return torch.tanh(y @ self.w + self.b) * (1 + t)
+# Gradient checks on a small field (problems.seeded_ramp).
 
 
 def gradients(schedule, n_steps, *, t=(0.0, 1.0), method="rk4", stats=None, **options):
-    func = Tiny()
+    func = seeded_ramp()
     y0 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, requires_grad=True)
     times = torch.tensor(t, dtype=torch.float64, requires_grad=True)
     gradient = "direct" if schedule == "direct" else "anode"
@@ -144,13 +133,9 @@ def test_tuple_states_with_both_levels_equal_direct():
 
 
 def test_dropout_is_replayed_by_repeated_recomputation():
-    class Noisy(Tiny):
-        def forward(self, t, y):
-            return torch.nn.functional.dropout(torch.tanh(y @ self.w + self.b), 0.4, training=True)
-
     results = []
     for gradient, options in [("direct", {}), ("anode", dict(schedule="revolve", snapshots=2))]:
-        func = Noisy()
+        func = DropoutTanh.seeded()
         y0 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, requires_grad=True)
         torch.manual_seed(7)
         out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=12,
@@ -381,7 +366,7 @@ def test_host_level_stores_copies():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_host_level_gradients_and_pinned_copies():
-    func = Tiny().cuda()
+    func = seeded_ramp().cuda()
     y0 = torch.randn(64, 3, dtype=torch.float64, device="cuda", requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cuda")
     grads = {}
@@ -487,27 +472,3 @@ def test_budget_below_two_states_names_the_need():
         anode.odeint(lambda t, y: -y, torch.zeros(8, dtype=torch.float64),
                      torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=4, schedule="auto",
                      memory_budget=100)
-
-
-# ---------------------------------------------------------------------------------------
-# The benchmark's measurement and report, on a tiny block in this process.
-
-
-def test_benchmark_counts_evaluations_and_reports(tmp_path):
-    from anode_workbench.bench import revolve_tradeoff as bench
-
-    tiny = dict(n_steps=6, channels=2, batch=1, size=4, repeats=1, method="midpoint")
-    direct = bench.one_block(gradient="direct", **tiny)
-    rev = bench.one_block(gradient="anode", schedule="revolve", schedule_options={"snapshots": 2}, **tiny)
-    assert direct["function_evaluations"] == 6 * 2
-    # two evaluations per forward, recomputed and rebuilt step, and one more per rebuilt step
-    # when it is rebuilt stage by stage (chosen by memory)
-    whole = (2 * 6 + expected_recomputed(6, 2)) * 2
-    assert rev["function_evaluations"] in (whole, whole + 6)
-    assert rev["schedule"] == "revolve(2)"
-    assert abs(rev["grad_norm"] - direct["grad_norm"]) <= 1e-5 * direct["grad_norm"]
-    rows = [{"label": "direct", **direct}, {"label": "revolve(2)", **rev}]
-    md = bench.table(rows)
-    assert md.count("\n") == 3 and "| revolve(2) |" in md
-    bench.plot(rows, tmp_path / "plot.png", "tiny")
-    assert (tmp_path / "plot.png").stat().st_size > 1000

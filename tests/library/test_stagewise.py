@@ -5,23 +5,14 @@ gradients through the time grid, random numbers drawn in every stage), and the b
 holds one stage's graph at a time, where ``stagewise=False`` holds the whole step's.
 """
 
-import weakref
 
 import pytest
 import torch
-from torch import nn
 
 import anode
-from problems import TimeMLP, rel_err
+from problems import NoisyMLP, TimeMLP, TrackedMLP, linear_field, rel_err
 
 F64 = torch.float64
-
-
-class NoisyMLP(TimeMLP):
-    """TimeMLP plus a small random perturbation drawn at every evaluation."""
-
-    def forward(self, t, y):
-        return super().forward(t, y) + 1e-2 * torch.randn_like(y)
 
 
 def _grads(func, gradient, method, *, noise_seed=None, **solve):
@@ -49,30 +40,11 @@ def test_stagewise_gradient_equals_direct(method, schedule):
         assert rel_err(g, w) < 1e-10
 
 
-class Tracked(nn.Module):
-    """dy/dt = W2 tanh(W1 y); remembers weakly every hidden activation it computed with a
-    graph, so a test can count how many stages' activations are alive at once."""
-
-    def __init__(self, dim=3, hidden=32):
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
-        self.alive: list[weakref.ref] = []
-        self.most = 0
-
-    def forward(self, t, y):
-        h = torch.tanh(self.lin1(y))
-        if torch.is_grad_enabled():
-            self.alive = [r for r in self.alive if r() is not None] + [weakref.ref(h)]
-            self.most = max(self.most, len(self.alive))
-        return self.lin2(h)
-
-
 @pytest.mark.parametrize("method, solve", [("rk4", dict(n_steps=3)), ("dopri5", dict(rtol=1e-5, atol=1e-7))])
 def test_backward_holds_one_stage_graph_unless_whole_steps_asked(method, solve):
     held = {}
     for stagewise in (True, False):
-        func = Tracked().to(F64)
+        func = TrackedMLP().to(F64)
         y0 = torch.randn(5, 3, dtype=F64, requires_grad=True)
         out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method=method,
                            gradient=anode.Anode(anode.Recompute(), stagewise=stagewise), **solve)
@@ -112,9 +84,7 @@ def test_default_rebuilds_whole_steps_unless_a_steps_graph_outweighs_the_states(
     assert repr(anode.Anode()) == "Anode(schedule=Recompute())"
     assert "stagewise=True" in repr(anode.Anode(stagewise=True))
 
-    def linear(t, y):  # an rk4 stage saves about one state: 4 per step, against 24 held
-        return -0.5 * y
-
+    linear = linear_field(-0.5)  # an rk4 stage saves about one state: 4 per step, against 24 held
     wide = TimeMLP().to(F64)  # its stages save activations wider than the state
     counts = {}
     for name, func, n_steps in (("linear", linear, 24), ("wide", wide, 3)):
@@ -153,7 +123,7 @@ def test_auto_plans_schedule_and_rebuild_mode_by_step_graph_bytes():
 
 @pytest.mark.parametrize("method, solve", [("rk4", dict(n_steps=6)), ("dopri5", dict(rtol=1e-6, atol=1e-8))])
 def test_auto_rebuilds_stage_by_stage_only_when_a_whole_step_does_not_fit(method, solve):
-    func = Tracked(hidden=64).to(F64)
+    func = TrackedMLP(hidden=64).to(F64)
     y0 = torch.randn(5, 3, dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     state = y0.numel() * 8

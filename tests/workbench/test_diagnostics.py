@@ -31,13 +31,10 @@ from anode_workbench.diagnostics import (
     synthetic_cases,
 )
 from cifar_files import write_fake_cifar
+from problems import linear_field
 
 F64 = torch.float64
 
-
-
-def linear(theta):
-    return lambda t, z: theta * z
 
 
 @pytest.mark.parametrize("n", [1, 3, 10])
@@ -49,9 +46,9 @@ def test_reconstruction_error_closed_form(n):
     x = -5.0 / n
     euler = (1 + x) * (1 - x)
     midpoint = (1 + x + x * x / 2) * (1 - x + x * x / 2)
-    assert reconstruction_error(linear(theta), z0, method="euler", n_steps=n) == pytest.approx(
+    assert reconstruction_error(linear_field(theta), z0, method="euler", n_steps=n) == pytest.approx(
         abs(1 - euler**n), rel=1e-12)
-    assert reconstruction_error(linear(theta), z0, method="midpoint", n_steps=n) == pytest.approx(
+    assert reconstruction_error(linear_field(theta), z0, method="midpoint", n_steps=n) == pytest.approx(
         abs(1 - midpoint**n), rel=1e-12)
 
 
@@ -74,11 +71,11 @@ def test_gradient_error_linear_closed_form():
     r, q = 1 - 0.5, 1 + 0.5
     backsolve = h * r**n * (1 - (r * q) ** n) / (1 - r * q)
     exact = n * h * r ** (n - 1)
-    err = gradient_error(linear(theta), z0, gradient="backsolve", method="euler", n_steps=n,
+    err = gradient_error(linear_field(theta), z0, gradient="backsolve", method="euler", n_steps=n,
                          params=[theta], cotangent=w)
     assert err.y0 < 1e-14
     assert err.params == pytest.approx(abs(backsolve - exact) / abs(exact), rel=1e-12)
-    assert gradient_error(linear(theta), z0, gradient="anode", method="euler", n_steps=n,
+    assert gradient_error(linear_field(theta), z0, gradient="anode", method="euler", n_steps=n,
                           params=[theta]).params == 0.0
 
 
@@ -119,7 +116,7 @@ def test_relative_error_and_bad_input():
     assert relative_error([torch.tensor([3.0, 0.0])], a) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="shape"):
         relative_error(a, [torch.zeros(3)])
-    f = linear(torch.tensor(1.0))
+    f = linear_field(torch.tensor(1.0))
     with pytest.raises(ValueError, match="unknown gradient"):
         gradient_error(f, torch.ones(2), gradient="adjoint")
     with pytest.raises(ValueError, match="cotangent"):
