@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = CNF(args.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     options = anode.SolveOptions("dopri5", anode.Adaptive(rtol=args.rtol, atol=args.atol),
-                                 anode.Anode(anode.Recompute()))
+                                 anode.DiscreteAdjoint(anode.Recompute()))
     losses, start = [], time.perf_counter()
     bar = tqdm(range(args.steps), desc="cnf_2d")
     for _ in bar:

@@ -8,7 +8,7 @@ also takes its method names exactly (:mod:`anode.dropin`).
 
 from . import dropin
 from ._adams import Adams
-from ._gradients import Anode, Backsolve, Direct, GradientMethod
+from ._gradients import Backsolve, Direct, DiscreteAdjoint, GradientMethod
 from ._ivp import SolveStats
 from ._nn import Autonomous, ConvODEFunc, ODEBlock
 from ._odeint import odeint, odeint_adjoint
@@ -33,7 +33,7 @@ __all__ = [
     "Adaptive",
     "AdaptiveSolveError",
     "GradientMethod",
-    "Anode",
+    "DiscreteAdjoint",
     "Direct",
     "Backsolve",
     "ButcherTableau",
@@ -49,3 +49,14 @@ __all__ = [
     "SCHEDULES",
     "SolveStats",
 ]
+
+
+def __getattr__(name: str):
+    # Deprecated names, kept for one release.
+    if name == "Anode":
+        import warnings
+
+        warnings.warn("anode.Anode is deprecated; use anode.DiscreteAdjoint",
+                      DeprecationWarning, stacklevel=2)
+        return DiscreteAdjoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from ._gradients import GradientMethod
 from ._ivp import SolveStats, check_signature
 from ._odeint import solve
 from ._options import SolveOptions
-from ._schedules import Auto, Schedule
+from ._schedules import Schedule
 from ._solvers import ButcherTableau
 
 
@@ -71,7 +71,7 @@ class ODEBlock(nn.Module):
         rtol: float | None = None,
         atol: float | None = None,
         gradient: str | GradientMethod = "anode",
-        schedule: str | Schedule | Auto | None = None,
+        schedule: str | Schedule | None = None,
         params=None,
         options: SolveOptions | None = None,
         **schedule_options,

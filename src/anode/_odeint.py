@@ -13,7 +13,7 @@ from ._gradients.direct import forward_solve
 from ._inputs import check_state, check_times, default_params, functorch_transforms
 from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from ._options import SolveOptions
-from ._schedules import Auto, Schedule
+from ._schedules import Schedule
 from ._solvers import ButcherTableau, State
 from ._stepping.controller import Adaptive
 from ._stepping.grid import TimeGrid
@@ -59,7 +59,7 @@ def odeint(
     rtol: float | None = None,
     atol: float | None = None,
     gradient: str | GradientMethod = "anode",
-    schedule: str | Schedule | Auto | None = None,
+    schedule: str | Schedule | None = None,
     params: Sequence[torch.Tensor] | None = None,
     stats: SolveStats | None = None,
     options: SolveOptions | None = None,
@@ -110,7 +110,7 @@ def odeint(
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
             ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
             ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md), or
-            a gradient object such as ``anode.Anode(schedule=anode.Revolve(4))``.
+            a gradient object such as ``anode.DiscreteAdjoint(schedule=anode.Revolve(4))``.
         schedule: for ``gradient="anode"``: ``"recompute"`` (default; keep the input only,
             the paper's scheme), ``"store"`` (keep all states), ``"revolve"``, ``"auto"``, or
             a schedule object.

@@ -34,7 +34,7 @@ class SolveOptions:
         gradient: the gradient method object (a name is resolved by
             :func:`anode._gradients.resolve`, with the ``"recompute"`` schedule for ``"anode"``).
 
-    Example: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8), Anode(Revolve(4)))``, or
+    Example: ``SolveOptions("dopri5", Adaptive(rtol=1e-6, atol=1e-8), DiscreteAdjoint(Revolve(4)))``, or
     ``SolveOptions(stepping=Adaptive(rtol=1e-6))`` for dopri5 with the default gradient.
 
     Raises:

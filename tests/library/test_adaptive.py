@@ -278,7 +278,8 @@ def test_anode_equals_autograd_through_the_accepted_steps(method, rtol, schedule
         rtol = max(rtol, 1e-4)
     s_direct, s_anode = anode.SolveStats(), anode.SolveStats()
     out0, g0 = _grads("direct", method, rtol, t_list, seed, t_grad, s_direct)
-    out1, g1 = _grads(anode.Anode(SCHEDULES[schedule]()), method, rtol, t_list, seed, t_grad, s_anode)
+    out1, g1 = _grads(anode.DiscreteAdjoint(SCHEDULES[schedule]()), method, rtol, t_list, seed, t_grad,
+                      s_anode)
     assert s_anode.forward_steps == s_direct.forward_steps == s_anode.backward_steps
     assert torch.allclose(out0, out1, rtol=0, atol=1e-14)
     for a, b in zip(g0, g1):
@@ -316,7 +317,7 @@ def test_replay_of_random_numbers_is_exact_with_rejected_steps():
         stats = anode.SolveStats()
         torch.manual_seed(7)
         # one rebuild mode for all, so that the sums are formed in the same order
-        gradient = anode.Anode(schedule, stagewise=False)
+        gradient = anode.DiscreteAdjoint(schedule, stagewise=False)
         out = anode.odeint(func, y0, t, options=_adaptive("bosh3", 1e-3, 1e-5, gradient),
                            params=list(net.parameters()), stats=stats)
         after = torch.rand(1)
@@ -391,7 +392,7 @@ def test_stats_count_fsal_rejections_and_the_backward(first_step):
     out = anode.odeint(counted, y0, torch.tensor([0.0, 3.0], dtype=torch.float64), stats=stats,
                        params=list(net.parameters()),
                        options=_adaptive("dopri5", 1e-8, 1e-10,
-                                         anode.Anode(anode.Recompute(), stagewise=False),
+                                         anode.DiscreteAdjoint(anode.Recompute(), stagewise=False),
                                          first_step=first_step))
     attempts = stats.forward_steps + stats.rejected_steps
     start = 2 if first_step is None else 1  # f(t0, y0), and the initial-step probe
@@ -412,7 +413,7 @@ def test_double_backward_auto_and_a_second_backward():
     y0 = y0.requires_grad_()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     hvps = []
-    for gradient in ["direct", anode.Anode(anode.Recompute())]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Recompute())]:
         out = anode.odeint(func, y0, t, params=list(net.parameters()),
                            options=_adaptive("tsit5", 1e-6, 1e-8, gradient))
         (g,) = torch.autograd.grad(out[-1].pow(2).sum(), y0, create_graph=True)
@@ -420,7 +421,7 @@ def test_double_backward_auto_and_a_second_backward():
     assert torch.allclose(hvps[0], hvps[1], rtol=0, atol=1e-10)
     auto, stats = anode.Auto(memory_budget=3 * y0.numel() * 8), anode.SolveStats()
     out = anode.odeint(func, y0, t, params=list(net.parameters()), stats=stats,
-                       options=_adaptive("dopri5", 1e-8, 1e-10, anode.Anode(auto)))
+                       options=_adaptive("dopri5", 1e-8, 1e-10, anode.DiscreteAdjoint(auto)))
     assert stats.schedule == auto.choice and auto.choice.startswith("revolve")
     first = torch.autograd.grad(out.sum(), y0, retain_graph=True)[0]
     assert torch.equal(first, torch.autograd.grad(out.sum(), y0)[0])  # snapshots written again
@@ -434,7 +435,7 @@ def test_auto_on_an_adaptive_solve_keeps_states_while_they_fit(states, schedule)
     y0 = y0.requires_grad_()
     t = torch.tensor([0.0, 0.7, 2.0], dtype=torch.float64)
     grads, stats = [], []
-    for gradient in [anode.Anode(anode.Auto(memory_budget=states * y0.numel() * 8)), "direct"]:
+    for gradient in [anode.DiscreteAdjoint(anode.Auto(memory_budget=states * y0.numel() * 8)), "direct"]:
         stats.append(anode.SolveStats())
         out = anode.odeint(func, y0, t, params=list(net.parameters()), stats=stats[-1],
                            options=_adaptive("dopri5", 1e-7, 1e-9, gradient))
@@ -476,7 +477,7 @@ def test_pi_coefficients_max_step_and_tuple_gradients():
     assert counts["pi"] != counts["i"] and counts["max"] >= 60 > counts["i"]
     leaves = tuple(y.clone().requires_grad_() for y in y0)
     grads = []
-    for gradient in ["direct", anode.Anode(anode.Revolve(2))]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Revolve(2))]:
         out = anode.odeint(func, leaves, t, options=_adaptive("bosh3", 1e-5, 1e-7, gradient))
         grads.append(torch.autograd.grad(out[0][-1].sum() + out[1].pow(2).sum(), leaves))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(*grads))
@@ -517,7 +518,7 @@ def test_module_modes_and_buffers_are_replayed_on_the_accepted_steps():
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     grads, buffers = [], []
-    for gradient in ["direct", anode.Anode(anode.Recompute())]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Recompute())]:
         state = {k: v.clone() for k, v in func.state_dict().items()}
         out = anode.odeint(func, x, t, options=_adaptive("bosh3", 1e-4, 1e-6, gradient))
         after_forward = [b.clone() for b in func.buffers()]

@@ -420,4 +420,4 @@ def test_a_misspelt_argument_is_named_as_such():
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['nsteps'\]"):
         anode.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), nsteps=3)
     with pytest.raises(TypeError, match=r"anode.Revolve\(4\)"):
-        anode.Anode(schedule="revolve")
+        anode.DiscreteAdjoint(schedule="revolve")

@@ -80,9 +80,9 @@ def test_closures_get_direct_gradients_without_params(kind, stepping):
     ref = gradients(kind, "direct", stepping)
     assert any(g is not None for g in ref[2:])
     for name, schedule in SCHEDULES.items():
-        got = gradients(kind, anode.Anode(schedule()), stepping)
+        got = gradients(kind, anode.DiscreteAdjoint(schedule()), stepping)
         assert_close(got, ref), name
-    whole = gradients(kind, anode.Anode(anode.Recompute(), stagewise=False), stepping)
+    whole = gradients(kind, anode.DiscreteAdjoint(anode.Recompute(), stagewise=False), stepping)
     assert_close(whole, ref)
 
 
@@ -101,7 +101,7 @@ def test_backsolve_finds_closures_as_if_listed(kind, stepping):
 def test_double_backward_through_closures(kind, stepping):
     ref = gradients(kind, "direct", stepping, create_graph=True)
     for name in ("store", "recompute", "revolve"):
-        got = gradients(kind, anode.Anode(SCHEDULES[name]()), stepping, create_graph=True)
+        got = gradients(kind, anode.DiscreteAdjoint(SCHEDULES[name]()), stepping, create_graph=True)
         assert_close(got, ref), name
 
 
@@ -143,8 +143,8 @@ def test_a_tensor_reaching_func_only_later_raises():
     def func(t, y):  # late enters after the first evaluation
         return -y * (late if t > 0.1 else 1.0)
 
-    for gradient in [anode.Anode(anode.Recompute()), anode.Anode(anode.Store(), stagewise=False),
-                     anode.Backsolve()]:
+    for gradient in [anode.DiscreteAdjoint(anode.Recompute()),
+                     anode.DiscreteAdjoint(anode.Store(), stagewise=False), anode.Backsolve()]:
         ys = anode.odeint(func, y0, T, method="midpoint", n_steps=2, gradient=gradient)
         with pytest.raises(ValueError, match="only later"):
             ys.sum().backward()
@@ -239,7 +239,7 @@ def test_a_lambda_over_modules_replays_their_modes_and_buffers(gradient):
         grads = torch.autograd.grad((ys[-1] ** 2).sum(), [y0, *net.parameters()])
         return grads, [b.clone() for b in net.buffers()], torch.get_rng_state()
 
-    method = anode.Backsolve() if gradient == "backsolve" else anode.Anode(anode.Recompute())
+    method = anode.Backsolve() if gradient == "backsolve" else anode.DiscreteAdjoint(anode.Recompute())
     grads, buffers, rng = run(method)
     ref_grads, ref_buffers, ref_rng = run("direct")
     for a, b in zip(buffers, ref_buffers):

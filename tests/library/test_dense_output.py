@@ -154,8 +154,8 @@ def _solve_and_grad(gradient, method="dopri5", t_list=T5, problem="mlp", weights
 
 
 @pytest.mark.parametrize("gradient", [
-    anode.Anode(anode.Recompute()), anode.Anode(anode.Recompute(), stagewise=False),
-    anode.Anode(anode.Store()), anode.Anode(anode.Revolve(2))], ids=repr)
+    anode.DiscreteAdjoint(anode.Recompute()), anode.DiscreteAdjoint(anode.Recompute(), stagewise=False),
+    anode.DiscreteAdjoint(anode.Store()), anode.DiscreteAdjoint(anode.Revolve(2))], ids=repr)
 @pytest.mark.parametrize("method", ["dopri5", "bosh3", "tsit5"])
 def test_anode_equals_direct_through_the_interpolant(gradient, method):
     """Also with respect to every output time: those inside steps move only their θ."""
@@ -206,8 +206,9 @@ def test_tuple_state_random_numbers_and_double_backward():
     results = []
     # each replays the forward's random numbers in its backward (direct draws differently:
     # without a record, its forward reuses first stages that a replay evaluates afresh)
-    for gradient in [anode.Anode(anode.Recompute()), anode.Anode(anode.Store(), stagewise=False),
-                     anode.Anode(anode.Revolve(2))]:
+    for gradient in [anode.DiscreteAdjoint(anode.Recompute()),
+                     anode.DiscreteAdjoint(anode.Store(), stagewise=False),
+                     anode.DiscreteAdjoint(anode.Revolve(2))]:
         torch.manual_seed(7)
         x, v = anode.odeint(func, (x0, v0), t, params=list(net.parameters()),
                             options=_options("dopri5", 1e-4, 1e-6, gradient))
@@ -240,7 +241,8 @@ def test_backsolve_with_dense_outputs_matches_torchdiffeq():
 def test_stats_count_every_evaluation_with_dense_output(t_grad):
     func, y0, net = _mlp(4)
     y0 = y0.requires_grad_()
-    for gradient in ["direct", anode.Anode(anode.Recompute()), anode.Anode(anode.Revolve(2)), "backsolve"]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Recompute()),
+                     anode.DiscreteAdjoint(anode.Revolve(2)), "backsolve"]:
         counted, stats = Counting(func), anode.SolveStats()
         t = torch.tensor(T5, dtype=torch.float64, requires_grad=t_grad)
         out = anode.odeint(counted, y0, t, params=list(net.parameters()),
@@ -257,7 +259,8 @@ def test_an_output_time_on_a_step_end(method):
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     stepping = anode.Adaptive(rtol=1e-1, atol=1e-1, first_step=0.5, max_step=0.5)
     grads = []
-    for gradient in ["direct", anode.Anode(anode.Recompute()), anode.Anode(anode.Store(), stagewise=False)]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Recompute()),
+                     anode.DiscreteAdjoint(anode.Store(), stagewise=False)]:
         t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
         stats = anode.SolveStats()
         out = anode.odeint(lambda t, y: w * y * torch.cos(t), y0, t, params=[w], stats=stats,

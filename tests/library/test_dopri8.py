@@ -225,8 +225,8 @@ def _grads(gradient, t_list=T5, seed=1):
 
 
 @pytest.mark.parametrize("gradient", [
-    anode.Anode(anode.Recompute()), anode.Anode(anode.Store(), stagewise=False),
-    anode.Anode(anode.Revolve(2))], ids=repr)
+    anode.DiscreteAdjoint(anode.Recompute()), anode.DiscreteAdjoint(anode.Store(), stagewise=False),
+    anode.DiscreteAdjoint(anode.Revolve(2))], ids=repr)
 def test_anode_equals_direct_through_steps_and_interpolated_outputs(gradient):
     t_list = [0.0, 0.3, 0.3, 0.9, 1.4, 2.0]
     out0, g0, s0 = _grads("direct", t_list)

@@ -136,7 +136,7 @@ def test_options_map_onto_the_controller():
     solve = dropin.solve_options(1e-5, 1e-7, "bosh3", {"first_step": 0.01, "max_num_steps": 50,
                                                        "safety": 0.8, "ifactor": 5.0, "dfactor": 0.3,
                                                        "max_step": 0.5, "min_step": 0, "dtype": F64})
-    assert solve.method.name == "bosh3" and isinstance(solve.gradient, anode.Anode)
+    assert solve.method.name == "bosh3" and isinstance(solve.gradient, anode.DiscreteAdjoint)
     assert solve.stepping == anode.Adaptive(1e-5, 1e-7, first_step=0.01, max_num_steps=50, safety=0.8,
                                             ifactor=5.0, dfactor=0.3, max_step=0.5)
     fixed = dropin.solve_options(method="euler", options={"step_size": torch.tensor(0.1, dtype=F64)})

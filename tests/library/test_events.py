@@ -183,8 +183,8 @@ def test_gradient_methods_agree():
         return torch.autograd.grad(_loss(event_t, sol[-1]), inputs)
 
     reference = grads(gradient="direct")
-    for gradient in ("anode", anode.Anode(anode.Store()), anode.Anode(anode.Revolve(2)),
-                     anode.Anode(stagewise=False)):
+    for gradient in ("anode", anode.DiscreteAdjoint(anode.Store()), anode.DiscreteAdjoint(anode.Revolve(2)),
+                     anode.DiscreteAdjoint(stagewise=False)):
         for a, b in zip(grads(gradient=gradient), reference):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-13)
     for a, b in zip(grads(odeint_interface=dropin.odeint_adjoint), reference):

@@ -100,7 +100,7 @@ def test_ode_block_counts_and_order():
     assert models.create("resnet_small").ode_blocks() == []
     opts = blocks[0].options
     assert (opts.method.name, opts.stepping, opts.gradient, blocks[0].end_time) == (
-        "euler", anode.FixedGrid(n_steps=2), anode.Anode(anode.Recompute()), 1.0)
+        "euler", anode.FixedGrid(n_steps=2), anode.DiscreteAdjoint(anode.Recompute()), 1.0)
 
 
 @pytest.mark.parametrize("ode_name, base_name", PAIRS[:2])
@@ -223,7 +223,7 @@ def test_set_ode_options(monkeypatch):
     models.set_ode_options(model, snapshots=5)
     assert all(b.options.gradient.schedule.snapshots == 5 for b in model.ode_blocks())
     models.set_ode_options(model, schedule="store")
-    assert all(b.options.gradient == anode.Anode(anode.Store()) for b in model.ode_blocks())
+    assert all(b.options.gradient == anode.DiscreteAdjoint(anode.Store()) for b in model.ode_blocks())
     models.restore_ode_options(model, previous)
 
     with models.ode_options(model, step_size=0.5):

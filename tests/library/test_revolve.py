@@ -292,7 +292,7 @@ def test_states_held_never_exceed_snapshots_plus_working_state(monkeypatch, n_st
 def test_a_real_solve_frees_snapshots_as_the_backward_passes_them(monkeypatch, s):
     # Weak references to every state the solver makes without a graph stay alive while
     # anything, autograd's saved tensors included, holds the tensor.
-    import anode._gradients.anode as discrete_adjoint
+    import anode._gradients.discrete_adjoint as discrete_adjoint
 
     refs, in_backward, live = [], [False], []
     step = discrete_adjoint.rk_step

@@ -126,7 +126,7 @@ def test_no_gradient_is_silently_missing():
         out.sum().backward()
     with torch.no_grad():
         assert not dropin.odeint(func, y, t, method="scipy_solver").requires_grad
-    for gradient in ["anode", "direct", anode.Anode(anode.Store()), anode.Direct()]:
+    for gradient in ["anode", "direct", anode.DiscreteAdjoint(anode.Store()), anode.Direct()]:
         with pytest.raises(ValueError, match="cannot be used with method='scipy_solver'"):
             dropin.odeint(func, y0, t, method="scipy_solver", gradient=gradient)
 

@@ -35,7 +35,7 @@ def test_stagewise_gradient_equals_direct(method, schedule):
     func = (TimeMLP() if adaptive else NoisyMLP()).to(F64)
     solve = dict(rtol=1e-6, atol=1e-8) if adaptive else dict(n_steps=5)
     want = _grads(func, "direct", method, noise_seed=3, **solve)
-    got = _grads(func, anode.Anode(schedule), method, noise_seed=3, **solve)
+    got = _grads(func, anode.DiscreteAdjoint(schedule), method, noise_seed=3, **solve)
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-10
 
@@ -47,7 +47,7 @@ def test_backward_holds_one_stage_graph_unless_whole_steps_asked(method, solve):
         func = TrackedMLP().to(F64)
         y0 = torch.randn(5, 3, dtype=F64, requires_grad=True)
         out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method=method,
-                           gradient=anode.Anode(anode.Recompute(), stagewise=stagewise), **solve)
+                           gradient=anode.DiscreteAdjoint(anode.Recompute(), stagewise=stagewise), **solve)
         func.alive, func.most = [], 0  # count the backward's graphs only
         out[-1].sum().backward()
         held[stagewise] = func.most
@@ -58,8 +58,8 @@ def test_backward_holds_one_stage_graph_unless_whole_steps_asked(method, solve):
 
 def test_stagewise_must_be_a_bool():
     with pytest.raises(TypeError, match="stagewise"):
-        anode.Anode(stagewise="yes")
-    assert "stagewise=False" in repr(anode.Anode(stagewise=False))
+        anode.DiscreteAdjoint(stagewise="yes")
+    assert "stagewise=False" in repr(anode.DiscreteAdjoint(stagewise=False))
 
 
 def test_a_component_without_a_graph():
@@ -81,8 +81,8 @@ def test_a_component_without_a_graph():
 def test_default_rebuilds_whole_steps_unless_a_steps_graph_outweighs_the_states():
     """stagewise=None: whole steps (s evaluations) while one step's graph is smaller than the
     states the schedule holds at its peak; stage by stage (2s - 1) when it is larger."""
-    assert repr(anode.Anode()) == "Anode(schedule=Recompute())"
-    assert "stagewise=True" in repr(anode.Anode(stagewise=True))
+    assert repr(anode.DiscreteAdjoint()) == "DiscreteAdjoint(schedule=Recompute())"
+    assert "stagewise=True" in repr(anode.DiscreteAdjoint(stagewise=True))
 
     linear = linear_field(-0.5)  # an rk4 stage saves about one state: 4 per step, against 24 held
     wide = TimeMLP().to(F64)  # its stages save activations wider than the state
@@ -92,7 +92,8 @@ def test_default_rebuilds_whole_steps_unless_a_steps_graph_outweighs_the_states(
             stats = anode.SolveStats()
             y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
             out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", n_steps=n_steps,
-                               stats=stats, gradient=anode.Anode(anode.Store(), stagewise=stagewise))
+                               stats=stats,
+                               gradient=anode.DiscreteAdjoint(anode.Store(), stagewise=stagewise))
             out[-1].sum().backward()
             counts[name, stagewise] = stats.stage_replays
     assert counts == {("linear", None): 0, ("linear", True): 3 * 24, ("linear", False): 0,
@@ -132,7 +133,8 @@ def test_auto_rebuilds_stage_by_stage_only_when_a_whole_step_does_not_fit(method
     replays = {}
     for states in (10**4, 60):  # room for a step's graph (64 wide: > 10 states), or not
         auto, stats = anode.Auto(memory_budget=states * state), anode.SolveStats()
-        out = anode.odeint(func, y0, t, method=method, gradient=anode.Anode(auto), stats=stats, **solve)
+        out = anode.odeint(func, y0, t, method=method, gradient=anode.DiscreteAdjoint(auto), stats=stats,
+                           **solve)
         func.alive, func.most = [], 0
         got = torch.autograd.grad(out[-1].sum(), [y0, *func.parameters()])
         assert auto.stagewise == (stats.stage_replays > 0)

@@ -1,8 +1,9 @@
 """Gradient methods, one module each, as objects; names resolve to objects in :func:`resolve`.
 
 * :class:`Direct`: autograd through the solver (exact; O(N_t) activations per block).
-* :class:`Anode`: the discrete adjoint of Gholami et al. 2019 (exact; O(1) states per block
-  between forward and backward with the ``Recompute`` schedule).
+* :class:`DiscreteAdjoint` (``"anode"``): the discrete adjoint of Gholami et al. 2019
+  (exact; O(1) states per block between forward and backward with the ``Recompute``
+  schedule).
 * :class:`Backsolve`: the continuous adjoint of Chen et al. 2018, as torchdiffeq's
   ``odeint_adjoint`` (approximate: reverse-time solve of the augmented system).
 
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 from .._schedules import SCHEDULES, get_schedule
 from .._schedules.registry import constructor_parameters
-from .anode import Anode
 from .backsolve import Backsolve
 from .base import GradientMethod
 from .direct import Direct
+from .discrete_adjoint import DiscreteAdjoint
 
 GRADIENTS: dict[str, type[GradientMethod]] = {
     "direct": Direct,
-    "anode": Anode,
+    "anode": DiscreteAdjoint,
     "backsolve": Backsolve,
 }
 
@@ -48,7 +49,7 @@ def resolve(gradient: str | GradientMethod = "anode", schedule=None, **schedule_
         if schedule is not None or schedule_options:
             raise ValueError(
                 f"a schedule was given with the gradient object {gradient!r}; give it to the "
-                "object instead, e.g. anode.Anode(schedule=anode.Revolve(4))"
+                "object instead, e.g. anode.DiscreteAdjoint(schedule=anode.Revolve(4))"
             )
         return gradient
     if not isinstance(gradient, str):
@@ -63,7 +64,7 @@ def resolve(gradient: str | GradientMethod = "anode", schedule=None, **schedule_
         return GRADIENTS[gradient]()
     if schedule is None:
         schedule = schedule_taking(schedule_options) if schedule_options else "recompute"
-    return Anode(get_schedule(schedule, **schedule_options))
+    return DiscreteAdjoint(get_schedule(schedule, **schedule_options))
 
 
 def schedule_taking(options: dict) -> str:
@@ -86,4 +87,5 @@ def schedule_taking(options: dict) -> str:
     raise ValueError(f"no schedule takes the options {sorted(options)} together; name one with schedule=")
 
 
-__all__ = ["GRADIENTS", "GradientMethod", "Direct", "Anode", "Backsolve", "resolve", "schedule_taking"]
+__all__ = ["GRADIENTS", "GradientMethod", "Direct", "DiscreteAdjoint", "Backsolve", "resolve",
+           "schedule_taking"]

@@ -177,8 +177,8 @@ class _ContinuousAdjoint(torch.autograd.Function):
                                            controller=reverse_controller, hooks=hooks)
                 steps = range(bounds[i] - 1, bounds[i - 1] - 1, -1) if not adaptive else ()
                 if is_multistep(ivp.tableau):  # a fresh history per interval, as torchdiffeq
-                    aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times, sizes, record,
-                                                     hooks)
+                    aug = multistep.reverse_interval(ivp, dynamics, aug, steps, stage_times=stage_times,
+                                                     sizes=sizes, record=record, hooks=hooks)
                     steps = ()
                 for j in steps:
                     if hooks:
@@ -302,7 +302,7 @@ class Backsolve(GradientMethod):
     N_t, but optimize-then-discretize, so the gradient is approximate and the reverse solve
     is unstable for contracting (ReLU, convolution) dynamics (Gholami et al. 2019, §3). Use
     it to compare with torchdiffeq or to measure that error; train with
-    :class:`~anode._gradients.Anode`.
+    :class:`~anode._gradients.DiscreteAdjoint`.
     Not twice differentiable: a backward with ``create_graph=True`` raises RuntimeError.
 
     Args:

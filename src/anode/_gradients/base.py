@@ -9,7 +9,7 @@ from .._solvers import State
 class GradientMethod:
     """How a solve is differentiated: what it keeps from the forward pass for the backward.
 
-    A gradient method is an object (``anode.Direct()``, ``anode.Anode(schedule=...)``,
+    A gradient method is an object (``anode.Direct()``, ``anode.DiscreteAdjoint(schedule=...)``,
     ``anode.Backsolve()``); :func:`anode._gradients.resolve` turns the names accepted by
     :func:`anode.odeint` into one. Subclasses implement :meth:`solve`.
     """

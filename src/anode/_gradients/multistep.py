@@ -13,7 +13,7 @@ it rebuilds step ``n``'s graph from its extended state and takes the vector–Ja
 product with the adjoint of ``y_{n+1}`` and of the new f-value ``f_n``; the adjoints of the
 f-values the step passes on unchanged (``f_{n-1}, ...``) are handed back to their slots,
 and those of the f-values the step reads flow on to the steps that computed them. Each
-step is rebuilt whole (its stages are not rebuilt one at a time: ``Anode(stagewise=...)``
+step is rebuilt whole (its stages are not rebuilt one at a time: ``DiscreteAdjoint(stagewise=...)``
 has no effect here) with the corrector iterations and history the forward recorded
 (:class:`anode._adams.StepRecord`), so the gradient equals ``direct``'s to rounding for every
 schedule.
@@ -26,31 +26,27 @@ Adams method, a fresh history in each interval between output times, as torchdif
 from __future__ import annotations
 
 import contextlib
+import functools
+from dataclasses import dataclass
 
 import torch
 
 from .._adams import Adams, StepRecord, adams_step, history_lengths, pack, unpack
 from .._ivp import IVP
 from .._recompute import ForwardRecord
+from .._schedules import Schedule
 from .._solvers import State
 from .._stepping.loops import ForwardStart
 from .closures import independent
 from .forward import check_closed, start_forward, unflatten, zeros_if_none
-
-
-def _detached(x):
-    return x.detach()
-
-
-def _same(x):
-    return x
+from .records import SavedSolve, StepContext, StepTimes
 
 
 def _value(h):
     return h.detach() if isinstance(h, torch.Tensor) else h
 
 
-def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None,
+def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None, *,
           records: list[StepRecord] | None = None, replay: ForwardRecord | None = None,
           forward: ForwardRecord | None = None, keep=None, first: State | None = None, hooks=None):
     """Step an Adams method through ``ivp.grid`` under the current grad mode.
@@ -124,8 +120,8 @@ def graph_free_forward(ivp: IVP, start: ForwardStart,
     return [v for state in result for v in state], records
 
 
-def reverse_interval(ivp: IVP, dynamics, aug: State, steps, stage_times, sizes, record,
-                     hooks=None) -> State:
+def reverse_interval(ivp: IVP, dynamics, aug: State, steps, *, stage_times: torch.Tensor,
+                     sizes: torch.Tensor, record: ForwardRecord, hooks=None) -> State:
     """The continuous adjoint's reverse solve over forward ``steps`` (last first) with the
     Adams method and a fresh history, as torchdiffeq's per-interval ``odeint``; the
     corrector's tolerances are the forward's, its norm the largest over the augmented state.
@@ -143,13 +139,15 @@ def reverse_interval(ivp: IVP, dynamics, aug: State, steps, stage_times, sizes, 
 
 
 class _MultistepAdjoint(torch.autograd.Function):
-    """Inputs: ``(ivp, schedule, start, *y0, t, *params)``; outputs: the states at
+    """Inputs: ``(ivp, setup, start, *y0, t, *params)``; outputs: the states at
     ``ivp.grid.solve_outputs``, flattened (output major, state component minor)."""
 
     @staticmethod
-    def forward(ctx, ivp: IVP, schedule, start: ForwardStart, *tensors):
-        slots, n_steps = ivp.tableau.slots, ivp.grid.n_steps
-        record = start.record
+    def forward(ctx, ivp: IVP, setup: _Setup, start: ForwardStart, *tensors):
+        """Integrate without a graph, keeping the inputs and the extended states the schedule
+        names (:class:`~anode._gradients.records.SavedSolve`), the forward record and each
+        step's corrector record; recomputes nothing (Gholami et al. 2019, Sec. 3)."""
+        schedule, slots, n_steps = setup.schedule, ivp.tableau.slots, ivp.grid.n_steps
         kept: dict[int, State] = {}
 
         def keep(j: int, y: State, past: list[State]) -> None:
@@ -158,65 +156,34 @@ class _MultistepAdjoint(torch.autograd.Function):
 
         result, records = graph_free_forward(ivp, start, keep)
         ivp.stats.schedule = schedule.name
-        by_autograd = schedule.autograd_holds_kept
-        kept_steps = list(kept) if by_autograd else []
-        # the outputs are not saved: the backward does not read them (as the Runge–Kutta one)
-        ctx.save_for_backward(*tensors, *(v for j in kept_steps for v in kept[j]))
-        ctx.kept_steps, ctx.kept_by_schedule = kept_steps, {} if by_autograd else kept
-        ctx.ivp, ctx.schedule, ctx.record, ctx.records = ivp, schedule, record, records
-        ctx.differentiated_twice = False
+        saved = SavedSolve.of(tensors, n_y=len(ivp.y0), n_listed=setup.n_listed, kept=kept)
+        saved.save(ctx, autograd_holds_kept=schedule.autograd_holds_kept)
+        ctx.ivp, ctx.schedule, ctx.record, ctx.records = ivp, schedule, start.record, records
         return tuple(result)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        """Walk the steps from last to first, rebuilding each Adams step whole from its
+        extended state (recomputing those the forward did not keep, in the schedule's order)
+        and taking its vector–Jacobian product; the adjoints of the f-values flow between
+        the steps that read them (see the module docstring). Equals direct autograd's
+        gradient to rounding."""
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_outputs)
-        ivp, schedule, record, records = ctx.ivp, ctx.schedule, ctx.record, ctx.records
-        method, n_y, params = ivp.tableau, len(ivp.y0), ivp.params
-        width = n_y * (method.slots + 1)
-        saved = ctx.saved_tensors
-        n_in = n_y + 1 + len(params)
-        t = saved[n_y]
-        flat_kept = saved[n_in:]
-        kept = {0: pack(tuple(saved[:n_y]), [], method.slots)}
-        for k, j in enumerate(ctx.kept_steps):
-            kept[j] = tuple(flat_kept[k * width:(k + 1) * width])
-        del saved, flat_kept
-        if ctx.kept_by_schedule is None:
-            raise RuntimeError(f"schedule {schedule.name} frees its snapshots during the backward, so a "
-                               "solve can be differentiated only once; use schedule='store' or "
-                               "'recompute' with retain_graph")
-        if ctx.kept_by_schedule:
-            kept.update(ctx.kept_by_schedule)
-            if not ctx.differentiated_twice:
-                ctx.kept_by_schedule = None
+        ivp, schedule, records, n_y = ctx.ivp, ctx.schedule, ctx.records, len(ctx.ivp.y0)
+        saved = SavedSolve.load(ctx)
+        kept = {0: pack(saved.y0, [], ivp.tableau.slots), **saved.states(ctx, schedule.name)}
+        t = saved.t
+        del saved  # the schedule frees the states it has passed: no other reference may hold them
         need = ctx.needs_input_grad[3:]
-        need_t = need[n_y]
-        wanted = [i for i in range(len(params)) if need[n_y + 1 + i]]
-        wanted_params = [params[i] for i in wanted]
-        t_leaf = t.detach().requires_grad_(need_t)
-        with torch.enable_grad():
-            stage_times, sizes = ivp.step_times(t_leaf)
-        g_stage = torch.zeros_like(stage_times) if need_t else None
-        g_size = torch.zeros_like(sizes) if need_t else None
-        lengths = history_lengths(method, records)
-        n_steps = ivp.grid.n_steps
+        step = StepContext.make(ivp, ctx.record, need_params=need[n_y + 1:], need_t=need[n_y])
+        times = StepTimes(ivp, t, step.need_t)
+        lengths = history_lengths(ivp.tableau, records)
         output_index = {s: k for k, s in enumerate(ivp.grid.solve_outputs)}
-        param_adj: list[torch.Tensor | None] = [None] * len(wanted)
-
-        def advance(j: int, extended: State) -> State:
-            y, past = unpack(extended, n_y, lengths[j])
-            with record.step(j), torch.no_grad():
-                y1, history, _, n = adams_step(method, ivp.func, y, past, stage_times[j].detach(),
-                                               _value(sizes[j]), records[j])
-            ivp.stats.recomputed_steps += 1
-            ivp.stats.replayed_evaluations += n
-            return pack(y1, history, method.slots)
-
-        a_y, a_hist = None, [None] * lengths[n_steps]
-        hooks = ivp.callbacks.adjoint
-        with record.replaying():
-            for j, extended in schedule.reversed_states(kept, n_steps, advance):
+        advance = functools.partial(_advance, step, times, records, lengths)
+        a_y, a_hist = None, [None] * lengths[ivp.grid.n_steps]
+        with ctx.record.replaying():
+            for j, extended in schedule.reversed_states(kept, ivp.grid.n_steps, advance):
                 if j + 1 in output_index:
                     k = output_index[j + 1]
                     g_out = grad_outputs[k * n_y:(k + 1) * n_y]
@@ -224,40 +191,57 @@ class _MultistepAdjoint(torch.autograd.Function):
                         a if g is None else a + g for a, g in zip(a_y, g_out))
                 y, past = unpack(extended, n_y, lengths[j])
                 a_y = zeros_if_none(a_y if a_y is not None else (None,) * n_y, y)
-                if hooks:  # the forward step's own arguments, as the Runge–Kutta backward
-                    hooks.on_step(stage_times[j][0], y, sizes[j])
-                    hooks.on_accept(stage_times[j][0], y, sizes[j])
-                with record.step(j):
-                    a_y, a_hist, g_st, g_h = _step_vjp(ivp, y, past, stage_times[j], sizes[j], records[j],
-                                                       a_y, a_hist, wanted_params, param_adj, need_t)
-                if need_t:
-                    g_stage[j] += g_st
-                    g_size[j] += g_h
-                ivp.stats.backward_steps += 1
+                a_y, a_hist = _step_backward(step, times, j, y, past, a_y=a_y, a_hist=a_hist,
+                                             step_record=records[j])
                 del extended, y, past
-        t_grad = None
-        if need_t:
-            t_grad = torch.autograd.grad((stage_times, sizes), t_leaf, (g_stage, g_size),
-                                         allow_unused=True)[0]
-        all_params: list[torch.Tensor | None] = [None] * len(params)
-        for i, g in zip(wanted, param_adj):
-            all_params[i] = g
-        return (None, None, None, *(a if need[i] else None for i, a in enumerate(a_y)), t_grad,
-                *all_params)
+        return (None, None, None, *(a if need[i] else None for i, a in enumerate(a_y)), times.grad(),
+                *step.param_grads(len(ivp.params)))
 
 
-def _step_vjp(ivp, y, past, stage_times, size, step_record, a_y, a_hist, params, param_adj, need_t):
+def _advance(step: StepContext, times: StepTimes, records: list[StepRecord], lengths: list[int],
+             j: int, extended: State) -> State:
+    """Recompute Adams step ``j`` from its extended state without a graph, replaying its
+    corrections and random numbers."""
+    method, n_y = step.tableau, len(step.ivp.y0)
+    y, past = unpack(extended, n_y, lengths[j])
+    with step.record.step(j), torch.no_grad():
+        y1, history, _, n = adams_step(method, step.func, y, past, times.stage[j].detach(),
+                                       _value(times.size[j]), records[j])
+    step.ivp.stats.recomputed_steps += 1
+    step.ivp.stats.replayed_evaluations += n
+    return pack(y1, history, method.slots)
+
+
+def _step_backward(step: StepContext, times: StepTimes, j: int, y: State, past: list[State], *,
+                   a_y: State, a_hist: list, step_record: StepRecord) -> tuple[State, list]:
+    """Step ``j`` of the backward: the adjoints of its start state and past f-values; the
+    times' and parameters' adjoints accumulate."""
+    hooks = step.ivp.callbacks.adjoint
+    if hooks:  # the forward step's own arguments, as the Runge–Kutta backward
+        hooks.on_step(times.stage[j][0], y, times.size[j])
+        hooks.on_accept(times.stage[j][0], y, times.size[j])
+    with step.record.step(j):
+        a_y, a_hist, g_st, g_h = _step_vjp(step, y, past, a_y, a_hist, stage_times=times.stage[j],
+                                           size=times.size[j], step_record=step_record)
+    times.add(j, g_st, g_h)
+    step.ivp.stats.backward_steps += 1
+    return a_y, a_hist
+
+
+def _step_vjp(step: StepContext, y: State, past: list[State], a_y: State, a_hist: list, *,
+              stage_times: torch.Tensor, size, step_record: StepRecord):
     """The vector–Jacobian product of one Adams step rebuilt whole: ``(adjoint of y_n,
     adjoints of its past f-values (None where zero), stage-time adjoint, step-size
-    adjoint)``; the parameters' adjoints are added to ``param_adj`` in place."""
+    adjoint)``; the parameters' adjoints are added to ``step.param_adj`` in place."""
+    params, need_t = step.params, step.need_t
     with torch.enable_grad():
         y_leaf = tuple(v.detach().requires_grad_() for v in y)
         past_leaf = [tuple(v.detach().requires_grad_() for v in f) for f in past]
         st, h = stage_times.detach(), _value(size)
         if need_t:
             st, h = st.requires_grad_(), size.detach().requires_grad_()
-        y1, history, _, n = adams_step(ivp.tableau, ivp.func, y_leaf, past_leaf, st, h, step_record)
-    ivp.stats.replayed_evaluations += n
+        y1, history, _, n = adams_step(step.tableau, step.func, y_leaf, past_leaf, st, h, step_record)
+    step.ivp.stats.replayed_evaluations += n
     pairs = list(zip(y1, a_y))
     if a_hist and a_hist[0] is not None:
         pairs += list(zip(history[0], a_hist[0]))
@@ -265,7 +249,7 @@ def _step_vjp(ivp, y, past, stage_times, size, step_record, a_y, a_hist, params,
     a_past = [a_hist[i + 1] if i + 1 < len(a_hist) else None for i in range(len(past))]
     pairs = [(o, g) for o, g in pairs if o.requires_grad]
     inputs = [*y_leaf, *(v for f in past_leaf for v in f), *params] + ([st, h] if need_t else [])
-    check_closed([o for o, _ in pairs], inputs, ivp.func)
+    check_closed([o for o, _ in pairs], inputs, step.func)
     with independent(params):
         grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
                                     allow_unused=True) if pairs else [None] * len(inputs)
@@ -278,7 +262,7 @@ def _step_vjp(ivp, y, past, stage_times, size, step_record, a_y, a_hist, params,
     offset = n_y * (len(past) + 1)
     for i, g in enumerate(grads[offset:offset + len(params)]):
         if g is not None:
-            param_adj[i] = g if param_adj[i] is None else param_adj[i] + g
+            step.accumulate(i, g)
     g_st, g_h = (zeros_if_none(grads[-2:], [st, h]) if need_t else (None, None))
     return zeros_if_none(grads[:n_y], y), a_past, g_st, g_h
 
@@ -288,9 +272,8 @@ def _differentiable_backward(ctx, grad_outputs):
     inputs, replaying the forward's corrections and random numbers, and differentiate it."""
     ivp, record = ctx.ivp, ctx.record
     ctx.differentiated_twice = True
-    n_y = len(ivp.y0)
-    saved = ctx.saved_tensors
-    y0, t = tuple(saved[:n_y]), saved[n_y]
+    saved = SavedSolve.load(ctx)
+    y0, t = saved.y0, saved.t
     need = ctx.needs_input_grad[3:]
     with record.replaying():
         states, _, n = sweep(ivp, y0, t, records=ctx.records, replay=record)
@@ -305,11 +288,20 @@ def _differentiable_backward(ctx, grad_outputs):
     return (None, None, None, *(next(grads) if wanted else None for wanted in need))
 
 
-def anode_solve(ivp: IVP, schedule) -> list[State]:
+@dataclass(frozen=True)
+class _Setup:
+    """What the forward is handed besides its tensors: the concrete schedule, and how many
+    of the solve's parameters the caller listed (the rest are closure tensors)."""
+
+    schedule: Schedule
+    n_listed: int
+
+
+def anode_solve(ivp: IVP, schedule: Schedule) -> list[State]:
     """The discrete adjoint of an Adams solve with ``schedule`` (a Schedule or a policy
     such as :class:`~anode._schedules.Auto`, which chooses by the extended state's bytes)."""
     state_bytes = sum(v.numel() * v.element_size() for v in ivp.y0) * (ivp.tableau.slots + 1)
-    schedule = schedule.choose(ivp.grid.n_steps, state_bytes)
+    setup = _Setup(schedule.choose(ivp.grid.n_steps, state_bytes), len(ivp.params))
     start = start_forward(ivp)  # finds the tensors func reaches: they join ivp.params
-    flat = _MultistepAdjoint.apply(ivp, schedule, start, *ivp.y0, ivp.t, *ivp.params)
+    flat = _MultistepAdjoint.apply(ivp, setup, start, *ivp.y0, ivp.t, *ivp.params)
     return unflatten(flat, len(ivp.y0))

@@ -20,14 +20,14 @@ the whole-step product to rounding (the sums are grouped differently).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .._recompute import ForwardRecord
-from .._solvers import ButcherTableau, State, stage_input
+from .._solvers import State, stage_input
 from .closures import check_closed, independent
 from .forward import zeros_if_none
+from .records import StepContext
 
 
 def _dot(a: State, b: State) -> torch.Tensor:
@@ -35,17 +35,13 @@ def _dot(a: State, b: State) -> torch.Tensor:
 
 
 def stagewise_vjp(
-    func: Callable[[torch.Tensor, State], State],
-    y: State,
-    stage_times: torch.Tensor,
-    h: float | torch.Tensor,
-    tableau: ButcherTableau,
-    adjoint: State,
-    params: list[torch.Tensor],
-    param_adj: list[torch.Tensor | None],
-    need_t: bool,
-    record: ForwardRecord,
+    step: StepContext,
     j: int,
+    y: State,
+    adjoint: State,
+    *,
+    stage_times: torch.Tensor,
+    size: float | torch.Tensor,
     taps: Sequence[tuple[float, State]] = (),
 ) -> tuple[State, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
     """The adjoints of the inputs of step ``j`` from the adjoint of its result.
@@ -56,23 +52,21 @@ def stagewise_vjp(
     ``sum_i w_i(θ) <ȳ_θ, k_i>`` and ``θ̄ = h sum_i w_i'(θ) <ȳ_θ, k_i>``.
 
     Args:
-        func: ``func(t, y) -> dy/dt``.
-        y: the state at the start of the step (a tuple of tensors, no graph).
-        stage_times: 1-D tensor of the ``s`` stage times (time units).
-        h: the step size (time units), a float or a 0-d tensor without a graph (a tensor
-            when ``need_t``).
-        tableau: the method; its :attr:`~anode._solvers.ButcherTableau.solution_stages`
-            stages are differentiated.
-        adjoint: the adjoint of the step's result, shaped like ``y``.
-        params: the tensors whose adjoints are wanted.
-        param_adj: their adjoints so far (None where none yet), one per tensor of
-            ``params``; each stage's contribution is added in place, in the order autograd
-            through the whole solve adds them (last stage of the last step first), so that
-            the sums round as ``direct``'s do.
-        need_t: also return the adjoints of ``stage_times`` and ``h``.
-        record: the forward's record; when step ``j`` drew random numbers, each stage
-            replays the generator state it started from.
+        step: what every step shares (:class:`~anode._gradients.records.StepContext`):
+            ``func``, the tableau (its :attr:`~anode._solvers.ButcherTableau.solution_stages`
+            stages are differentiated), the parameters whose adjoints are wanted and those
+            adjoints so far, to which each stage's contribution is added in place, in the
+            order autograd through the whole solve adds them (last stage of the last step
+            first), so that the sums round as ``direct``'s do; ``need_t`` (also return the
+            adjoints of ``stage_times`` and ``h``); and the forward's record (when step
+            ``j`` drew random numbers, each stage replays the generator state it started
+            from).
         j: the step's index in the forward.
+        y: the state at the start of the step (a tuple of tensors, no graph).
+        adjoint: the adjoint of the step's result, shaped like ``y``.
+        stage_times: 1-D tensor of the ``s`` stage times (time units); detached here.
+        size: the step size ``h`` (time units), a float or a 0-d tensor (a tensor when
+            ``need_t``); detached here.
         taps: ``(θ, ȳ_θ)`` for each dense output taken in the step: its fraction of the
             step (a float) and its adjoint, shaped like ``y``. With taps every stage is
             differentiated, also the last of an FSAL pair.
@@ -85,6 +79,8 @@ def stagewise_vjp(
         ValueError: func uses a tensor requiring grad outside ``params`` (as
             :func:`~anode._gradients.forward.check_closed`).
     """
+    func, tableau, params, need_t, record = step.func, step.tableau, step.params, step.need_t, step.record
+    stage_times, h = stage_times.detach(), size.detach() if isinstance(size, torch.Tensor) else size
     s = tableau.stages if taps else tableau.solution_stages
     weights = [tableau.dense_weights(theta) for theta, _ in taps]
     drew = record.drew(j)
@@ -135,10 +131,7 @@ def stagewise_vjp(
             y_adj[idx] = y_adj[idx] + g
         for p, g in enumerate(grads[len(y_leaf) : len(y_leaf) + len(params)]):
             if g is not None:
-                if param_adj[p] is None:  # a copy: the sum below is in place
-                    param_adj[p] = g.clone()
-                else:
-                    param_adj[p].add_(g)
+                step.accumulate(p, g)
         if need_t and grads[-1] is not None:
             t_adj = t_adj + grads[-1]
         del k, y_leaf, grads

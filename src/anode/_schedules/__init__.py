@@ -19,7 +19,9 @@ the backward gets the others back by recomputing forward steps:
   many states as :class:`Store` in its backward and is slower; Recompute's value is across
   blocks (one state per block between forward and backward).
 
-All yield exactly the same states, so the gradients are identical.
+All yield exactly the same states, so the gradients are identical. :func:`plan` resolves a
+policy to a schedule and the backward's rebuild mode (:class:`Plan`) before the discrete
+adjoint's autograd Function needs them; :class:`Keeper` holds what the forward sweep keeps.
 
 A schedule is used in two phases: the forward calls :meth:`Schedule.prepare` once, then
 :meth:`Schedule.keeps` for each step-start index ``j`` to learn whether to hold state ``j``
@@ -31,6 +33,7 @@ calling ``advance(j, y_j) -> y_{j+1}`` to recompute what was not kept.
 from .auto import Auto
 from .base import Advance, Schedule, State
 from .basic import Recompute, Store
+from .plan import Footprint, Keeper, Plan, plan
 from .registry import SCHEDULES, get_schedule
 from .revolve import Revolve, RevolvePlan, revolve_plan
 
@@ -44,6 +47,10 @@ __all__ = [
     "RevolvePlan",
     "revolve_plan",
     "Auto",
+    "Footprint",
+    "Keeper",
+    "Plan",
+    "plan",
     "SCHEDULES",
     "get_schedule",
 ]

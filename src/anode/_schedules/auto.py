@@ -10,9 +10,9 @@ from .basic import Recompute, Store
 from .revolve import Revolve
 
 
-class Auto:
-    """A policy: the schedule, and the way each step is rebuilt, with the fewest function
-    evaluations whose memory fits ``memory_budget``.
+class Auto(Schedule):
+    """A policy, resolved to a schedule before use: the schedule, and the way each step is
+    rebuilt, with the fewest function evaluations whose memory fits ``memory_budget``.
 
     What the budget bounds: the bytes one block's discrete adjoint holds at any time besides
     the parameters, their gradients and the block's output (which the caller holds): the
@@ -40,11 +40,12 @@ class Auto:
     most snapshots that fit is the fastest of the revolves (a snapshot left unused costs
     nothing), so it is the only revolve considered.
 
-    The choice is made per solve by :meth:`plan` (for a fixed grid after the forward's first
-    step, which measures the step's graph; for an adaptive solve at the end of its forward
-    sweep, when N_t is known: that sweep keeps every state while they fit the budget, so a
-    chosen ``Store`` has them all; the snapshots of a chosen ``Revolve`` are then recomputed
-    from the input), recorded in ``SolveStats.schedule`` (e.g.
+    The choice is made per solve by :func:`~anode._schedules.plan` (for a fixed grid before the
+    forward's autograd Function runs, once the first evaluation has measured a stage's graph;
+    for an adaptive solve at the end of its forward sweep, when N_t is known: that sweep keeps
+    every state while they fit the budget (:class:`~anode._schedules.Keeper`), so a chosen
+    ``Store`` has them all; the snapshots of a chosen ``Revolve`` are then recomputed from the
+    input), recorded in ``SolveStats.schedule`` (e.g.
     ``ODEBlock.stats.schedule == "revolve(4)"``), in :attr:`choice` and in :attr:`stagewise`.
 
     Args:
@@ -124,6 +125,12 @@ class Auto:
         ``state_bytes`` bytes each, with a step's graph not counted (:meth:`plan` with
         ``graph_bytes=0``); raises ValueError when none fits."""
         return self.plan(n_steps, state_bytes)[0]
+
+    def keeps(self, j: int, n_steps: int | None) -> bool:
+        raise TypeError("Auto is a policy: resolve it to a schedule with anode._schedules.plan first")
+
+    def reversed_states(self, kept, n_steps, advance):
+        raise TypeError("Auto is a policy: resolve it to a schedule with anode._schedules.plan first")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Auto) and other.memory_budget == self.memory_budget

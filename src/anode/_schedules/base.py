@@ -34,8 +34,9 @@ class Schedule:
 
     def choose(self, n_steps: int, state_bytes: int) -> Schedule:
         """The schedule for a solve of ``n_steps`` steps whose state takes ``state_bytes``
-        bytes: this one. (A policy such as :class:`~anode._schedules.Auto` has the same
-        method and returns the schedule it picks.)"""
+        bytes: this one. (A policy such as :class:`~anode._schedules.Auto` overrides it and
+        returns the schedule it picks; :func:`~anode._schedules.plan` also picks the
+        backward's rebuild mode.)"""
         return self
 
     def keeps(self, j: int, n_steps: int | None) -> bool:

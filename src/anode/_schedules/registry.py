@@ -10,7 +10,7 @@ from .base import Schedule
 from .basic import Recompute, Store
 from .revolve import Revolve
 
-SCHEDULES: dict[str, type[Schedule] | type[Auto]] = {
+SCHEDULES: dict[str, type[Schedule]] = {
     "store": Store,
     "recompute": Recompute,
     "revolve": Revolve,
@@ -28,7 +28,7 @@ def constructor_parameters(cls: type) -> tuple[inspect.Parameter, ...]:
     return tuple(inspect.signature(cls).parameters.values())
 
 
-def get_schedule(schedule: str | Schedule | Auto, **options) -> Schedule | Auto:
+def get_schedule(schedule: str | Schedule, **options) -> Schedule:
     """Return a schedule from its name (with options) or the schedule object itself.
 
     Args:
@@ -42,7 +42,7 @@ def get_schedule(schedule: str | Schedule | Auto, **options) -> Schedule | Auto:
             missing, options given with an instance, or an option's value out of range.
         TypeError: neither a name nor a Schedule; an option of the wrong type.
     """
-    if isinstance(schedule, (Schedule, Auto)):
+    if isinstance(schedule, Schedule):
         if options:
             raise ValueError(f"options {sorted(options)} given with a Schedule instance")
         return schedule

@@ -16,7 +16,7 @@ what it means in torchdiffeq 0.2.5 (``torchdiffeq/_impl/odeint.py``, ``adjoint.p
 
 What differs from torchdiffeq, by design:
 
-* Gradients. :func:`odeint` differentiates with ``anode.Anode()`` (the discrete adjoint,
+* Gradients. :func:`odeint` differentiates with ``anode.DiscreteAdjoint()`` (the discrete adjoint,
   Gholami et al. 2019): the exact gradient of the solve that was run, as torchdiffeq's
   ``odeint`` gets by autograd, at O(1) stored states instead of every stage of every step.
   :func:`odeint_adjoint` uses ``anode.Backsolve()``, the continuous adjoint of Chen et al.

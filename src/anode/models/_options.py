@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from .._gradients import Anode, resolve
+from .._gradients import DiscreteAdjoint, resolve
 from .._nn import ODEBlock
 from .._options import SolveOptions
 from .._schedules import SCHEDULES
@@ -227,7 +227,7 @@ def _updated(old: SolveOptions, end_time: float, options: dict[str, Any]) -> tup
     if options:  # gradient, schedule, schedule options
         gradient = options.pop("gradient", old.gradient.name)
         schedule = options.pop("schedule", None)
-        if gradient == "anode" and schedule is None and isinstance(old.gradient, Anode):
+        if gradient == "anode" and schedule is None and isinstance(old.gradient, DiscreteAdjoint):
             schedule = _schedule_name(old.gradient) if options else old.gradient.schedule
         changes["gradient"] = resolve(gradient, schedule, **options)
     return dataclasses.replace(old, **changes), end_time

@@ -137,7 +137,7 @@ def _solver(library: str, gradient: str, schedule: str | None, snapshots: int | 
     if gradient == "direct":
         method = anode.Direct()
     else:
-        method = anode.Anode({"store": anode.Store(), "recompute": anode.Recompute(),
+        method = anode.DiscreteAdjoint({"store": anode.Store(), "recompute": anode.Recompute(),
                               "revolve": anode.Revolve(snapshots or 4)}[schedule or "recompute"])
     if solver == "dopri5":
         options = anode.SolveOptions("dopri5", anode.Adaptive(rtol=rtol, atol=atol), method)

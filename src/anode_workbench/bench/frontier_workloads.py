@@ -117,7 +117,7 @@ def _solver(workload: str, method: str, schedule, snapshots, budget, stagewise, 
                   "auto": lambda: anode.Auto(memory_budget=budget)}[schedule]()
         if isinstance(chosen, anode.Auto):
             policy.append(chosen)
-        gradient = anode.Anode(chosen, stagewise=stagewise)
+        gradient = anode.DiscreteAdjoint(chosen, stagewise=stagewise)
     else:
         raise ValueError(f"unknown method {method!r}")
     stepping = anode.Adaptive(rtol=sizes["tol"], atol=sizes["tol"]) if adaptive else anode.FixedGrid(
