@@ -31,8 +31,10 @@ class ConvDropoutFunc(nn.Module):
 
 def make_pair(func_factory, gradient, schedule, dtype=torch.float64, **kw):
     torch.manual_seed(0)
+    if gradient == "anode":
+        gradient = anode.Anode(anode.SCHEDULES[schedule]())
     block = anode.ODEBlock(func_factory(), method="midpoint", n_steps=3, gradient=gradient,
-                           schedule=schedule, **kw).to(dtype)
+                           **kw).to(dtype)
     return block
 
 
