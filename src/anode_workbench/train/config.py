@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anode import METHODS
 from anode._gradients import schedule_taking
-from anode._solvers import EMBEDDED_TABLEAUS
 
 from ..accel import PRECISIONS, Acceleration
 from .lr_schedule import LR_SCHEDULES
@@ -388,7 +388,7 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
 
 
 def _embedded(method: str | None) -> bool:
-    return method in EMBEDDED_TABLEAUS
+    return method in METHODS and METHODS[method].embedded
 
 
 def lr_milestones(config: TrainConfig) -> list[int]:
