@@ -1,7 +1,7 @@
 """A griffe extension for the API reference: Sphinx roles in the docstrings as inline code.
 
 The docstrings are Google style but name other objects with Sphinx roles
-(``:class:`~anode._controllers.Adaptive```, ``:func:`odeint```), which Markdown would show
+(``:class:`anode.Adaptive```, ``:func:`odeint```), which Markdown would show
 verbatim. This rewrites each role as inline code of its target (the last component for a
 ``~`` target, as Sphinx shows it) and a reStructuredText ``::`` before a literal block as
 ``:``, before mkdocstrings parses the docstring. Loaded by mkdocs.yml; not part of the site.

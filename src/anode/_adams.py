@@ -39,16 +39,17 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
 
 import torch
 
 from ._solvers import State, combine, stage_input
-from ._tableaus import TABLEAUS, ButcherTableau, get_tableau
+from ._tableaus import RUNGE_KUTTA
 
 MAX_ORDER = 12
 """The highest ``max_order`` (torchdiffeq's bound; higher Adams formulas cancel badly)."""
 
-_RK38 = TABLEAUS["rk38"]
+_RK38 = RUNGE_KUTTA["rk38"]
 
 
 def _lagrange_integral(nodes: list[int], j: int) -> Fraction:
@@ -197,26 +198,11 @@ class Adams:
         return tuple(a + d for a, d in zip(y, dy)), history[: self.slots], record, 1 + done
 
 
-ADAMS_METHODS = {"explicit_adams": Adams(implicit=False), "implicit_adams": Adams(implicit=True),
-                 "fixed_adams": Adams(implicit=True)}
-"""anode's (and torchdiffeq's) names of the Adams methods with default options."""
-
-
-def get_method(method: str | ButcherTableau | Adams) -> ButcherTableau | Adams:
-    """A Runge–Kutta tableau (as :func:`~anode._tableaus.get_tableau`) or an Adams method
-    for a name in :data:`ADAMS_METHODS` or an :class:`Adams` object.
-
-    Raises:
-        ValueError, TypeError: as :func:`~anode._tableaus.get_tableau`.
-    """
-    if isinstance(method, Adams):
-        return method
-    if isinstance(method, str) and method in ADAMS_METHODS:
-        return ADAMS_METHODS[method]
-    try:
-        return get_tableau(method)
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"{e}; or a multistep method {sorted(ADAMS_METHODS)} or an anode.Adams") from None
+_IMPLICIT = Adams(implicit=True)
+ADAMS_METHODS = MappingProxyType({"explicit_adams": Adams(implicit=False), "implicit_adams": _IMPLICIT,
+                                  "fixed_adams": _IMPLICIT})
+"""anode's (and torchdiffeq's) names of the Adams methods with default options (other
+options by :func:`dataclasses.replace`); part of :data:`anode.METHODS`."""
 
 
 def is_multistep(method) -> bool:
@@ -279,5 +265,5 @@ def unpack(extended: State, n_y: int, length: int) -> tuple[State, list[State]]:
     return y, [tuple(extended[(k + 1) * n_y : (k + 2) * n_y]) for k in range(length)]
 
 
-__all__ = ["Adams", "ADAMS_METHODS", "BASHFORTH", "MOULTON", "StepRecord", "adams_step", "get_method",
+__all__ = ["Adams", "ADAMS_METHODS", "BASHFORTH", "MOULTON", "StepRecord", "adams_step",
            "history_lengths", "is_multistep", "pack", "unpack"]

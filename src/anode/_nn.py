@@ -10,10 +10,9 @@ from torch import nn
 
 from ._gradients import GradientMethod
 from ._ivp import SolveStats, check_signature
-from ._odeint import solve
+from ._methods import Method
+from ._odeint import options_record, solve, takes_deprecated_schedule
 from ._options import SolveOptions
-from ._schedules import Schedule
-from ._solvers import ButcherTableau
 
 
 class ODEBlock(nn.Module):
@@ -28,20 +27,22 @@ class ODEBlock(nn.Module):
             as a submodule so its parameters train with the network). A module of ``z``
             alone (e.g. ``nn.Sequential``) goes in :class:`Autonomous`.
         end_time: T (time units), a nonzero float; the block integrates over [0, T].
-        method: as in :func:`anode.odeint`; e.g. ``ODEBlock(func, method="dopri5",
-            rtol=1e-3, atol=1e-4)`` steps adaptively, and every gradient method
-            differentiates the accepted steps exactly.
+        method: as in :func:`anode.odeint`; e.g. ``ODEBlock(func, method="dopri5", rtol=1e-3,
+            atol=1e-4)`` steps adaptively, and every gradient method differentiates the
+            accepted steps exactly.
         n_steps: as in :func:`anode.odeint`.
         step_size: as in :func:`anode.odeint`.
         rtol: as in :func:`anode.odeint`.
         atol: as in :func:`anode.odeint`.
-        gradient: as in :func:`anode.odeint`.
-        schedule: as in :func:`anode.odeint`.
+        gradient: as in :func:`anode.odeint`; e.g.
+            ``anode.DiscreteAdjoint(schedule=anode.Revolve(4))`` keeps 4 snapshots.
         params: as in :func:`anode.odeint`.
         options: a :class:`~anode._options.SolveOptions` record instead of ``method`` ...
-            ``schedule`` and schedule options, e.g. ``SolveOptions("dopri5",
-            Adaptive(rtol=1e-3, atol=1e-4, max_num_steps=100))``.
-        **schedule_options: as in :func:`anode.odeint`.
+            ``gradient``, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-3, atol=1e-4,
+            max_num_steps=100))``.
+
+    Deprecated (one release, warns): ``schedule=`` and schedule options (``snapshots=``, ...),
+    as for :func:`anode.odeint`.
 
     Shapes:
         input ``[*S]`` (a tensor, or a tuple of tensors), output the same.
@@ -54,37 +55,35 @@ class ODEBlock(nn.Module):
             function evaluations (forward, recomputation and backward); reset it at will.
 
     Raises:
-        ValueError, TypeError: unknown method, gradient or schedule (or its options), a fixed
-            grid given with tolerances, options not a SolveOptions, or a func that cannot be
-            called as ``func(t, z)``, at construction; the rest as
+        ValueError, TypeError: unknown method or gradient, a fixed grid given with
+            tolerances, options not a SolveOptions or given with other solve arguments,
+            ``end_time`` zero or not finite, or a func that cannot be called as ``func(t, z)``,
+            at construction; the rest as
             :func:`anode.odeint`, at the first forward call.
     """
 
+    @takes_deprecated_schedule
     def __init__(
         self,
         func: Callable,
         end_time: float = 1.0,
         *,
-        method: str | ButcherTableau | None = None,
+        method: str | Method | None = None,
         n_steps: int | None = None,
         step_size: float | None = None,
         rtol: float | None = None,
         atol: float | None = None,
-        gradient: str | GradientMethod = "anode",
-        schedule: str | Schedule | None = None,
+        gradient: str | GradientMethod | None = None,
         params=None,
         options: SolveOptions | None = None,
-        **schedule_options,
     ) -> None:
         super().__init__()
         check_signature(func)
-        if options is None:
-            options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
-                                        atol=atol, **schedule_options)
+        keywords = {"method": method, "n_steps": n_steps, "step_size": step_size, "rtol": rtol,
+                    "atol": atol, "gradient": gradient}
+        options = options_record(options, keywords)
         self.func = func
-        self.end_time = float(end_time)
-        if not (self.end_time != 0 and math.isfinite(self.end_time)):
-            raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")
+        self.end_time = check_end_time(end_time)
         self.options = options
         self.params = params
         self.stats = SolveStats()
@@ -112,6 +111,14 @@ class ODEBlock(nn.Module):
         o = self.options
         return (f"end_time={self.end_time}, method={o.method.name}, {o.stepping.describe()}, "
                 f"gradient={o.gradient!r}")
+
+
+def check_end_time(end_time) -> float:
+    """``end_time`` as a float; raises ValueError unless it is a nonzero finite number."""
+    value = float(end_time)
+    if not (value != 0 and math.isfinite(value)):
+        raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")
+    return value
 
 
 class Autonomous(nn.Module):

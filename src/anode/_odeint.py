@@ -1,76 +1,108 @@
-"""The front door: check the input once, normalise it, dispatch to a gradient method."""
+"""The front door: check the input once, normalise it, dispatch to a gradient method.
+
+:func:`odeint` takes anode's own vocabulary only: keywords (``method``, ``n_steps`` or
+``step_size`` or ``rtol``/``atol``, ``gradient``) or one :class:`~anode._options.SolveOptions`
+record. torchdiffeq's vocabulary (options dicts, ``odeint_adjoint``, ``adjoint_*`` arguments,
+its method names) lives in :mod:`anode.dropin`, which the library does not import; the forms
+of the first release that used it here (an options dict, :func:`odeint_adjoint`, ``schedule=``
+and schedule options) still work for one release and warn.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from ._adams import get_method, is_multistep
+from ._adams import is_multistep
 from ._callbacks import find_callbacks
 from ._gradients import GradientMethod, resolve
 from ._gradients.direct import forward_solve
 from ._inputs import check_state, check_times, default_params, functorch_transforms
 from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
-from ._options import SolveOptions
-from ._schedules import Schedule
-from ._solvers import ButcherTableau, State
+from ._methods import Method, get_method
+from ._options import SolveOptions, keyword_options
+from ._schedules import SCHEDULES
+from ._schedules.registry import constructor_parameters
+from ._solvers import State
 from ._stepping.controller import Adaptive
 from ._stepping.grid import TimeGrid
-from .dropin._options import adjoint_gradient, check_adjoint_arguments, solve_options
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-_UNSET = (None, None, None, None, None, "anode", None)  # odeint's defaults for the options' arguments
+def takes_deprecated_schedule(function: Callable) -> Callable:
+    """Let ``function`` (:func:`odeint`, ``ODEBlock.__init__``) take the first release's
+    ``schedule=`` keyword and schedule options (``snapshots=``, ``memory_budget=``, ...) for one
+    more release: they warn (DeprecationWarning) and become the ``gradient`` object they
+    describe, ``anode.DiscreteAdjoint(schedule=...)``. ``function``'s own signature, which
+    :func:`inspect.signature` reports, has no ``**kwargs``; remove this with the deprecation.
+
+    Raises:
+        TypeError: a keyword that is neither ``function``'s nor an option of a registered
+            schedule (as Python's own message for an unexpected keyword).
+        ValueError: as :func:`~anode._gradients.resolve` (e.g. a schedule with a gradient object).
+    """
+    own = set(inspect.signature(function).parameters)
+    caller = "anode." + function.__qualname__.removesuffix(".__init__")
+
+    @functools.wraps(function)
+    def with_schedule_keywords(*args, **kwargs):  # deprecated: remove with schedule=
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+        if extra:
+            kwargs["gradient"] = _schedule_gradient(caller, kwargs.get("gradient"), extra)
+        return function(*args, **kwargs)
+
+    return with_schedule_keywords
 
 
-def check_options_record(options) -> None:
-    """Raise TypeError unless ``options`` is a :class:`SolveOptions`, a torchdiffeq options
-    dict or None."""
-    if options is None or isinstance(options, (SolveOptions, Mapping)):
-        return
-    raise TypeError("options must be an anode.SolveOptions or a dict of torchdiffeq options, "
-                    f"not {type(options).__name__}")
+def _schedule_gradient(caller: str, gradient, extra: dict) -> GradientMethod:
+    schedule = extra.pop("schedule", None)
+    known = {p.name for cls in SCHEDULES.values() for p in constructor_parameters(cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        name = caller.removeprefix("anode.")
+        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}")
+    written = ", ".join([*([f"schedule={schedule!r}"] if schedule is not None else []),
+                         *(f"{k}={v!r}" for k, v in extra.items())])
+    warnings.warn(f"{caller}({written}) is deprecated: pass a gradient object, e.g. "
+                  "gradient=anode.DiscreteAdjoint(schedule=anode.Revolve(4)) or "
+                  "gradient=anode.DiscreteAdjoint(schedule=anode.Store())", DeprecationWarning, stacklevel=3)
+    return resolve("anode" if gradient is None else gradient, schedule, **extra)
 
 
-def _from_dict(options: Mapping, method, n_steps, step_size, rtol, atol, gradient, schedule,
-               schedule_options) -> SolveOptions:
-    if n_steps is not None or step_size is not None:
-        raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
-                         "not n_steps=/step_size=")
-    tableau = get_method("dopri5" if method is None else method)  # anode's names, e.g. rk4
-    corrector = is_multistep(tableau) and tableau.implicit  # rtol/atol: its convergence test
-    if not (tableau.embedded or corrector) and (rtol is not None or atol is not None):
-        raise ValueError(f"rtol/atol need a method with an error estimate; {tableau.name!r} has none "
-                         "(an embedded pair: dopri5, bosh3, tsit5, adaptive_heun)")
-    return solve_options(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol, tableau,
-                         options, resolve(gradient, schedule, **schedule_options))
+def _torchdiffeq_vocabulary():
+    """:mod:`anode.dropin._options`, torchdiffeq's vocabulary, for the deprecated forms only
+    (an options dict, :func:`odeint_adjoint`): the one place the library reaches the drop-in."""
+    from .dropin import _options  # deprecated: remove with the dict form
+    return _options
 
 
+@takes_deprecated_schedule
 def odeint(
     func: Callable,
     y0: Tensors,
     t: torch.Tensor,
     *,
-    method: str | ButcherTableau | None = None,
+    method: str | Method | None = None,
     n_steps: int | None = None,
     step_size: float | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    gradient: str | GradientMethod = "anode",
-    schedule: str | Schedule | None = None,
+    gradient: str | GradientMethod | None = None,
     params: Sequence[torch.Tensor] | None = None,
     stats: SolveStats | None = None,
     options: SolveOptions | None = None,
-    **schedule_options,
 ) -> Tensors:
     """Solve dy/dt = func(t, y), y(t[0]) = y0; return y at every time in t.
 
     Steps are taken on a fixed grid (``n_steps``, ``step_size``) or, for an embedded pair
-    such as ``dopri5``, chosen by a step-size controller (:class:`~anode._controllers.Adaptive`,
+    such as ``dopri5``, chosen by a step-size controller (:class:`anode.Adaptive`,
     given through ``options``); every gradient method then differentiates the accepted steps
-    with their sizes held fixed (see :mod:`anode._adaptive`). An adaptive dopri5, bosh3 or
+    with their sizes held fixed (see :mod:`anode._stepping.adaptive`). An adaptive dopri5, bosh3 or
     tsit5 solve takes the output times between the first and the last from the interpolant of the
     step containing them (dense output, as torchdiffeq; ``Adaptive(dense_output=False)``
     steps onto them instead).
@@ -97,23 +129,23 @@ def odeint(
             ``rtol``/``atol`` are given, else ``rk4``.
         n_steps: number of equal steps in each interval between consecutive output times.
         step_size: alternative to ``n_steps``: the largest step; each interval gets the fewest
-            equal steps no longer than it (see :func:`anode._grid.make_grid`). With neither
+            equal steps no longer than it (see :func:`anode._stepping.grid.make_grid`). With neither
             (and no tolerances), one step per interval.
-        rtol: relative tolerance (dimensionless) of adaptive stepping,
-            :class:`~anode._controllers.Adaptive`'s meaning (torchdiffeq's); giving it or
-            ``atol`` selects adaptive steps (default method dopri5), the other at its default
-            (``rtol=1e-7``, ``atol=1e-9``). Not with ``n_steps``/``step_size``, except for
-            ``implicit_adams``, whose corrector they set (as torchdiffeq). Other controller options
-            (``first_step``, ``max_num_steps``, ...) go through ``options``.
-        atol: absolute tolerance (state units) of adaptive stepping; as ``rtol``.
+        rtol: relative tolerance (dimensionless) of adaptive stepping, :class:`anode.Adaptive`'s
+            meaning (torchdiffeq's); giving it or ``atol`` selects adaptive steps (default
+            method dopri5), the other at its default (``1e-7``, ``1e-9``). Not with
+            ``n_steps``/``step_size``, except for ``implicit_adams``, whose corrector the
+            tolerances set (as torchdiffeq). Other controller options (``first_step``,
+            ``max_num_steps``, ...) go in an :class:`anode.Adaptive` through ``options``.
+        atol: absolute tolerance (state units), as ``rtol``.
         gradient: ``"anode"`` (discrete adjoint, exact, low memory; Gholami et al. 2019),
             ``"direct"`` (autograd through the solver; exact, O(N_t) activations),
             ``"backsolve"`` (continuous adjoint of Chen et al. 2018, as torchdiffeq's
             ``odeint_adjoint``: a reverse-time solve; approximate, see docs/backsolve.md), or
-            a gradient object such as ``anode.DiscreteAdjoint(schedule=anode.Revolve(4))``.
-        schedule: for ``gradient="anode"``: ``"recompute"`` (default; keep the input only,
-            the paper's scheme), ``"store"`` (keep all states), ``"revolve"``, ``"auto"``, or
-            a schedule object.
+            a gradient object such as ``anode.DiscreteAdjoint(schedule=anode.Revolve(4))`` (the schedule:
+            ``anode.Recompute()``, the default, keeps the input only, the paper's scheme;
+            ``anode.Store()`` keeps all states; ``anode.Revolve(snapshots)``;
+            ``anode.Auto(memory_budget)``). None (the default): ``"anode"``.
         params: optional: tensors func depends on whose gradients are wanted besides the
             parameters of func when it is an ``nn.Module`` (like torchdiffeq's
             ``adjoint_params``, but added to ``func.parameters()`` rather than replacing them).
@@ -125,17 +157,15 @@ def odeint(
             rather than lose its gradient: list it here.
         stats: a :class:`SolveStats` to accumulate step and function-evaluation counts into.
         options: a :class:`~anode._options.SolveOptions` record instead of ``method``,
-            ``n_steps``, ``step_size``, ``rtol``, ``atol``, ``gradient``, ``schedule`` and
-            schedule options, e.g. ``SolveOptions("dopri5", Adaptive(rtol=1e-6,
-            max_num_steps=1000))``; or torchdiffeq's options dict (``step_size``,
-            ``perturb``, ``grid_constructor`` for a fixed-grid method; ``first_step``,
-            ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``, ``norm``,
-            ``step_t``, ``jump_t`` for an adaptive one; see
-            :mod:`anode.dropin._options`), which goes with ``method``, ``rtol``,
-            ``atol`` and ``gradient`` as torchdiffeq's does (default method dopri5). Method
-            names stay anode's (``rk4`` is the classic method); :mod:`anode.dropin` takes
-            torchdiffeq's names too.
-        **schedule_options: options of the named schedule (e.g. ``snapshots``).
+            ``n_steps``, ``step_size``, ``rtol``, ``atol`` and ``gradient``, e.g.
+            ``SolveOptions("dopri5", Adaptive(rtol=1e-6, max_num_steps=1000))``; ``method`` may
+            repeat the record's own method, no other of those arguments may be given with it.
+            torchdiffeq's options dicts belong to :func:`anode.dropin.odeint`.
+
+    Deprecated forms (one release; each warns with DeprecationWarning and solves as before):
+    ``options=`` a torchdiffeq options dict (use :func:`anode.dropin.odeint`), and
+    ``schedule=`` with schedule options such as ``snapshots=`` (pass a gradient object,
+    ``gradient=anode.DiscreteAdjoint(schedule=anode.Revolve(4))``).
 
     Returns:
         A tensor of shape ``(M, *S)``, or for a tuple ``y0`` a tuple of tensors of shapes
@@ -159,16 +189,15 @@ def odeint(
     :mod:`anode._callbacks` describes.
 
     Raises:
-        TypeError: y0, t or params of the wrong type or dtype; options neither a
-            SolveOptions nor a dict; func returns a wrong type,
+        TypeError: y0, t or params of the wrong type or dtype; options not a
+            SolveOptions; an unknown keyword argument; func returns a wrong type,
             structure or dtype (the tuple component is named).
         ValueError: t not 1-D or not monotonic, NaN/Inf in t or y0, func's output depends
             on a leaf requiring grad that func makes itself (anode, backsolve), unknown method,
-            implicit_adams under a ``torch.func`` transform,
-            gradient or schedule, ``n_steps < 1``, ``step_size <= 0``, both given, a fixed
-            grid and tolerances both given, tolerances with a method that has no error
-            estimate, options given twice, an unknown key in an options dict (naming it and
-            the supported ones), func returns a wrong shape; adaptive stepping
+            implicit_adams under a ``torch.func`` transform, unknown gradient or schedule,
+            ``n_steps < 1``, ``step_size <= 0``, both given, a fixed grid and tolerances both
+            given, tolerances with a method that has no error estimate, ``options=`` given with
+            other solve arguments (naming them), func returns a wrong shape; adaptive stepping
             under a ``torch.func`` transform or with func NaN/Inf at y0; tolerances below a
             float16/bfloat16 state's resolution (naming the dtype); ``t`` batched by
             ``vmap``; ``*_adjoint`` callbacks with a method that takes no backward steps.
@@ -176,18 +205,41 @@ def odeint(
             output times or its step size underflows; the message names the time reached.
     """
     check_signature(func)
-    check_options_record(options)
+    keywords = {"method": method, "n_steps": n_steps, "step_size": step_size, "rtol": rtol,
+                "atol": atol, "gradient": gradient}
     if isinstance(options, Mapping):
-        options = _from_dict(options, method, n_steps, step_size, rtol, atol, gradient, schedule,
-                             schedule_options)
-    elif options is None:
-        options = SolveOptions.make(method, n_steps, step_size, gradient, schedule, rtol=rtol,
-                                    atol=atol, **schedule_options)
-    elif schedule_options or (n_steps, step_size, rtol, atol, gradient, schedule) != _UNSET[1:] or (
-            method is not None and get_method(method) != options.method):
-        # a method repeating the options' own is no conflict (odeint(..., method="dopri5",
-        # options=SolveOptions(stepping=Adaptive(rtol=1e-6))))
-        raise ValueError("give either options= or the separate method/step/gradient arguments, not both")
+        warnings.warn("anode.odeint(options=<dict>) is deprecated: torchdiffeq's options dicts go to "
+                      "anode.dropin.odeint (torchdiffeq's vocabulary); anode.odeint takes an "
+                      "anode.SolveOptions", DeprecationWarning, stacklevel=3)
+        options = _torchdiffeq_vocabulary().anode_dict_options(options, **keywords)
+    else:
+        options = options_record(options, keywords)
+    return _stacked(func, y0, t, options, params=params, stats=stats)
+
+
+def options_record(options: SolveOptions | None, keywords: dict) -> SolveOptions:
+    """The record of one solve: ``options`` itself, or the record of the keyword arguments.
+
+    Raises:
+        TypeError: ``options`` neither None nor a SolveOptions.
+        ValueError: ``options`` with another keyword than a ``method`` equal to its own.
+    """
+    if options is None:
+        return keyword_options(**keywords)
+    if not isinstance(options, SolveOptions):
+        raise TypeError("options must be an anode.SolveOptions (torchdiffeq's options dicts go to "
+                        f"anode.dropin.odeint), not {type(options).__name__}")
+    given = [name for name, value in keywords.items() if value is not None]
+    if given == ["method"] and get_method(keywords["method"]) == options.method:
+        given = []  # repeating the record's own method is no conflict
+    if given:
+        raise ValueError(f"give either options= or the separate solve arguments, not both: got "
+                         f"options= and {'=, '.join(given)}=")
+    return options
+
+
+def _stacked(func, y0, t, options: SolveOptions, *, params, stats) -> Tensors:
+    """:func:`odeint`'s result: the states at the output times stacked on a new leading axis."""
     state, is_tuple, rows = solve(func, y0, t, options, params=params, stats=stats)
     stacked = tuple(torch.stack([row[i] for row in rows]) for i in range(len(state)))
     return stacked if is_tuple else stacked[0]
@@ -200,7 +252,7 @@ def odeint_adjoint(
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    method: str | ButcherTableau | None = None,
+    method: str | Method | None = None,
     options: Mapping | SolveOptions | None = None,
     adjoint_rtol=None,
     adjoint_atol=None,
@@ -210,49 +262,45 @@ def odeint_adjoint(
     gradient: str | GradientMethod = "backsolve",
     **kwargs,
 ) -> Tensors:
-    """torchdiffeq's ``odeint_adjoint`` signature: :func:`odeint` with the continuous adjoint
-    (``gradient="backsolve"``, Chen et al., NeurIPS 2018) as the default gradient.
+    """Deprecated (``anode.odeint_adjoint`` warns on access): use
+    :func:`anode.dropin.odeint_adjoint` (torchdiffeq's vocabulary) or
+    ``anode.odeint(..., gradient="backsolve")``.
 
-    ``adjoint_params`` are added to ``func.parameters()`` (torchdiffeq uses them instead);
-    the reverse solve uses the forward's method, tolerances and options, so each
-    ``adjoint_*`` argument must be None or equal to the forward's, except that
-    ``adjoint_options`` may name the reverse solve's error norm (``norm="seminorm"`` or a
-    callable, see :class:`~anode._gradients.Backsolve`). For the exact gradient of
-    the solve at similar memory, call :func:`odeint` (discrete adjoint). Method names are
-    anode's; :func:`anode.dropin.odeint_adjoint` takes torchdiffeq's (its ``rk4`` is Kutta's
-    3/8 rule).
+    The first release's ``odeint_adjoint``: :func:`odeint` with the continuous adjoint
+    (``gradient="backsolve"``, Chen et al., NeurIPS 2018) as the default gradient, anode's
+    method names, and torchdiffeq's ``adjoint_*`` arguments, each None or equal to the
+    forward's (``adjoint_options`` may name the reverse solve's error norm).
 
     Args:
-        func: as :func:`odeint`.
-        y0: as :func:`odeint`.
-        t: as :func:`odeint`.
-        rtol: as :func:`odeint`.
-        atol: as :func:`odeint`.
-        method: as :func:`odeint`.
-        options: as :func:`odeint`.
-        adjoint_rtol: torchdiffeq's; None or equal to ``rtol``.
-        adjoint_atol: torchdiffeq's; None or equal to ``atol``.
-        adjoint_method: torchdiffeq's; None or equal to ``method``.
-        adjoint_options: torchdiffeq's; None or equal to ``options``, or naming the reverse
-            solve's error norm.
-        adjoint_params: tensors ``func`` depends on whose gradients are wanted.
-        gradient: as :func:`odeint`; default ``"backsolve"``.
-        **kwargs: further arguments of :func:`odeint` (``n_steps``, ``stats``, ...).
-
-    Returns:
-        As :func:`odeint`.
+        func, y0, t, rtol, atol, method, options: as :func:`odeint`; ``options`` may be a
+            torchdiffeq options dict.
+        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: None or the forward's value.
+        adjoint_params: as :func:`odeint`'s ``params``.
+        gradient: default ``"backsolve"``.
+        **kwargs: ``n_steps``, ``step_size``, ``stats``, ``schedule`` and schedule options.
 
     Raises:
         NotImplementedError: an ``adjoint_*`` argument that differs from the forward's.
         ValueError, TypeError: as :func:`odeint`.
     """
+    vocabulary = _torchdiffeq_vocabulary()
     adaptive = rtol is not None or atol is not None or isinstance(options, Mapping)
     default = options.method.name if isinstance(options, SolveOptions) else "dopri5" if adaptive else "rk4"
-    norm = check_adjoint_arguments(1e-7 if rtol is None else rtol, 1e-9 if atol is None else atol,
-                                   method, options, adjoint_rtol, adjoint_atol, adjoint_method,
-                                   adjoint_options, default)
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  gradient=adjoint_gradient(gradient, norm), params=adjoint_params, **kwargs)
+    norm = vocabulary.check_adjoint_arguments(
+        rtol=1e-7 if rtol is None else rtol, atol=1e-9 if atol is None else atol,
+        method=default if method is None else method, options=options, adjoint_rtol=adjoint_rtol,
+        adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options)
+    stats = kwargs.pop("stats", None)
+    keywords = {"method": method, "n_steps": kwargs.pop("n_steps", None),
+                "step_size": kwargs.pop("step_size", None), "rtol": rtol, "atol": atol}
+    if kwargs:  # schedule= and schedule options
+        gradient = resolve(gradient, kwargs.pop("schedule", None), **kwargs)
+    keywords["gradient"] = vocabulary.adjoint_gradient(gradient, norm)
+    if isinstance(options, Mapping):
+        options = vocabulary.anode_dict_options(options, **keywords)
+    else:
+        options = options_record(options, keywords)
+    return _stacked(func, y0, t, options, params=adjoint_params, stats=stats)
 
 
 # torch.compile runs the solve itself eagerly (a graph break around it) and compiles what is

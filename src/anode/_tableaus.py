@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from . import _dopri8_coefficients as _dp8
 
@@ -218,7 +219,7 @@ class ButcherTableau:
         return s > 1 and self.c[-1] == 1.0 and self.b[-1] == 0.0 and row == self.b[:-1]
 
 
-def _tableau(name: str, a: Sequence[Sequence[float]], b: Sequence[float], c: Sequence[float],
+def _tableau(name: str, a: Sequence[Sequence[float]], b: Sequence[float], c: Sequence[float], *,
              b_error: Sequence[float] | None = None, order: int | None = None,
              c_mid: Sequence[float] | None = None):
     return ButcherTableau(name, tuple(tuple(r) for r in a), tuple(b), tuple(c),
@@ -226,7 +227,7 @@ def _tableau(name: str, a: Sequence[Sequence[float]], b: Sequence[float], c: Seq
                           None if c_mid is None else tuple(c_mid))
 
 
-TABLEAUS: dict[str, ButcherTableau] = {
+_FIXED = {
     # forward Euler: a residual network with unit step (He et al. 2016 ↔ Euler).
     "euler": _tableau("euler", [[]], [1.0], [0.0]),
     # explicit midpoint rule: the RK2 scheme used in the ANODE paper's experiments.
@@ -256,7 +257,7 @@ _DP5_B = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
 _TSIT5_B = [0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
             -3.290069515436081, 2.324710524099774, 0.0]
 
-EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
+_EMBEDDED = {
     # Dormand & Prince, "A family of embedded Runge-Kutta formulae", J. Comput. Appl. Math.
     # 6(1), 1980 (RK5(4)7M): 7 stages, FSAL, order 5 propagated. The embedded order-4 weights
     # are those torchdiffeq's dopri5 uses (Shampine, "Some practical Runge-Kutta formulas",
@@ -270,7 +271,7 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
          _DP5_B[:6]],
         _DP5_B,
         [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0],
-        [35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+        b_error=[35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
          -2187 / 6784 + 12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60],
         order=5,
         # Shampine's (1986) continuous extension at the midpoint, as torchdiffeq's DPS_C_MID
@@ -285,7 +286,7 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
         [[], [1 / 2], [0.0, 3 / 4], [2 / 9, 1 / 3, 4 / 9]],
         [2 / 9, 1 / 3, 4 / 9, 0.0],
         [0.0, 1 / 2, 3 / 4, 1.0],
-        [2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8],
+        b_error=[2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8],
         order=3,
         # the cubic Hermite interpolant's midpoint (y + y1)/2 + h (k_1 - k_4)/8, third order;
         # torchdiffeq's bosh3 takes y + h k_2 / 2 instead, which is first order
@@ -304,7 +305,7 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
          _TSIT5_B[:6]],
         _TSIT5_B,
         [0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0],
-        [0.00178001105222577714, 0.0008164344596567469, -0.007880878010261995,
+        b_error=[0.00178001105222577714, 0.0008164344596567469, -0.007880878010261995,
          0.1447110071732629, -0.5823571654525552, 0.45808210592918697, -0.015151515151515152],
         order=5,
         # Tsitouras' continuous extension b_i(θ) (the 2011 paper's) at θ = 1/2: it is the quartic
@@ -318,35 +319,42 @@ EMBEDDED_TABLEAUS: dict[str, ButcherTableau] = {
     "dopri8": _tableau(
         "dopri8", [[float(x) for x in row] for row in [*_dp8.A, _dp8.B]],
         [float(x) for x in [*_dp8.B, 0]], [float(x) for x in [*_dp8.C, 1]],
-        [float(b - e) for b, e in zip([*_dp8.B, 0], [*_dp8.B_HAT, 0])], order=8, c_mid=_dp8.C_MID),
+        b_error=[float(b - e) for b, e in zip([*_dp8.B, 0], [*_dp8.B_HAT, 0])], order=8, c_mid=_dp8.C_MID),
     # Heun's method (order 2) with explicit Euler (order 1) as the embedded solution;
     # torchdiffeq's "adaptive_heun". Not FSAL: 2 evaluations per step.
-    "adaptive_heun": _tableau("adaptive_heun", [[], [1.0]], [0.5, 0.5], [0.0, 1.0], [-0.5, 0.5], order=2),
+    "adaptive_heun": _tableau("adaptive_heun", [[], [1.0]], [0.5, 0.5], [0.0, 1.0], b_error=[-0.5, 0.5],
+                              order=2),
 }
-EMBEDDED_TABLEAUS["heun_euler"] = EMBEDDED_TABLEAUS["adaptive_heun"]
+RUNGE_KUTTA: MappingProxyType[str, ButcherTableau] = MappingProxyType(
+    {**_FIXED, **_EMBEDDED, "heun_euler": _EMBEDDED["adaptive_heun"]})
+"""Every built-in Runge–Kutta method by name: the fixed-step ones (``euler``, ``midpoint``,
+``heun``, ``ralston``, ``rk4``, ``rk38``) and the embedded pairs (``dopri5``, ``bosh3``,
+``tsit5``, ``dopri8``, ``adaptive_heun``, alias ``heun_euler``); a tableau's ``embedded``
+tells them apart. With the Adams methods they make :data:`anode.METHODS`
+(:mod:`anode._methods`), the one registry a name is looked up in."""
+
+# The registries of the first release, split by kind; anode.TABLEAUS, anode.EMBEDDED_TABLEAUS
+# and anode.get_tableau warn and lead here (remove with them).
+TABLEAUS = {k: v for k, v in RUNGE_KUTTA.items() if not v.embedded}
+EMBEDDED_TABLEAUS = {k: v for k, v in RUNGE_KUTTA.items() if v.embedded}
 
 
 def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
-    """Return the Butcher tableau for a method name, or the tableau itself.
-
-    Args:
-        method: one of ``euler, midpoint, heun, ralston, rk4, rk38`` (:data:`TABLEAUS`), an
-            embedded pair ``dopri5, bosh3, tsit5, dopri8, adaptive_heun`` (alias ``heun_euler``;
-            :data:`EMBEDDED_TABLEAUS`), or a :class:`ButcherTableau`.
+    """The first release's lookup of a Runge–Kutta method (deprecated as ``anode.get_tableau``;
+    :func:`anode.get_method` looks up every method).
 
     Raises:
-        ValueError: unknown method name.
+        ValueError: unknown method name, or the name of a method that is not Runge–Kutta.
         TypeError: neither a string nor a ButcherTableau.
     """
     if isinstance(method, ButcherTableau):
         return method
     if isinstance(method, str):
-        known = {**TABLEAUS, **EMBEDDED_TABLEAUS}
         try:
-            return known[method]
+            return RUNGE_KUTTA[method]
         except KeyError:
             raise ValueError(
-                f"unknown method {method!r}; choose one of {sorted(known)} "
+                f"unknown method {method!r}; choose one of {sorted(RUNGE_KUTTA)} "
                 f"or pass an anode.ButcherTableau"
             ) from None
     raise TypeError(f"method must be a name or a ButcherTableau, not {type(method).__name__}")

@@ -13,6 +13,7 @@ import anode
 from anode._adams import BASHFORTH, MOULTON, Adams
 from anode._gradients import multistep
 from anode._ivp import IVP, CheckedFunc
+from anode._options import keyword_options
 from anode.dropin import odeint as dropin_odeint
 from anode.dropin import odeint_adjoint as dropin_adjoint
 from problems import TimeMLP, rel_err
@@ -100,7 +101,8 @@ def test_every_schedule_equals_direct(method, schedule):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # STUCK's corrector
         ref_out, ref, _ = _gradients(func, y0, t, method, gradient="direct")
-        out, grads, stats = _gradients(func, y0, t, method, gradient="anode", schedule=name, **extra)
+        discrete = anode.DiscreteAdjoint(anode.SCHEDULES[name](**extra))
+        out, grads, stats = _gradients(func, y0, t, method, gradient=discrete)
     assert torch.equal(out[0], ref_out[0])
     for g, r in zip(grads, ref):
         assert rel_err(g, r) < 1e-10
@@ -111,7 +113,7 @@ def test_every_schedule_equals_direct(method, schedule):
 def test_tuple_state_gradient_equals_direct():
     func, y0, t = _problem(seed=2, tuple_state=True)
     _, ref, _ = _gradients(func, y0, t, LOOSE, gradient="direct")
-    _, grads, _ = _gradients(func, y0, t, LOOSE, gradient="anode", schedule="recompute")
+    _, grads, _ = _gradients(func, y0, t, LOOSE, gradient=anode.DiscreteAdjoint(anode.Recompute()))
     for g, r in zip(grads, ref):
         assert rel_err(g, r) < 1e-10
 
@@ -126,7 +128,8 @@ def test_store_keeps_extended_states():
     for m in (method, "rk4"):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(saved.append, lambda x: None):
-            anode.odeint(func, y0.clone().requires_grad_(), t, method=m, step_size=0.05, schedule="store")
+            anode.odeint(func, y0.clone().requires_grad_(), t, method=m, step_size=0.05,
+                         gradient=anode.DiscreteAdjoint(anode.Store()))
         counts.append(len(saved))
     assert counts[0] - counts[1] == (n_steps - 1) * method.slots
 
@@ -157,7 +160,7 @@ def test_backsolve_equals_torchdiffeq_adjoint(method):
 
 def test_evaluation_counts():
     func, y0, t = _problem()
-    _, _, stats = _gradients(func, y0, t, EXPLICIT, gradient="anode", schedule="recompute")
+    _, _, stats = _gradients(func, y0, t, EXPLICIT, gradient=anode.DiscreteAdjoint(anode.Recompute()))
     n = 24
     assert stats.forward_evaluations == 2 * 4 + (n - 2)  # two 3/8-rule steps, then one each
     assert stats.recomputed_steps == n - 1 and stats.backward_steps == n
@@ -197,8 +200,8 @@ def test_errors():
 
 def test_anode_names_and_tolerances():
     func, y0, t = _problem()
-    options = anode.SolveOptions.make("implicit_adams", step_size=0.1, rtol=1e-4, atol=1e-5)
-    assert options.method == Adams(implicit=True, rtol=1e-4, atol=1e-5)
+    options = anode.SolveOptions(Adams(implicit=True, rtol=1e-4, atol=1e-5), anode.FixedGrid(step_size=0.1))
+    assert options == keyword_options(method="implicit_adams", step_size=0.1, rtol=1e-4, atol=1e-5)
     block = anode.ODEBlock(func, method="explicit_adams", n_steps=4)
     assert block(y0).shape == y0.shape
     a = anode.odeint(func, y0, t, method="implicit_adams", step_size=0.1, rtol=1e-4, atol=1e-5)

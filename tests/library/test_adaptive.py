@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anode
-from anode._solvers import EMBEDDED_TABLEAUS, ButcherTableau
+from anode._options import keyword_options
+from anode._solvers import ButcherTableau
 from problems import ADAPTIVE_PROBLEMS as PROBLEMS
 from problems import Counting
 from problems import linear_problem as _linear
@@ -69,7 +70,7 @@ def test_tree_counts():
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_pairs_have_their_published_orders(name):
-    tab = EMBEDDED_TABLEAUS[name]
+    tab = anode.METHODS[name]
     p, q = PAIRS[name]
     b_hat = [b - e for b, e in zip(tab.b, tab.b_error)]
     assert max(map(abs, _order_residuals(tab, tab.b, p))) < 1e-13
@@ -82,8 +83,8 @@ def test_pairs_have_their_published_orders(name):
 
 
 def test_names_and_alias():
-    assert anode.get_tableau("heun_euler") is anode.get_tableau("adaptive_heun")
-    assert not anode.get_tableau("rk4").embedded and anode.get_tableau("rk4").solution_stages == 4
+    assert anode.get_method("heun_euler") is anode.get_method("adaptive_heun")
+    assert not anode.get_method("rk4").embedded and anode.get_method("rk4").solution_stages == 4
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -102,7 +103,7 @@ def test_embedded_tableau_validation(kwargs, message):
 
 def test_user_pair_equals_builtin():
     mine = ButcherTableau("heun_euler", ((), (1.0,)), (0.5, 0.5), (0.0, 1.0), (-0.5, 0.5), 2)
-    builtin = anode.get_tableau("heun_euler")
+    builtin = anode.get_method("heun_euler")
     assert (mine.a, mine.b, mine.c, mine.b_error, mine.order) == (
         builtin.a, builtin.b, builtin.c, builtin.b_error, builtin.order)
 
@@ -208,7 +209,7 @@ def test_float32_state_and_default_options():
     ref = torchdiffeq.odeint(func, y0.float(), t, method="dopri5")
     assert out.dtype == torch.float32 and torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
     assert anode.SolveOptions("dopri5").stepping == anode.Adaptive()
-    assert anode.SolveOptions.make("dopri5", n_steps=3).stepping == anode.FixedGrid(3)
+    assert keyword_options(method="dopri5", n_steps=3).stepping == anode.FixedGrid(3)
     assert anode.SolveOptions("rk4").stepping == anode.FixedGrid()
 
 
@@ -372,7 +373,7 @@ def test_stepping_and_method_errors():
     with pytest.raises(ValueError, match="'rk4' has none"):
         anode.SolveOptions("rk4", anode.Adaptive())
     with pytest.raises(ValueError, match="not both"):
-        anode.SolveOptions.make("dopri5", n_steps=2, stepping=anode.Adaptive())
+        keyword_options(method="dopri5", n_steps=2, rtol=1e-3)
     with pytest.raises(ValueError, match="NaN or Inf at the initial state"):
         anode.odeint(lambda t, y: y * float("nan"), torch.ones(2), torch.tensor([0.0, 1.0]),
                      method="dopri5")
@@ -537,7 +538,6 @@ def test_odeint_with_method_and_options():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     options = anode.SolveOptions(stepping=anode.Adaptive(rtol=1e-6, atol=1e-8))
     assert options.method.name == "dopri5"
-    assert anode.SolveOptions.make(stepping=anode.Adaptive()).method.name == "dopri5"
     out = anode.odeint(func, y0, t, method="dopri5", options=options)
     assert torch.equal(out, anode.odeint(func, y0, t, options=options))
     with pytest.raises(ValueError, match="not both"):

@@ -41,7 +41,7 @@ def _trees(tab, w):
 @pytest.mark.parametrize("name, order", [("dopri5", 4), ("bosh3", 3), ("tsit5", 4)])
 @pytest.mark.parametrize("theta", [0.2, 0.5, 0.77, 1.0])
 def test_interpolant_has_its_order_and_ends_on_the_step(name, order, theta):
-    tab = anode.get_tableau(name)
+    tab = anode.get_method(name)
     w = tab.dense_weights(theta)
     for (q, gamma), value in _trees(tab, w).items():
         if q <= order:
@@ -77,14 +77,14 @@ def test_dense_output_is_exact_for_polynomial_solutions(method, degree):
 
 
 def test_dense_output_options_and_tableau_checks():
-    tab = anode.get_tableau("bosh3")
+    tab = anode.get_method("bosh3")
     with pytest.raises(ValueError, match="c_mid needs 4"):
         ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.5,))
     with pytest.raises(ValueError, match="sums to"):
         ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.5, 0.5, 0.0, 0.0))
     with pytest.raises(ValueError, match="not second order"):  # torchdiffeq's bosh3 midpoint
         ButcherTableau("x", tab.a, tab.b, tab.c, tab.b_error, tab.order, (0.0, 0.5, 0.0, 0.0))
-    heun = anode.get_tableau("adaptive_heun")
+    heun = anode.get_method("adaptive_heun")
     with pytest.raises(ValueError, match="first-same-as-last"):
         ButcherTableau("x", heun.a, heun.b, heun.c, heun.b_error, heun.order, (0.375, 0.125))
     with pytest.raises(ValueError, match="no dense output"):
@@ -227,7 +227,7 @@ def test_backsolve_with_dense_outputs_matches_torchdiffeq():
     t = torch.tensor(T5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(len(T5), *y0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = []
-    for odeint_adjoint in [anode.odeint_adjoint, torchdiffeq.odeint_adjoint]:
+    for odeint_adjoint in [anode.dropin.odeint_adjoint, torchdiffeq.odeint_adjoint]:
         y = y0.clone().requires_grad_()
         out = odeint_adjoint(func, y, t, method="dopri5", rtol=1e-7, atol=1e-9, adjoint_params=params)
         grads.append((out, torch.autograd.grad((out * w).sum(), [y, t, *params])))

@@ -98,7 +98,7 @@ def test_order_conditions_in_rational_arithmetic(name, weights, order):
 
 
 def test_row_sums_and_the_float_tableau():
-    tab = anode.get_tableau("dopri8")
+    tab = anode.get_method("dopri8")
     for i in range(14):
         assert abs(sum(A_EXACT[i]) - C_EXACT[i]) < 1e-16, i
         assert tab.a[i] == tuple(float(x) for x in A_EXACT[i][:i]) or i == 0
@@ -114,7 +114,7 @@ def test_the_midpoint_is_fifth_order_and_its_interpolant_fourth():
         worst = max(abs(_residual(mid, t, Fraction(1, 2))) for t in _trees(n))
         assert worst < 1e-14, (n, float(worst))
     assert max(abs(_residual(mid, t, Fraction(1, 2))) for t in _trees(6)) > 1e-7
-    tab = anode.get_tableau("dopri8")
+    tab = anode.get_method("dopri8")
     for theta in [0.2, 0.5, 0.77, 1.0]:
         w = [Fraction(x) for x in tab.dense_weights(theta)]
         for n in range(1, 5):
@@ -185,7 +185,7 @@ def test_one_step_and_its_interpolant_as_torchdiffeqs():
         f0 = func(t0, y0)
         y1, _, err, k = _runge_kutta_step(solver.func, y0, f0, t0, h, t0 + h, solver.tableau)
         coeff = solver._interp_fit(y0, y1, k, h)
-        tab = anode.get_tableau("dopri8")
+        tab = anode.get_method("dopri8")
         stage_times = torch.tensor([0.1 + c * 0.4 for c in tab.c], dtype=torch.float64)
         ours, error, ks = anode._solvers.embedded_step(lambda t, y: (func(t, y[0]),), (y0,), stage_times,
                                                       0.4, tab)
@@ -285,7 +285,7 @@ def test_backsolve_as_accurate_as_torchdiffeqs_odeint_adjoint():
     t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
     grads = []
     exact = dict(method="dopri5", rtol=1e-13, atol=1e-13, gradient="direct")
-    for solve, kw in [(anode.odeint_adjoint, exact),
+    for solve, kw in [(anode.dropin.odeint_adjoint, exact),
                       (anode.dropin.odeint_adjoint, dict(method="dopri8", rtol=1e-8, atol=1e-8)),
                       (torchdiffeq.odeint_adjoint, dict(method="dopri8", rtol=1e-8, atol=1e-8))]:
         y = y0.clone().requires_grad_()

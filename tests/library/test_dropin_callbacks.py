@@ -90,9 +90,8 @@ def test_tuple_state_hooks_receive_a_tuple():
 def test_forward_hooks_once_per_step_whatever_the_gradient(gradient, method):
     """Recomputation in the backward (recompute, revolve, backsolve, t requiring grad)
     reports no step again."""
-    kw = dict(schedule="revolve", snapshots=2) if gradient == "revolve" else dict(
-        schedule="store") if gradient == "store" else {}
-    grad = "anode" if gradient in ("revolve", "store") else gradient
+    grad = {"revolve": anode.DiscreteAdjoint(anode.Revolve(2)),
+            "store": anode.DiscreteAdjoint(anode.Store())}.get(gradient, gradient)
     steps = dict(n_steps=6) if method == "rk4" else dict(rtol=1e-6, atol=1e-8)
     t = torch.tensor([0.0, 0.5, 1.5], dtype=F64, requires_grad=True)
     reference = CallbackField().listen("callback_step")
@@ -100,7 +99,7 @@ def test_forward_hooks_once_per_step_whatever_the_gradient(gradient, method):
         anode.odeint(reference, Y0, t, method=method, **steps)
     field = CallbackField().listen("callback_step")
     y0 = Y0.clone().requires_grad_()
-    out = anode.odeint(field, y0, t, method=method, gradient=grad, **steps, **kw)
+    out = anode.odeint(field, y0, t, method=method, gradient=grad, **steps)
     n = len(field.calls)
     assert n == len(reference.calls) > 0
     out.square().sum().backward()
@@ -117,10 +116,11 @@ def test_discrete_adjoint_calls_adjoint_hooks_per_backward_step(method, schedule
     names = (*FORWARD, *ADJOINT) if method == "dopri5" else ("callback_step", "callback_step_adjoint")
     field = CallbackField().listen(*names)
     steps = dict(n_steps=5) if method == "rk4" else dict(rtol=1e-6, atol=1e-8)
-    kw = dict(snapshots=2) if schedule == "revolve" else {}
     y0 = Y0.clone().requires_grad_()
     out = anode.odeint(field, y0, torch.tensor([0.0, 0.6, 1.2], dtype=F64), method=method,
-                       schedule=schedule, **steps, **kw)
+                       gradient=anode.DiscreteAdjoint(
+                           anode.Revolve(2) if schedule == "revolve" else anode.Recompute()),
+                       **steps)
     forward = field.named("callback_accept_step" if method == "dopri5" else "callback_step")
     assert not field.named("callback_step_adjoint")
     out.sum().backward()

@@ -32,8 +32,9 @@ def saved_activation_bytes(model, x):
 def stack(L, n_steps, gradient, schedule="recompute"):
     torch.manual_seed(0)
     return nn.Sequential(*[
-        anode.ODEBlock(anode.ConvODEFunc(4), method="rk4", n_steps=n_steps, gradient=gradient,
-                       schedule=schedule)
+        anode.ODEBlock(anode.ConvODEFunc(4), method="rk4", n_steps=n_steps,
+                       gradient=(anode.DiscreteAdjoint(anode.SCHEDULES[schedule]()) if gradient == "anode"
+                                 else gradient))
         for _ in range(L)
     ])
 

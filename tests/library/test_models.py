@@ -200,7 +200,7 @@ class _EveryOther(Recompute):
 
 
 def test_unknown_ode_options_reach_the_schedule(monkeypatch):
-    monkeypatch.setitem(anode._schedules.SCHEDULES, "every_other", _EveryOther)
+    monkeypatch.setitem(anode._schedules.registry._REGISTERED, "every_other", _EveryOther)
     model = models.create("resnet_ode_small", schedule="every_other", snapshots=3, step_size=0.3)
     for b in model.ode_blocks():
         assert b.options.gradient.schedule.snapshots == 3
@@ -210,7 +210,7 @@ def test_unknown_ode_options_reach_the_schedule(monkeypatch):
 
 
 def test_set_ode_options(monkeypatch):
-    monkeypatch.setitem(anode._schedules.SCHEDULES, "every_other", _EveryOther)
+    monkeypatch.setitem(anode._schedules.registry._REGISTERED, "every_other", _EveryOther)
     model = models.create("sqnxt_ode_small", schedule="every_other", snapshots=2)
     previous = models.set_ode_options(model, gradient="direct", method="rk4", n_steps=3)
     for b in model.ode_blocks():

@@ -69,10 +69,9 @@ def gradients(schedule, n_steps, *, t=(0.0, 1.0), method="rk4", stats=None, **op
     func = seeded_ramp()
     y0 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, requires_grad=True)
     times = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-    gradient = "direct" if schedule == "direct" else "anode"
-    out = anode.odeint(func, y0, times, method=method, n_steps=n_steps, gradient=gradient,
-                       schedule="recompute" if gradient == "direct" else schedule, stats=stats,
-                       **options)
+    gradient = ("direct" if schedule == "direct"
+                else anode.DiscreteAdjoint(anode.SCHEDULES[schedule](**options)))
+    out = anode.odeint(func, y0, times, method=method, n_steps=n_steps, gradient=gradient, stats=stats)
     weights = torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).reshape(out.shape)
     loss = (out * weights).sum() + out[-1].square().sum()
     return torch.autograd.grad(loss, [y0, times, func.w, func.b])
@@ -121,12 +120,11 @@ def test_tuple_states_with_both_levels_equal_direct():
         return torch.tanh(v @ w), -u * t
 
     grads = []
-    for gradient, options in [("direct", {}), ("anode", dict(schedule="revolve", snapshots=1,
-                                                               host_snapshots=2))]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Revolve(1, host_snapshots=2))]:
         y0 = (torch.tensor([[1.0, 2.0]], dtype=torch.float64, requires_grad=True),
               torch.tensor([[0.5, -1.0]], dtype=torch.float64, requires_grad=True))
         u, v = anode.odeint(func, y0, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), n_steps=5,
-                            params=[w], gradient=gradient, **options)
+                            params=[w], gradient=gradient)
         loss = u.square().sum() + (v * u).sum()
         grads.append(torch.autograd.grad(loss, [*y0, w]))
     assert_close_rel(grads[1], grads[0])
@@ -134,12 +132,12 @@ def test_tuple_states_with_both_levels_equal_direct():
 
 def test_dropout_is_replayed_by_repeated_recomputation():
     results = []
-    for gradient, options in [("direct", {}), ("anode", dict(schedule="revolve", snapshots=2))]:
+    for gradient in ["direct", anode.DiscreteAdjoint(anode.Revolve(2))]:
         func = DropoutTanh.seeded()
         y0 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64, requires_grad=True)
         torch.manual_seed(7)
         out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=12,
-                           method="midpoint", gradient=gradient, **options)
+                           method="midpoint", gradient=gradient)
         results.append(torch.autograd.grad(out[-1].square().sum(), [y0, func.w, func.b]))
     assert_close_rel(results[1], results[0])
 
@@ -311,7 +309,7 @@ def test_a_real_solve_frees_snapshots_as_the_backward_passes_them(monkeypatch, s
     monkeypatch.setattr(discrete_adjoint, "rk_step", tracked_step)
     y0 = torch.randn(5, dtype=torch.float64, requires_grad=True)
     out = anode.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=30,
-                       method="euler", schedule="revolve", snapshots=s)
+                       method="euler", gradient=anode.DiscreteAdjoint(anode.Revolve(s)))
     out.register_hook(lambda g: in_backward.__setitem__(0, True))
     out[-1].sum().backward()
     assert live
@@ -324,7 +322,7 @@ def test_a_real_solve_frees_snapshots_as_the_backward_passes_them(monkeypatch, s
 def test_revolve_solve_is_differentiated_once():
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
     out = anode.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=8,
-                       schedule="revolve", snapshots=2)
+                       gradient=anode.DiscreteAdjoint(anode.Revolve(2)))
     out[-1].sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="differentiated only once"):
         out[-1].sum().backward()
@@ -371,7 +369,7 @@ def test_cuda_host_level_gradients_and_pinned_copies():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cuda")
     grads = {}
     for name, options in [("direct", dict(gradient="direct")),
-                          ("host", dict(schedule="revolve", snapshots=0, host_snapshots=4))]:
+                          ("host", dict(gradient=anode.DiscreteAdjoint(anode.Revolve(0, host_snapshots=4))))]:
         out = anode.odeint(func, y0, t, n_steps=20, **options)
         grads[name] = torch.autograd.grad(out[-1].square().sum(), [y0, func.w, func.b])
     assert_close_rel(grads["host"], grads["direct"])
@@ -413,7 +411,8 @@ def test_auto_in_an_ode_block_shows_its_choice_and_is_exact():
     state_bytes = x.numel() * x.element_size()
     blocks = {}
     for name, kwargs in [("direct", dict(gradient="direct")),
-                         ("auto", dict(schedule="auto", memory_budget=5 * state_bytes))]:
+                         ("auto", dict(gradient=anode.DiscreteAdjoint(
+                             anode.Auto(memory_budget=5 * state_bytes))))]:
         torch.manual_seed(1)
         block = anode.ODEBlock(anode.ConvODEFunc(3, norm=False), n_steps=16, method="midpoint",
                                **kwargs).double()
@@ -430,7 +429,8 @@ def test_auto_instance_repr_records_the_choice():
     auto = Auto(memory_budget=3 * 8)
     assert repr(auto) == "Auto(memory_budget=24)"
     anode.odeint(lambda t, y: -y, torch.zeros(1, dtype=torch.float64, requires_grad=True),
-                 torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=10, schedule=auto)
+                 torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=10,
+                 gradient=anode.DiscreteAdjoint(auto))
     assert repr(auto) == "Auto(memory_budget=24, choice='revolve(2)')"
 
 
@@ -463,12 +463,10 @@ def test_auto_instance_repr_records_the_choice():
 def test_bad_schedule_options(name, options, exc, match):
     with pytest.raises(exc, match=match):
         get_schedule(name, **options)
-    with pytest.raises(exc, match=match):
-        anode.odeint(lambda t, y: -y, torch.zeros(2), torch.tensor([0.0, 1.0]), schedule=name, **options)
 
 
 def test_budget_below_two_states_names_the_need():
     with pytest.raises(ValueError, match=r"memory_budget=100 bytes .* 2 states of 64 bytes \(128 bytes\)"):
         anode.odeint(lambda t, y: -y, torch.zeros(8, dtype=torch.float64),
-                     torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=4, schedule="auto",
-                     memory_budget=100)
+                     torch.tensor([0.0, 1.0], dtype=torch.float64), n_steps=4,
+                     gradient=anode.DiscreteAdjoint(anode.Auto(memory_budget=100)))

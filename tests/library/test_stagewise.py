@@ -51,7 +51,7 @@ def test_backward_holds_one_stage_graph_unless_whole_steps_asked(method, solve):
         func.alive, func.most = [], 0  # count the backward's graphs only
         out[-1].sum().backward()
         held[stagewise] = func.most
-    stages = anode._solvers.get_tableau(method).solution_stages
+    stages = anode.get_method(method).solution_stages
     assert held[False] == stages
     assert held[True] <= 2  # the stage being differentiated, and the next one rebuilt
 
@@ -141,5 +141,5 @@ def test_auto_rebuilds_stage_by_stage_only_when_a_whole_step_does_not_fit(method
         replays[states] = (auto.stagewise, func.most)
         for g, w in zip(got, want):
             assert rel_err(g, w) < 1e-10
-    stages = anode._solvers.get_tableau(method).solution_stages
+    stages = anode.get_method(method).solution_stages
     assert replays[10**4] == (False, stages) and replays[60][0] and replays[60][1] <= 2

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import anode
 from anode._nn import ConvODEFunc, ODEBlock
 from anode_workbench.accel import compile_model
 from problems import rel_err
@@ -69,8 +70,8 @@ def _assert_close(got, ref, rtol=F64_RTOL):
     ("method", "options"),
     [
         ("euler", dict(gradient="anode")),
-        ("euler", dict(gradient="anode", schedule="store")),
-        ("euler", dict(gradient="anode", schedule="revolve", snapshots=1)),
+        ("euler", dict(gradient=anode.DiscreteAdjoint(anode.Store()))),
+        ("euler", dict(gradient=anode.DiscreteAdjoint(anode.Revolve(1)))),
         ("euler", dict(gradient="direct")),
         ("rk4", dict(gradient="anode")),
     ],

@@ -250,7 +250,7 @@ def test_ode_options_reach_the_blocks_and_the_checkpoint(data_root, tmp_path, op
     expected = {**options, **expected}
     blocks = models.ode_blocks(r.model)
     assert blocks
-    record, _ = models.solve_options(models.resolve_ode_options(expected))
+    record, _ = models.from_named_options(models.resolve_ode_options(expected))
     assert all(b.options == record for b in blocks)
     assert load_checkpoint(r.run_dir)["ode_options"] == expected
 

@@ -22,7 +22,7 @@ Double backward (``create_graph=True``: gradient penalties, Hessian–vector pro
 rebuilds the whole solve with a graph from the saved inputs and differentiates it with
 ``create_graph=True``: exact, at ``direct``'s memory plus the derivative's graph.
 
-Adaptive stepping (:mod:`anode._adaptive`): the forward of this Function *is* the controller
+Adaptive stepping (:mod:`anode._stepping.adaptive`): the forward of this Function *is* the controller
 loop, rejected steps included; it records the accepted grid (Python floats) on the problem
 and keeps the states the schedule can name before N_t is known
 (:class:`~anode._schedules.Keeper`): every state for ``Store``, the input for ``Recompute``,

@@ -1,21 +1,30 @@
-"""Schedules by name, and the one function that turns a name and options into a schedule."""
+"""Schedules by name, and the one function that turns a name and options into a schedule.
+
+:data:`SCHEDULES` follows the convention of :data:`anode.METHODS` (see :mod:`anode._methods`):
+a read-only mapping from a name to what the name stands for. A schedule name stands for a
+kind of schedule whose options the user chooses (snapshots, a memory budget), so the values
+are classes, and :func:`get_schedule` calls them with the options.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+from types import MappingProxyType
 
 from .auto import Auto
 from .base import Schedule
 from .basic import Recompute, Store
 from .revolve import Revolve
 
-SCHEDULES: dict[str, type[Schedule]] = {
+_REGISTERED: dict[str, type[Schedule]] = {
     "store": Store,
     "recompute": Recompute,
     "revolve": Revolve,
     "auto": Auto,
 }
+SCHEDULES: MappingProxyType[str, type[Schedule]] = MappingProxyType(_REGISTERED)
+"""Every schedule class by name: ``store``, ``recompute``, ``revolve``, ``auto`` (read-only)."""
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 

@@ -12,7 +12,8 @@ libraries give one name to different methods (torchdiffeq's fixed-grid ``rk4`` i
 there, a :class:`~anode._options.SolveOptions` record here). Here every name and option means
 what it means in torchdiffeq 0.2.5 (``torchdiffeq/_impl/odeint.py``, ``adjoint.py``,
 ``fixed_grid.py``, ``rk_common.py``) and is mapped onto anode's records once, in
-:func:`solve_options`; :func:`anode.odeint` keeps its own meanings.
+:func:`from_torchdiffeq` (:mod:`anode.dropin._options`, which the library does not import);
+:func:`anode.odeint` keeps its own meanings.
 
 What differs from torchdiffeq, by design:
 
@@ -50,6 +51,7 @@ What differs from torchdiffeq, by design:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -67,7 +69,7 @@ from ._options import (
     UNSUPPORTED_METHODS,
     adjoint_gradient,
     check_adjoint_arguments,
-    solve_options,
+    from_torchdiffeq,
 )
 from ._scipy import scipy_odeint
 
@@ -108,7 +110,7 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
         in ``odeint_event``).
 
     Raises:
-        NotImplementedError, ValueError, TypeError: as :func:`solve_options` and
+        NotImplementedError, ValueError, TypeError: as :func:`from_torchdiffeq` and
             :func:`anode.odeint`; with ``event_fn`` as :func:`anode._events.solve_until_event`.
     """
     if method == "scipy_solver":
@@ -117,7 +119,8 @@ def odeint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, atol=1e-9
                              "anode method) for events")
         return scipy_odeint(func, y0, t, rtol=rtol, atol=atol, options=options, gradient=gradient,
                             params=default_params(func, params), stats=stats)
-    solve = solve_options(rtol, atol, method, options, "anode" if gradient is None else gradient)
+    solve = from_torchdiffeq(rtol=rtol, atol=atol, method=method, options=options,
+                             gradient="anode" if gradient is None else gradient)
     if event_fn is not None:
         fixed_interp = None if solve.method.embedded else dict(options or {}).get("interp", "linear")
         event_t, state, is_tuple = solve_until_event(func, y0, t, solve, event_fn, interp=fixed_interp,
@@ -165,8 +168,9 @@ def odeint_adjoint(func: Callable, y0: Tensors, t: torch.Tensor, *, rtol=1e-7, a
             naming it; as :func:`odeint`.
         ValueError, TypeError: as :func:`odeint`.
     """
-    norm = check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol, adjoint_atol,
-                                   adjoint_method, adjoint_options)
+    norm = check_adjoint_arguments(rtol=rtol, atol=atol, method="dopri5" if method is None else method,
+                                   options=options, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+                                   adjoint_method=adjoint_method, adjoint_options=adjoint_options)
     return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
                   event_fn=event_fn, gradient=adjoint_gradient(gradient, norm), params=adjoint_params,
                   stats=stats)
@@ -217,7 +221,7 @@ def odeint_dense(func: Callable, y0: torch.Tensor, t0, t1, *, rtol=1e-7, atol=1e
     start = torch.as_tensor(t0).reshape(())
     end = torch.as_tensor(t1).reshape(()).to(start)
     span = torch.stack([start, end])
-    solve = solve_options(rtol, atol, "dopri5", options, gradient)
+    solve = from_torchdiffeq(rtol=rtol, atol=atol, method="dopri5", options=options, gradient=gradient)
     with torch.no_grad():
         _odeint(func, y0, span.detach(), options=solve, params=params)
     low, high = sorted((float(start), float(end)))
@@ -276,5 +280,19 @@ def odeint_event(func: Callable, y0: Tensors, t0: torch.Tensor, *, event_fn: Cal
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
-__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "solve_options", "METHODS",
+def __getattr__(name: str):
+    # the first release's name of from_torchdiffeq; remove with the deprecation
+    if name == "solve_options":
+        warnings.warn("anode.dropin.solve_options is deprecated: use anode.dropin.from_torchdiffeq "
+                      "(keyword arguments rtol=, atol=, method=, options=, gradient=)",
+                      DeprecationWarning, stacklevel=2)
+        return _solve_options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _solve_options(rtol=1e-7, atol=1e-9, method=None, options=None, gradient="anode"):
+    return from_torchdiffeq(rtol=rtol, atol=atol, method=method, options=options, gradient=gradient)
+
+
+__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "from_torchdiffeq", "METHODS",
            "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS"]

@@ -2,20 +2,25 @@
 
 The one place where torchdiffeq 0.2.5's meanings (``torchdiffeq/_impl/odeint.py``,
 ``adjoint.py``, ``fixed_grid.py``, ``rk_common.py``) become a
-:class:`~anode._options.SolveOptions`: used by :mod:`anode.dropin` (torchdiffeq's names
-throughout) and by :func:`anode.odeint` / :func:`anode.odeint_adjoint` for an options dict
-(with anode's method names, given there as a tableau).
+:class:`~anode._options.SolveOptions` (:func:`from_torchdiffeq`), used by :mod:`anode.dropin`.
+The library does not import this module, with one exception that goes away with the
+deprecated forms of the first release: ``anode.odeint(options=<dict>)`` and
+``anode.odeint_adjoint`` reach :func:`anode_dict_options`, :func:`check_adjoint_arguments`
+and :func:`adjoint_gradient` through ``anode._odeint._torchdiffeq_vocabulary``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 
-from .._adams import Adams, get_method, is_multistep
+from .._adams import Adams, is_multistep
 from .._gradients import Backsolve, GradientMethod
+from .._methods import METHODS as ANODE_METHODS
+from .._methods import Method, get_method
 from .._options import SolveOptions
 from .._solvers import ButcherTableau
 from .._stepping.controller import Adaptive
@@ -28,31 +33,31 @@ FEHLBERG2 = ButcherTableau(
     "fehlberg2", ((), (0.5,), (1 / 256, 255 / 256)), (1 / 512, 255 / 256, 1 / 512), (0.0, 0.5, 1.0),
     b_error=(-1 / 512, 0.0, 1 / 512), order=2)
 
-METHODS: dict[str, str | ButcherTableau] = {
-    "dopri5": "dopri5",
-    "dopri8": "dopri8",
-    "bosh3": "bosh3",
+METHODS: MappingProxyType[str, Method] = MappingProxyType({
+    "dopri5": ANODE_METHODS["dopri5"],
+    "dopri8": ANODE_METHODS["dopri8"],
+    "bosh3": ANODE_METHODS["bosh3"],
     "fehlberg2": FEHLBERG2,
-    "adaptive_heun": "adaptive_heun",
-    "euler": "euler",
-    "midpoint": "midpoint",
-    "heun2": "heun",
+    "adaptive_heun": ANODE_METHODS["adaptive_heun"],
+    "euler": ANODE_METHODS["euler"],
+    "midpoint": ANODE_METHODS["midpoint"],
+    "heun2": ANODE_METHODS["heun"],
     "heun3": HEUN3,
-    "rk4": "rk38",  # torchdiffeq's fixed-grid rk4 is Kutta's 3/8 rule (rk4_alt_step_func)
-    "tsit5": "tsit5",  # not in torchdiffeq 0.2.5; anode's Tsitouras 5(4) pair
-    "explicit_adams": "explicit_adams",  # anode._adams: the same fixed-grid Adams methods
-    "implicit_adams": "implicit_adams",
-    "fixed_adams": "implicit_adams",
-}
-"""torchdiffeq's method names and the anode method each runs (a name of
-:func:`anode.get_tableau` or of :data:`anode._adams.ADAMS_METHODS`, or a tableau)."""
+    "rk4": ANODE_METHODS["rk38"],  # torchdiffeq's fixed-grid rk4 is Kutta's 3/8 rule (rk4_alt_step_func)
+    "tsit5": ANODE_METHODS["tsit5"],  # not in torchdiffeq 0.2.5; anode's Tsitouras 5(4) pair
+    "explicit_adams": ANODE_METHODS["explicit_adams"],  # anode._adams: the same fixed-grid Adams methods
+    "implicit_adams": ANODE_METHODS["implicit_adams"],
+    "fixed_adams": ANODE_METHODS["implicit_adams"],
+})
+"""torchdiffeq's method names and the anode method object each runs (read-only, as
+:data:`anode.METHODS`, whose names differ: torchdiffeq's ``rk4`` is anode's ``rk38``)."""
 
 UNSUPPORTED_METHODS: dict[str, str] = {}
-"""torchdiffeq method names anode does not solve, each with the reason its NotImplementedError
-gives; empty, since every method of torchdiffeq 0.2.5 is supported."""
+"""torchdiffeq method names anode does not solve, each with the reason; empty: every method
+of torchdiffeq 0.2.5 is supported."""
 
 FIXED_OPTIONS = ("step_size", "perturb", "interp", "grid_constructor")
-"""torchdiffeq options taken by the fixed-grid methods, → :class:`~anode._options.FixedGrid`:
+"""torchdiffeq options taken by the fixed-grid methods, → :class:`anode.FixedGrid`:
 ``step_size``, ``perturb`` and ``grid_constructor`` as there; ``interp`` accepted (anode
 steps onto each output time, so nothing is interpolated)."""
 
@@ -64,7 +69,7 @@ implicit method only, as in torchdiffeq). The implicit method's corrector takes 
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "max_step",
                     "min_step", "dtype", "norm", "step_t", "jump_t")
-"""torchdiffeq options taken by the adaptive methods, → :class:`~anode._controllers.Adaptive`:
+"""torchdiffeq options taken by the adaptive methods, → :class:`anode.Adaptive`:
 ``first_step``, ``max_num_steps``, ``safety``, ``ifactor``, ``dfactor``, ``max_step``,
 ``norm``, ``step_t``, ``jump_t`` as there; ``min_step`` 0 only, ``dtype`` float64 only
 (anode controls steps in float64)."""
@@ -81,12 +86,10 @@ def _number(name: str, value, kind=float):
     return kind(value)
 
 
-def _tableau(method) -> ButcherTableau | Adams | str:
-    if isinstance(method, ButcherTableau):
-        return method
+def _method(method) -> Method:
     if method is None:
-        return "dopri5"
-    if isinstance(method, Adams):
+        return METHODS["dopri5"]
+    if isinstance(method, (ButcherTableau, Adams)):
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a torchdiffeq method name, not {type(method).__name__}")
@@ -99,17 +102,17 @@ def _tableau(method) -> ButcherTableau | Adams | str:
     return METHODS[method]
 
 
-def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = None,
-                  options: Mapping | None = None,
-                  gradient: str | GradientMethod = "anode") -> SolveOptions:
+def from_torchdiffeq(*, rtol=1e-7, atol=1e-9, method: str | Method | None = None,
+                     options: Mapping | None = None,
+                     gradient: str | GradientMethod = "anode") -> SolveOptions:
     """The :class:`~anode._options.SolveOptions` for torchdiffeq's ``rtol``, ``atol``,
     ``method`` and ``options`` dict (see the module docstring for the mapping).
 
     Args:
         rtol: relative tolerance of the adaptive methods and of implicit_adams' corrector
-            (ignored by the other fixed-grid methods, as in torchdiffeq): a number or a
-            one-element tensor; a tuple or list per component of a tuple state; a tensor
-            per element (see :class:`~anode._controllers.Adaptive`).
+            (unused by the other fixed-grid methods, as in torchdiffeq): a number or a
+            one-element tensor; a tuple or list per component of a tuple state; a tensor per
+            element (see :class:`anode.Adaptive`).
         atol: absolute tolerance (state units), in the same forms as ``rtol``.
         method: a name in :data:`METHODS` (None: ``dopri5``), an anode tableau or an
             :class:`~anode._adams.Adams`.
@@ -121,16 +124,15 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
     Raises:
         ValueError: an unknown method; an option the method does not take (naming it and
             listing those it takes); an option value anode cannot honour; out-of-range
-            values (as :class:`~anode._controllers.Adaptive`, :class:`~anode._options.FixedGrid`).
+            values (as :class:`anode.Adaptive`, :class:`anode.FixedGrid`).
         NotImplementedError: a torchdiffeq method anode does not implement; ``min_step``
             other than 0, ``dtype`` other than float64.
         TypeError: a non-numeric option or tolerance, ``options`` not a mapping.
     """
-    tableau = _tableau(method)
+    resolved = _method(method)
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of torchdiffeq options, not {type(options).__name__}")
     opts = dict(options or {})
-    resolved = get_method(tableau)
     embedded, name = resolved.embedded, method if isinstance(method, str) else resolved.name
     supported = ADAPTIVE_OPTIONS if embedded else ADAMS_OPTIONS if is_multistep(resolved) else FIXED_OPTIONS
     for key in opts:
@@ -165,7 +167,7 @@ def solve_options(rtol=1e-7, atol=1e-9, method: str | ButcherTableau | None = No
 
 
 def _tolerance(name: str, value):
-    """torchdiffeq's rtol/atol as :class:`~anode._controllers.Adaptive` takes them: a number
+    """torchdiffeq's rtol/atol as :class:`anode.Adaptive` takes them: a number
     (also a one-element tensor), a tuple per component, or a tensor per element."""
     if isinstance(value, torch.Tensor):
         return _number(name, value) if value.numel() == 1 and not value.requires_grad else value
@@ -184,11 +186,11 @@ def _adams(method: Adams, opts: dict, rtol, atol) -> Adams:
     return dataclasses.replace(method, **changes) if changes else method
 
 
-def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjoint_atol=None,
-                            adjoint_method=None, adjoint_options=None, default_method="dopri5"):
+def check_adjoint_arguments(*, rtol, atol, method, options, adjoint_rtol=None, adjoint_atol=None,
+                            adjoint_method=None, adjoint_options=None):
     """Raise unless each of torchdiffeq's ``adjoint_*`` arguments is None or equal to the
-    forward's value (``method`` None standing for ``default_method``); return the reverse
-    solve's error norm.
+    forward's value (``method`` the forward's method with its default filled in); return the
+    reverse solve's error norm.
 
     ``adjoint_options`` is compared without its ``norm`` (the forward's ``norm`` never
     passes to the reverse solve, as in torchdiffeq): ``adjoint_options["norm"]`` is
@@ -219,7 +221,7 @@ def check_adjoint_arguments(rtol, atol, method, options, adjoint_rtol=None, adjo
         elif not adjoint_options:
             adjoint_options = None  # only a norm: nothing to compare with a record
     forward = {"adjoint_rtol": (adjoint_rtol, rtol), "adjoint_atol": (adjoint_atol, atol),
-               "adjoint_method": (adjoint_method, method or default_method),
+               "adjoint_method": (adjoint_method, method),
                "adjoint_options": (adjoint_options, options)}
     for name, (value, own) in forward.items():
         if value is not None and not _same(value, own):
@@ -260,5 +262,28 @@ def _same(a, b) -> bool:
     return a is b or a == b
 
 
+def anode_dict_options(options: Mapping, *, method=None, n_steps=None, step_size=None, rtol=None,
+                       atol=None, gradient=None) -> SolveOptions:
+    """The record of the deprecated ``anode.odeint(options=<dict>)`` (and ``anode.odeint_adjoint``)
+    form of the first release: a torchdiffeq options dict with anode's method names (``rk4``
+    the classic method) and anode's gradient; default method dopri5. Remove with that form.
+
+    Raises:
+        ValueError: ``n_steps``/``step_size`` given beside the dict; ``rtol``/``atol`` with a
+            method without an error estimate; as :func:`from_torchdiffeq`.
+    """
+    if n_steps is not None or step_size is not None:
+        raise ValueError("with an options dict give the step size in it (options=dict(step_size=...)), "
+                         "not n_steps=/step_size=")
+    resolved = get_method("dopri5" if method is None else method)  # anode's names, e.g. rk4
+    corrector = is_multistep(resolved) and resolved.implicit  # rtol/atol: its convergence test
+    if not (resolved.embedded or corrector) and (rtol is not None or atol is not None):
+        raise ValueError(f"rtol/atol need a method with an error estimate; {resolved.name!r} has none "
+                         "(an embedded pair: dopri5, bosh3, tsit5, adaptive_heun)")
+    return from_torchdiffeq(rtol=1e-7 if rtol is None else rtol, atol=1e-9 if atol is None else atol,
+                            method=resolved, options=options,
+                            gradient="anode" if gradient is None else gradient)
+
+
 __all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "ADAMS_OPTIONS",
-           "solve_options", "check_adjoint_arguments", "adjoint_gradient"]
+           "from_torchdiffeq", "check_adjoint_arguments", "adjoint_gradient", "anode_dict_options"]

@@ -72,7 +72,7 @@ def _solve_ivp():
 class _Problem:
     """The flat float64 problem SciPy solves, and the way back to tensors."""
 
-    def __init__(self, func: Callable, y0: tuple[torch.Tensor, ...], is_tuple: bool, options: Mapping,
+    def __init__(self, func: Callable, y0: tuple[torch.Tensor, ...], is_tuple: bool, options: Mapping, *,
                  rtol, atol, stats: SolveStats):
         unknown = [k for k in options if k not in SCIPY_OPTIONS]
         if unknown:
@@ -326,8 +326,8 @@ def scipy_odeint(func: Callable, y0, t: torch.Tensor, *, rtol, atol, options: Ma
     diffs = [b - a for a, b in zip(times[:-1], times[1:])]
     if any(d > 0 for d in diffs) and any(d < 0 for d in diffs):
         raise ValueError("t is not monotonic; output times must be increasing or decreasing")
-    problem = _Problem(func, state, is_tuple, dict(options or {}), rtol, atol,
-                       stats if stats is not None else SolveStats())
+    problem = _Problem(func, state, is_tuple, dict(options or {}), rtol=rtol, atol=atol,
+                       stats=stats if stats is not None else SolveStats())
     params = tuple(params)
     inputs = (*state, t, *params)
     grad = torch.is_grad_enabled()

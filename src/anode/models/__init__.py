@@ -15,13 +15,13 @@ from ._init import reference_init
 from ._options import (
     DEFAULT_ODE_OPTIONS,
     check_ode_options,
+    from_named_options,
     named_options,
     ode_blocks,
     ode_options,
     resolve_ode_options,
     restore_ode_options,
     set_ode_options,
-    solve_options,
 )
 from ._registry import create, list_models, register_model
 from ._resnet import BasicBlock, ResNet
@@ -37,7 +37,7 @@ __all__ = [
     "set_ode_options",
     "restore_ode_options",
     "ode_options",
-    "solve_options",
+    "from_named_options",
     "named_options",
     "resolve_ode_options",
     "ResidualBlock",
@@ -49,3 +49,11 @@ __all__ = [
     "SqueezeNextODEFunc",
     "reference_init",
 ]
+
+
+def __getattr__(name: str):
+    # the first release's name of from_named_options; remove with the deprecation
+    if name == "solve_options":
+        from ._options import solve_options  # warns when called
+        return solve_options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,7 +60,8 @@ class BlockFactory:
     def __init__(self, ode: bool, ode_options: dict[str, Any]) -> None:
         self.ode = bool(ode)
         if self.ode:
-            self.options, self.end_time = _options.solve_options(_options.resolve_ode_options(ode_options))
+            named = _options.resolve_ode_options(ode_options)
+            self.options, self.end_time = _options.from_named_options(named)
         else:
             given = {k: v for k, v in ode_options.items() if v is not None}
             if given:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
 from .._gradients import DiscreteAdjoint, resolve
-from .._nn import ODEBlock
-from .._options import SolveOptions
+from .._nn import ODEBlock, check_end_time
+from .._options import SolveOptions, keyword_options
 from .._schedules import SCHEDULES
 from .._schedules.registry import constructor_parameters
 from .._stepping.controller import Adaptive
@@ -68,17 +68,31 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def solve_options(options: dict[str, Any]) -> tuple[SolveOptions, float]:
-    """The :class:`~anode._options.SolveOptions` record and ``end_time`` of named options.
+def from_named_options(options: dict[str, Any]) -> tuple[SolveOptions, float]:
+    """The :class:`~anode._options.SolveOptions` record and ``end_time`` of named options
+    (the inverse of :func:`named_options`): ``method``, ``n_steps``/``step_size`` or
+    ``rtol``/``atol`` as :func:`anode.odeint`'s keywords; ``gradient`` a name or object, with
+    ``schedule`` (a name or object) and schedule options (``snapshots``, ...) for ``"anode"``.
 
     Raises:
-        ValueError, TypeError: as :meth:`SolveOptions.make`; ``end_time`` zero or not finite.
+        ValueError, TypeError: as :func:`anode.odeint`'s keywords and
+            :func:`~anode._gradients.resolve`; ``end_time`` zero or not finite.
     """
     named = dict(options)
-    end_time = float(named.pop("end_time", 1.0))
-    if not (end_time != 0 and math.isfinite(end_time)):
-        raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")
-    return SolveOptions.make(**named), end_time
+    end_time = check_end_time(named.pop("end_time", 1.0))
+    keywords = {k: named.pop(k, None) for k in ("method", "n_steps", "step_size", "rtol", "atol")}
+    gradient = named.pop("gradient", "anode")
+    schedule = named.pop("schedule", None)
+    if schedule is not None or named:  # the schedule options are the rest
+        gradient = resolve(gradient, schedule, **named)
+    return keyword_options(**keywords, gradient=gradient), end_time
+
+
+def solve_options(options: dict[str, Any]) -> tuple[SolveOptions, float]:
+    """Deprecated name of :func:`from_named_options` (warns)."""
+    warnings.warn("anode.models.solve_options is deprecated: use anode.models.from_named_options",
+                  DeprecationWarning, stacklevel=2)
+    return from_named_options(options)
 
 
 def check_ode_options(options: dict[str, Any]) -> None:
@@ -92,7 +106,7 @@ def check_ode_options(options: dict[str, Any]) -> None:
             such as ``dopri5``); options the schedule does not take; schedule options with a
             gradient other than ``"anode"``.
     """
-    solve_options(options)
+    from_named_options(options)
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
@@ -113,9 +127,9 @@ def set_ode_options(model: nn.Module, **options: Any) -> list[tuple[SolveOptions
     block's current value:
 
     * ``method``: a name or :class:`~anode.ButcherTableau`.
-    * ``n_steps`` / ``step_size``: a new :class:`~anode._stepping.fixed_grid.FixedGrid` (giving one
+    * ``n_steps`` / ``step_size``: a new :class:`anode.FixedGrid` (giving one
       clears the other).
-    * ``rtol`` / ``atol``: adaptive steps (:class:`~anode._stepping.controller.Adaptive`); on a block
+    * ``rtol`` / ``atol``: adaptive steps (:class:`anode.Adaptive`); on a block
       that already steps adaptively the tolerance not named and the other controller
       options are kept, else it takes its default. The method must be an embedded pair
       (``set_ode_options(model, method="dopri5", rtol=1e-3)``).
@@ -210,7 +224,7 @@ def _schedule_name(gradient) -> str | None:
 def _updated(old: SolveOptions, end_time: float, options: dict[str, Any]) -> tuple[SolveOptions, float]:
     changes: dict[str, Any] = {}
     if "end_time" in options:
-        end_time = solve_options({"end_time": options.pop("end_time")})[1]
+        end_time = check_end_time(options.pop("end_time"))
     if "method" in options:
         changes["method"] = options.pop("method")
     fixed = {k: options.pop(k) for k in ("n_steps", "step_size") if k in options}

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 import anode
+from anode._schedules import get_schedule
 
 from .measure import median_times, peak_memory, prepare, time_methods
 
@@ -104,8 +105,10 @@ def build_stack(layers: int, channels: int, method: str, n_steps: int, gradient:
         if library == "torchdiffeq":
             block = TorchdiffeqBlock(func, method, n_steps, adjoint=gradient == "adjoint")
         else:
-            block = anode.ODEBlock(func, method=method, n_steps=n_steps, gradient=gradient,
-                                   schedule=schedule, **(schedule_options or {}))
+            own = gradient  # the schedule's name and options as the benchmark names them
+            if gradient == "anode":
+                own = anode.DiscreteAdjoint(get_schedule(schedule or "recompute", **(schedule_options or {})))
+            block = anode.ODEBlock(func, method=method, n_steps=n_steps, gradient=own)
         blocks.append(CheckpointBlock(block) if checkpoint else block)
     return nn.Sequential(*blocks)
 

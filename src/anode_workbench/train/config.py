@@ -3,11 +3,10 @@
 Settings left as ``None`` are filled in by :func:`resolve_config` from one of two presets,
 chosen by the device the run uses:
 
-* :data:`CPU_PRESET`, a demonstration that fits in under five minutes on two CPU cores: a
-  small ODE-ResNet (``resnet_ode_tiny``) trained for three epochs on a class-balanced
-  30,000-image subset of CIFAR-10 with a one-cycle learning rate and label smoothing,
-  evaluated on a class-balanced part of the test set after each epoch but the last and on
-  all of it after the last.
+* :data:`CPU_PRESET`, a demonstration sized for a few minutes on two CPU cores: a small
+  ODE-ResNet (``resnet_ode_tiny``) trained for three epochs on a class-balanced 30,000-image
+  subset of CIFAR-10 with a one-cycle learning rate and label smoothing, evaluated on a
+  class-balanced part of the test set after each epoch but the last and on all of it after.
 * :data:`GPU_PRESET`, the settings of the ANODE paper's CIFAR experiments as given by the
   authors' reference training script (Gholami, Keutzer, Biros, IJCAI 2019, §4;
   github.com/amirgholami/anode ``train.py``): ODE-ResNet-18 whose blocks take two forward
@@ -32,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anode import METHODS
 from anode._gradients import schedule_taking
-from anode._solvers import EMBEDDED_TABLEAUS
 
 from ..accel import PRECISIONS, Acceleration
 from .lr_schedule import LR_SCHEDULES
@@ -388,7 +387,7 @@ def resolve_config(config: TrainConfig, device_type: str) -> TrainConfig:
 
 
 def _embedded(method: str | None) -> bool:
-    return method in EMBEDDED_TABLEAUS
+    return method in METHODS and METHODS[method].embedded
 
 
 def lr_milestones(config: TrainConfig) -> list[int]:
