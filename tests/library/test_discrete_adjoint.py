@@ -96,12 +96,3 @@ def test_saved_solve_names_each_group(holds):
 def _positional(node: ast.FunctionDef) -> int:
     names = [a.arg for a in node.args.posonlyargs + node.args.args]
     return len(names) - (names[:1] in (["self"], ["cls"], ["ctx"]))
-
-
-def test_no_gradient_or_schedule_function_takes_more_than_six_positional_parameters():
-    files = [*(SRC / "_gradients").glob("*.py"), *(SRC / "_schedules").glob("*.py")]
-    files = [f for f in files if f.name not in ("backsolve.py", "direct.py", "forward.py")]
-    assert any(f.name == "discrete_adjoint.py" for f in files)
-    over = [f"{f.name}:{n.name}" for f in files for n in ast.walk(ast.parse(f.read_text()))
-            if isinstance(n, ast.FunctionDef) and _positional(n) > 6]
-    assert not over

@@ -4,7 +4,6 @@ still working for one release, each with a DeprecationWarning and the result of 
 
 from __future__ import annotations
 
-import ast
 import inspect
 import subprocess
 import sys
@@ -146,37 +145,6 @@ def test_one_registry_covers_every_method_name_of_the_old_ones():
         anode.get_method("rk5")
     # the drop-in's names map onto method objects too
     assert dropin.METHODS["rk4"] is anode.METHODS["rk38"] and dropin.METHODS["heun2"] is anode.METHODS["heun"]
-
-
-def test_library_reaches_the_dropin_only_in_the_marked_deprecated_place():
-    marker = "# deprecated: remove with the dict form"
-    places = []
-    for path in (SRC / "anode").rglob("*.py"):
-        inside = "dropin" in path.relative_to(SRC / "anode").parts
-        if inside or path == SRC / "anode" / "__init__.py":  # which loads it lazily, by name
-            continue
-        lines = path.read_text().splitlines()
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
-            module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
-            if any("dropin" in x for x in [module, *names]):
-                places.append((path.name, lines[node.lineno - 2].strip()))
-    assert places == [("_odeint.py", marker)]
-
-
-def test_no_function_of_the_front_door_takes_more_than_six_positional_parameters():
-    modules = ["_odeint.py", "_options.py", "_methods.py", "_tableaus.py", "_nn.py", "_inputs.py",
-               "dropin/__init__.py", "dropin/_options.py", "dropin/_scipy.py", "models/_options.py",
-               "_schedules/registry.py", "__init__.py"]
-    over = []
-    for name in modules:
-        for node in ast.walk(ast.parse((SRC / "anode" / name).read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                args = [a.arg for a in node.args.posonlyargs + node.args.args
-                        if a.arg not in ("self", "cls", "ctx")]
-                if len(args) > 6:
-                    over.append(f"{name}:{node.name}")
-    assert not over
 
 
 # ------------------------------------------------------------- deprecated forms, one each

@@ -29,6 +29,7 @@ check of the backward's rebuilt graphs (:func:`check_closed`), which raises nami
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -198,6 +199,32 @@ def check_closed(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]
         if node not in nodes:
             nodes.add(node)
             stack.extend(node.next_functions)
+
+
+def graph_ends(outputs: Sequence[torch.Tensor]) -> list:
+    """``outputs`` as :func:`torch.autograd.grad` takes them without their values: their graph
+    edges (:func:`torch.autograd.graph.get_gradient_edge`; the tensors themselves on a torch
+    whose ``grad`` does not take edges). A vector–Jacobian product needs only where each
+    output enters the graph; once the caller drops the tensors, their memory (a rebuilt
+    step's result: one state) is free while the product runs, as under
+    ``torch.utils.checkpoint``, whose recomputation keeps only what the backward saves."""
+    if not _grad_takes_edges():
+        return list(outputs)
+    return [torch.autograd.graph.get_gradient_edge(y) for y in outputs]
+
+
+@functools.cache
+def _grad_takes_edges() -> bool:
+    get_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
+    if get_edge is None:
+        return False
+    with torch.enable_grad():
+        x = torch.zeros((), requires_grad=True)
+        try:
+            torch.autograd.grad([get_edge(x * 2.0)], [x], [torch.ones(())])
+        except (TypeError, RuntimeError, AttributeError):  # torch < 2.4
+            return False
+    return True
 
 
 def _blocked(grad_outputs):

@@ -52,7 +52,7 @@ from .._solvers import State, rk_step
 from .._stepping.loops import ForwardStart, dense_step, forward_sweep, plain_solve
 from . import multistep
 from .base import GradientMethod
-from .closures import independent
+from .closures import graph_ends, independent
 from .forward import check_closed, start_forward, unflatten, zeros_if_none
 from .records import SavedSolve, StepContext, StepTimes
 from .stages import stagewise_vjp
@@ -216,6 +216,7 @@ def whole_step_vjp(step: StepContext, j: int, y_j: State, adjoint: State, *, sta
     cotangents = [*adjoint, *(g for _, state in taps for g in state)]
     inputs = [*y_leaf, *params] + ([st, h, *thetas] if need_t else [])
     check_closed(outputs, inputs, step.func)
+    outputs, y_next, dense = graph_ends(outputs), None, None  # y_{j+1}'s values: one state
     with independent(params):
         grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
     for i, g in enumerate(grads[n_y : n_y + len(params)]):

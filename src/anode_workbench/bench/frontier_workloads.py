@@ -16,7 +16,10 @@ Methods (``build``'s ``method``): ``direct``; ``anode`` with a ``schedule`` (``s
 ``stagewise`` (None, True, False); ``checkpoint`` (``torch.utils.checkpoint``, non-reentrant,
 around each fixed-grid step of this library's solver); ``tdq_adjoint`` (torchdiffeq
 ``odeint_adjoint``; with ``seminorm`` its ``adjoint_options=dict(norm="seminorm")``);
-``forward`` (the solve without a graph, no backward: the F of the cost model).
+``forward`` (the solve without a graph, no backward: the F of the cost model). On the fixed
+grids (W2, W3) anode's methods run as one :class:`anode.ODEBlock`, which returns the state at
+``t = 1`` only, like the checkpoint loop; on W1 they run through :func:`anode.odeint`, like
+torchdiffeq's.
 :func:`frontier_step` is the memory target a fresh process calls, :func:`time_frontier`
 the target that times all methods of a workload interleaved.
 """
@@ -123,7 +126,11 @@ def _solver(workload: str, method: str, schedule, snapshots, budget, stagewise, 
     stepping = anode.Adaptive(rtol=sizes["tol"], atol=sizes["tol"]) if adaptive else anode.FixedGrid(
         n_steps=sizes["n_steps"])
     options = anode.SolveOptions("dopri5" if adaptive else FIXED_METHOD, stepping, gradient)
-    return lambda f, y0: _last(anode.odeint(f, y0, t, options=options))
+    if adaptive:
+        return lambda f, y0: _last(anode.odeint(f, y0, t, options=options))
+    # One block as a network holds it: ODEBlock returns the state at t = 1 only, as the
+    # checkpoint loop does; odeint's stacked output would add a copy of y0 and its zero gradient
+    return lambda f, y0: anode.ODEBlock(f, options=options)(y0)
 
 
 def _last(ys):
