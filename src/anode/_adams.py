@@ -149,8 +149,7 @@ class Adams:
 
     def step(self, func, y: State, past: list[State], stage_times, h,
              record: StepRecord | None = None) -> tuple[State, list[State], StepRecord, int]:
-        """Take one step of this method from ``y`` with the f-values ``past`` of earlier steps
-        (the function :func:`adams_step` is this method).
+        """Take one step of this method from ``y`` with the f-values ``past`` of earlier steps.
 
         Args:
             func: ``func(t, y) -> dy/dt`` on tuple states.
@@ -239,11 +238,6 @@ def _converged(old: State, new: State, rtol: float, atol: float) -> bool:
     return bool(ratio < 1)
 
 
-adams_step = Adams.step
-"""``adams_step(method, func, y, past, stage_times, h, record=None)``: :meth:`Adams.step` as
-a function of the method."""
-
-
 def history_lengths(method: Adams, records: list[StepRecord]) -> list[int]:
     """The number of past f-values at the start of each step ``0..N_t`` (N_t + 1 entries)."""
     lengths = [0]
@@ -265,5 +259,5 @@ def unpack(extended: State, n_y: int, length: int) -> tuple[State, list[State]]:
     return y, [tuple(extended[(k + 1) * n_y : (k + 2) * n_y]) for k in range(length)]
 
 
-__all__ = ["Adams", "ADAMS_METHODS", "BASHFORTH", "MOULTON", "StepRecord", "adams_step",
+__all__ = ["Adams", "ADAMS_METHODS", "BASHFORTH", "MOULTON", "StepRecord",
            "history_lengths", "is_multistep", "pack", "unpack"]

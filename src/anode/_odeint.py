@@ -20,7 +20,6 @@ import torch
 from ._adams import is_multistep
 from ._callbacks import find_callbacks
 from ._gradients import GradientMethod, resolve
-from ._gradients.direct import forward_solve
 from ._inputs import check_state, check_times, default_params, functorch_transforms
 from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
 from ._methods import Method, get_method
@@ -30,6 +29,7 @@ from ._schedules.registry import constructor_parameters
 from ._solvers import State
 from ._stepping.controller import Adaptive
 from ._stepping.grid import TimeGrid
+from ._stepping.loops import forward_solve
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 

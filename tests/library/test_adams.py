@@ -11,9 +11,9 @@ import torchdiffeq
 
 import anode
 from anode._adams import BASHFORTH, MOULTON, Adams
-from anode._gradients import multistep
 from anode._ivp import IVP, CheckedFunc
 from anode._options import keyword_options
+from anode._stepping.loops import adams_sweep
 from anode.dropin import odeint as dropin_odeint
 from anode.dropin import odeint_adjoint as dropin_adjoint
 from problems import TimeMLP, rel_err
@@ -74,7 +74,7 @@ def test_corrections_vary_by_step_and_are_recorded():
     grid = anode.FixedGrid(step_size=0.05).grid(t.tolist())
     problem = IVP(func=CheckedFunc(func, False), y0=(y0,), t=t, grid=grid, tableau=LOOSE, params=())
     with torch.no_grad():
-        _, records, _ = multistep.sweep(problem)
+        _, records, _ = adams_sweep(problem)
     corrections = [r.corrections for r in records[2:]]  # after the two 3/8-rule steps
     assert len(set(corrections)) > 1 and all(r.converged for r in records)
 

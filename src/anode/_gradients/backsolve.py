@@ -54,7 +54,7 @@ from .._ivp import IVP
 from .._solvers import ButcherTableau, State, rk_step
 from .._stepping.controller import Adaptive, mixed_norm
 from .._stepping.grid import TimeGrid
-from .._stepping.loops import ForwardStart, adaptive_reverse, forward_sweep
+from .._stepping.loops import ForwardStart, adams_forward_sweep, adaptive_reverse, forward_sweep
 from . import multistep
 from .base import GradientMethod
 from .closures import independent
@@ -99,7 +99,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         n_y = len(ivp.y0)
         record = start.record
         if is_multistep(ivp.tableau):
-            result, _ = multistep.graph_free_forward(ivp, start)
+            result, _ = adams_forward_sweep(ivp, start)
         else:
             result = forward_sweep(ivp, start)
         ivp.stats.schedule = "backsolve"

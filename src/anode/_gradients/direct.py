@@ -8,22 +8,10 @@ L blocks. It is the reference every other gradient method is tested against.
 
 from __future__ import annotations
 
-from .._adams import is_multistep
 from .._ivp import IVP
 from .._solvers import State
-from .._stepping import loops
-from . import multistep
+from .._stepping.loops import forward_solve
 from .base import GradientMethod
-
-
-def forward_solve(ivp: IVP) -> list[State]:
-    """The solve under the current grad mode, counted as a solve's forward pass: the
-    Runge–Kutta loop (:func:`anode._stepping.loops.forward_solve`), or the Adams sweep
-    (:func:`anode._gradients.multistep.forward_solve`), whose steps carry a history. With
-    grad enabled it is ``direct``'s forward; under ``torch.no_grad`` every method's."""
-    if is_multistep(ivp.tableau):
-        return multistep.forward_solve(ivp)
-    return loops.forward_solve(ivp)
 
 
 class Direct(GradientMethod):
@@ -45,6 +33,8 @@ class Direct(GradientMethod):
     name = "direct"
 
     def solve(self, ivp: IVP) -> list[State]:
+        """Step through the solve with autograd recording (the Runge–Kutta or Adams loop of
+        :func:`anode._stepping.loops.forward_solve`)."""
         result = forward_solve(ivp)
         ivp.stats.schedule = "direct"
         return result

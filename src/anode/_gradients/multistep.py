@@ -1,4 +1,6 @@
-"""Gradients of multistep (Adams) solves: direct, the discrete adjoint, the continuous adjoint.
+"""Gradients of multistep (Adams) solves: the discrete adjoint's backward over the steps, and
+the continuous adjoint's reverse solve. The forward loops (``direct``'s, the graph-free
+forward sweep, the replays) are stepping's: :func:`anode._stepping.loops.adams_sweep`.
 
 A multistep step reads the f-values of earlier steps, so the discrete adjoint treats the
 *extended* state ``(y_n, f_{n-1}, ..., f_{n-K})`` (:func:`anode._adams.pack`, ``K + 1``
@@ -25,18 +27,17 @@ Adams method, a fresh history in each interval between output times, as torchdif
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
 import torch
 
-from .._adams import Adams, StepRecord, adams_step, history_lengths, pack, unpack
+from .._adams import Adams, StepRecord, history_lengths, pack, unpack
 from .._ivp import IVP
 from .._recompute import ForwardRecord
 from .._schedules import Schedule
 from .._solvers import State
-from .._stepping.loops import ForwardStart
+from .._stepping.loops import ForwardStart, adams_forward_sweep, adams_sweep
 from .closures import independent
 from .forward import check_closed, start_forward, unflatten, zeros_if_none
 from .records import SavedSolve, StepContext, StepTimes
@@ -44,80 +45,6 @@ from .records import SavedSolve, StepContext, StepTimes
 
 def _value(h):
     return h.detach() if isinstance(h, torch.Tensor) else h
-
-
-def sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None, *,
-          records: list[StepRecord] | None = None, replay: ForwardRecord | None = None,
-          forward: ForwardRecord | None = None, keep=None, first: State | None = None, hooks=None):
-    """Step an Adams method through ``ivp.grid`` under the current grad mode.
-
-    Args:
-        ivp: the problem; ``ivp.tableau`` is an :class:`~anode._adams.Adams`.
-        y0, t: default to the problem's (``t`` may require grad).
-        records: the forward's step records, to replay its corrections; None to iterate.
-        replay: a forward record whose generator state each step replays.
-        forward: a forward record to note each step in (:meth:`ForwardRecord.after_step`).
-        keep: called as ``keep(j, y_j, past_j)`` at the start of every step.
-        first: ``func(t0, y0)`` when already evaluated (by
-            :func:`~anode._gradients.forward.start_forward`): the first step's first evaluation.
-        hooks: torchdiffeq's forward step callbacks (:class:`~anode._callbacks.StepHooks`),
-            called at the start of each step; None in replays, which report nothing.
-
-    Returns:
-        ``(states at ivp.grid.solve_outputs, step records, evaluations of func)``.
-
-    """
-    method = ivp.tableau
-    stage_times, sizes = ivp.step_times(t)
-    outputs = set(ivp.grid.solve_outputs)
-    y, past = (ivp.y0 if y0 is None else y0), []
-    result, made, evaluations = [], [], 0
-    for j in range(ivp.grid.n_steps):
-        if keep is not None:
-            keep(j, y, past)
-        rec = None if records is None else records[j]
-        if hooks:
-            hooks.on_step(stage_times[j][0], y, sizes[j])
-        func = ivp.func
-        if first is not None and j == 0:
-            pending = [first]
-
-            def func(t, y, pending=pending):
-                return pending.pop() if pending else ivp.func(t, y)
-        with replay.step(j) if replay is not None else contextlib.nullcontext():
-            y, past, rec, n = adams_step(method, func, y, past, stage_times[j], sizes[j], rec)
-        if forward is not None:
-            forward.after_step(j)
-        made.append(rec)
-        evaluations += n
-        if j + 1 in outputs:
-            result.append(y)
-    return result, made, evaluations
-
-
-def _count_forward(ivp: IVP, evaluations: int) -> None:
-    ivp.stats.forward_steps += ivp.grid.n_steps
-    ivp.stats.forward_evaluations += evaluations
-    ivp.stats.stages = 0  # steps differ in evaluations: replays count into replayed_evaluations
-
-
-def forward_solve(ivp: IVP) -> list[State]:
-    """The solve under the current grad mode (``direct``'s forward), counted into the stats."""
-    result, _, evaluations = sweep(ivp, hooks=ivp.callbacks.forward)
-    _count_forward(ivp, evaluations)
-    return result
-
-
-def graph_free_forward(ivp: IVP, start: ForwardStart,
-                       keep=None) -> tuple[list[torch.Tensor], list[StepRecord]]:
-    """A forward without a graph from ``start`` (:func:`~anode._gradients.forward.start_forward`,
-    whose evaluation is the first step's first): ``(the output states flattened, the step
-    records)``."""
-    result, records, evaluations = sweep(ivp, forward=start.record, keep=keep, first=start.slope,
-                                         hooks=ivp.callbacks.forward)
-    start.record.finish()
-    _count_forward(ivp, evaluations)
-    return [v for state in result for v in state], records
 
 
 def reverse_interval(ivp: IVP, dynamics, aug: State, steps, *, stage_times: torch.Tensor,
@@ -132,7 +59,7 @@ def reverse_interval(ivp: IVP, dynamics, aug: State, steps, *, stage_times: torc
         if hooks:
             hooks.on_step(stage_times[j][0], aug, sizes[j])
         with record.step(j):
-            aug, past, _, n = adams_step(method, dynamics, aug, past, stage_times[j], sizes[j])
+            aug, past, _, n = method.step(dynamics, aug, past, stage_times[j], sizes[j])
         ivp.stats.recomputed_steps += 1
         ivp.stats.replayed_evaluations += n
     return aug
@@ -154,7 +81,7 @@ class _MultistepAdjoint(torch.autograd.Function):
             if j != 0 and schedule.keeps(j, n_steps):
                 kept[j] = schedule.hold(j, n_steps, pack(y, past, slots))
 
-        result, records = graph_free_forward(ivp, start, keep)
+        result, records = adams_forward_sweep(ivp, start, keep)
         ivp.stats.schedule = schedule.name
         saved = SavedSolve.of(tensors, n_y=len(ivp.y0), n_listed=setup.n_listed, kept=kept)
         saved.save(ctx, autograd_holds_kept=schedule.autograd_holds_kept)
@@ -205,8 +132,8 @@ def _advance(step: StepContext, times: StepTimes, records: list[StepRecord], len
     method, n_y = step.tableau, len(step.ivp.y0)
     y, past = unpack(extended, n_y, lengths[j])
     with step.record.step(j), torch.no_grad():
-        y1, history, _, n = adams_step(method, step.func, y, past, times.stage[j].detach(),
-                                       _value(times.size[j]), records[j])
+        y1, history, _, n = method.step(step.func, y, past, times.stage[j].detach(),
+                                        _value(times.size[j]), records[j])
     step.ivp.stats.recomputed_steps += 1
     step.ivp.stats.replayed_evaluations += n
     return pack(y1, history, method.slots)
@@ -240,7 +167,7 @@ def _step_vjp(step: StepContext, y: State, past: list[State], a_y: State, a_hist
         st, h = stage_times.detach(), _value(size)
         if need_t:
             st, h = st.requires_grad_(), size.detach().requires_grad_()
-        y1, history, _, n = adams_step(step.tableau, step.func, y_leaf, past_leaf, st, h, step_record)
+        y1, history, _, n = step.tableau.step(step.func, y_leaf, past_leaf, st, h, step_record)
     step.ivp.stats.replayed_evaluations += n
     pairs = list(zip(y1, a_y))
     if a_hist and a_hist[0] is not None:
@@ -276,7 +203,7 @@ def _differentiable_backward(ctx, grad_outputs):
     y0, t = saved.y0, saved.t
     need = ctx.needs_input_grad[3:]
     with record.replaying():
-        states, _, n = sweep(ivp, y0, t, records=ctx.records, replay=record)
+        states, _, n = adams_sweep(ivp, y0, t, records=ctx.records, replay=record)
     ivp.stats.backward_steps += ivp.grid.n_steps
     ivp.stats.replayed_evaluations += n
     result = [v for state in states for v in state]

@@ -1,18 +1,23 @@
 """The solve loops over a time grid: every gradient method steps through these.
 
+* :func:`forward_solve`: a solve's forward pass under the current grad mode (``direct``'s
+  forward with grad enabled, every method's under ``torch.no_grad``), for Runge–Kutta and
+  Adams methods alike: the one entry of the front door and of ``direct``.
 * :func:`plain_solve`: the steps of a Runge–Kutta method under the current grad mode: with
   grad enabled autograd records them (the direct gradient, and the rebuild of a double
-  backward), under ``torch.no_grad`` it is the graph-free forward; :func:`forward_solve`
-  counts it as a solve's forward pass.
+  backward), under ``torch.no_grad`` it is the graph-free forward.
 * :func:`dense_step`: one step and its dense output at given fractions of the step.
-* :func:`forward_sweep`: the forward of the methods that build no graph in it (the discrete
-  and the continuous adjoint), from the first evaluation :class:`ForwardStart` hands it.
+* :func:`forward_sweep`: the Runge–Kutta forward of the methods that build no graph in it
+  (the discrete and the continuous adjoint), from the first evaluation :class:`ForwardStart`
+  hands it; :func:`adams_forward_sweep` is the same for an Adams method.
+* :func:`adams_sweep`: the steps of an Adams method, which carry a history of f-values from
+  step to step, under the current grad mode (also the replays of the discrete adjoint).
 * :func:`adaptive_reverse`: the continuous adjoint's reverse solve between two output
   times with its own adaptive steps.
 
 An adaptive problem whose steps are not chosen yet (``ivp.grid is None``) is stepped by the
 controller loop (:func:`anode._stepping.adaptive.integrate`), which sets the accepted grid.
-Adams methods carry a history from step to step and are stepped by
+The discrete adjoint's backward over Adams steps is a gradient method's and lives in
 :mod:`anode._gradients.multistep`.
 """
 
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._adams import Adams, StepRecord, is_multistep
 from .._callbacks import StepHooks
 from .._ivp import IVP
 from .._recompute import ForwardRecord
@@ -102,7 +108,15 @@ def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True) -
 
 
 def forward_solve(ivp: IVP) -> list[State]:
-    """:func:`plain_solve` as a solve's forward pass, counting its steps into ``ivp.stats``."""
+    """The solve under the current grad mode, counted into ``ivp.stats`` as a solve's forward
+    pass: :func:`plain_solve` for a Runge–Kutta method, :func:`adams_sweep` for an Adams
+    method, whose steps carry a history. With grad enabled it is ``direct``'s forward; under
+    ``torch.no_grad`` every method's. Returns the states at ``ivp.grid.solve_outputs`` (then
+    the dense outputs at its taps)."""
+    if is_multistep(ivp.tableau):
+        result, _, evaluations = adams_sweep(ivp, hooks=ivp.callbacks.forward)
+        _count_adams_forward(ivp, evaluations)
+        return result
     pending = ivp.grid is None
     result = plain_solve(ivp, hooks=ivp.callbacks.forward)
     if not pending:
@@ -178,6 +192,74 @@ def forward_sweep(
     record.finish()
     ivp.stats.count_fixed_forward(ivp.grid.n_steps, ivp.tableau.solution_stages)
     return result
+
+
+def adams_sweep(ivp: IVP, y0: State | None = None, t: torch.Tensor | None = None, *,
+                records: list[StepRecord] | None = None, replay: ForwardRecord | None = None,
+                forward: ForwardRecord | None = None, keep=None, first: State | None = None, hooks=None):
+    """Step an Adams method through ``ivp.grid`` under the current grad mode.
+
+    Args:
+        ivp: the problem; ``ivp.tableau`` is an :class:`~anode._adams.Adams`.
+        y0, t: default to the problem's (``t`` may require grad).
+        records: the forward's step records, to replay its corrections; None to iterate.
+        replay: a forward record whose generator state each step replays.
+        forward: a forward record to note each step in (:meth:`ForwardRecord.after_step`).
+        keep: called as ``keep(j, y_j, past_j)`` at the start of every step.
+        first: ``func(t0, y0)`` when already evaluated (by
+            :func:`~anode._gradients.forward.start_forward`): the first step's first evaluation.
+        hooks: torchdiffeq's forward step callbacks (:class:`~anode._callbacks.StepHooks`),
+            called at the start of each step; None in replays, which report nothing.
+
+    Returns:
+        ``(states at ivp.grid.solve_outputs, step records, evaluations of func)``.
+
+    """
+    method: Adams = ivp.tableau
+    stage_times, sizes = ivp.step_times(t)
+    outputs = set(ivp.grid.solve_outputs)
+    y, past = (ivp.y0 if y0 is None else y0), []
+    result, made, evaluations = [], [], 0
+    for j in range(ivp.grid.n_steps):
+        if keep is not None:
+            keep(j, y, past)
+        rec = None if records is None else records[j]
+        if hooks:
+            hooks.on_step(stage_times[j][0], y, sizes[j])
+        func = ivp.func
+        if first is not None and j == 0:
+            pending = [first]
+
+            def func(t, y, pending=pending):
+                return pending.pop() if pending else ivp.func(t, y)
+        with replay.step(j) if replay is not None else contextlib.nullcontext():
+            y, past, rec, n = method.step(func, y, past, stage_times[j], sizes[j], rec)
+        if forward is not None:
+            forward.after_step(j)
+        made.append(rec)
+        evaluations += n
+        if j + 1 in outputs:
+            result.append(y)
+    return result, made, evaluations
+
+
+def _count_adams_forward(ivp: IVP, evaluations: int) -> None:
+    ivp.stats.forward_steps += ivp.grid.n_steps
+    ivp.stats.forward_evaluations += evaluations
+    ivp.stats.stages = 0  # steps differ in evaluations: replays count into replayed_evaluations
+
+
+def adams_forward_sweep(ivp: IVP, start: ForwardStart,
+                        keep=None) -> tuple[list[torch.Tensor], list[StepRecord]]:
+    """:func:`forward_sweep` for an Adams method: a forward without a graph from ``start``
+    (:func:`~anode._gradients.forward.start_forward`, whose evaluation is the first step's
+    first): ``(the output states flattened, the step records)``; ``keep`` is called as
+    ``keep(j, y_j, past_j)`` at the start of every step."""
+    result, records, evaluations = adams_sweep(ivp, forward=start.record, keep=keep,
+                                               first=start.slope, hooks=ivp.callbacks.forward)
+    start.record.finish()
+    _count_adams_forward(ivp, evaluations)
+    return [v for state in result for v in state], records
 
 
 def adaptive_reverse(ivp: IVP, dynamics, aug: State, t_from: float, t_to: float, *,
