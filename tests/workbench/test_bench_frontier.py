@@ -46,14 +46,21 @@ def test_targets_are_ratios_of_the_run():
                                  (frontier.RECOMPUTE, 20, 2.5), (frontier.CHECKPOINT, 25, 2.2),
                                  (frontier.ADJOINT, 10, 2.0),
                                  (frontier.AUTO, 8, 2.3), (frontier.FORWARD, None, 0.5)]:
-        row = {"workload": "W2", "method": method, "exact": method != frontier.ADJOINT, "time_s": time_s}
+        row = {"workload": "W2", "method": method, "exact": method != frontier.ADJOINT, "time_s": time_s,
+               "state_bytes": 4}
         if peak is not None:
             row["peak_bytes"] = peak
         rows.append(row)
     frontier._add_ratios(rows)
     found = {t.name: t for t in frontier.evaluate(rows)}
     assert found[f"time: {frontier.STORE} / {frontier.CHECKPOINT}"].measured == pytest.approx(2.0 / 2.2)
-    assert found[f"memory: {frontier.STORE} / {frontier.CHECKPOINT}"].met
+    # memory against checkpoint in states: 5 bytes less is 1.25 states less; 2 more (half a
+    # state) is the same memory to the measurement's resolution, 3 more is not
+    states = f"memory: ({frontier.STORE} - {frontier.CHECKPOINT}) in states"
+    assert found[states].measured == pytest.approx(-1.25)
+    for extra, met in [(2, True), (3, False)]:
+        shifted = [dict(r, peak_bytes=25 + extra) if r["method"] == frontier.STORE else r for r in rows]
+        assert {t.name: t for t in frontier.evaluate(shifted)}[states].met is met
     assert found[f"time: ({frontier.RECOMPUTE} - {frontier.STORE}) / {frontier.FORWARD}"].measured == \
         pytest.approx(1.0)
     assert found[f"time: {frontier.AUTO} / {frontier.ADJOINT}"].measured == pytest.approx(1.15)
