@@ -64,8 +64,9 @@ _SUBPACKAGES = ("dropin", "models")
 # name -> (where it lives now, what to use instead); remove with the deprecation
 _DEPRECATED = {
     "Anode": ("_gradients:DiscreteAdjoint", "anode.DiscreteAdjoint (the discrete adjoint, by any name)"),
-    "odeint_adjoint": ("_odeint", "anode.dropin.odeint_adjoint (torchdiffeq's vocabulary) or "
-                                  "anode.odeint(..., gradient='backsolve')"),
+    "odeint_adjoint": ("_odeint", "anode.dropin.odeint_adjoint or anode.odeint(..., gradient='backsolve'); "
+                                  "anode.dropin takes torchdiffeq's method names (its 'rk4' is anode's "
+                                  "'rk38')"),
     "TABLEAUS": ("_tableaus", "anode.METHODS (every method, fixed-step and embedded)"),
     "EMBEDDED_TABLEAUS": ("_tableaus", "anode.METHODS (an embedded pair has METHODS[name].embedded)"),
     "get_tableau": ("_tableaus", "anode.get_method"),

@@ -58,7 +58,7 @@ from ._event_search import (
     step_with_interpolant,
 )
 from ._inputs import check_state, functorch_transforms
-from ._ivp import CheckedFunc, SolveStats, check_signature, time_dtypes
+from ._ivp import CheckedFunc, SolveStats, check_signature, check_stats, time_dtypes
 from ._odeint import Tensors, solve
 from ._options import SolveOptions
 from ._solvers import State
@@ -197,7 +197,7 @@ def solve_until_event(func: Callable, y0: Tensors, t: torch.Tensor, options: Sol
     if kind not in INTERPOLANTS or (kind == "dense" and not tab.dense):
         raise ValueError(f"interp must be one of {INTERPOLANTS} ('dense' for a method with an "
                          f"interpolant), got {interp!r} for {tab.name!r}")
-    stats = stats if stats is not None else SolveStats()
+    stats = check_stats(stats)
     t0 = t[0]
     t_dtype, device = t.dtype, t.device
     s0 = float(t0.detach())

@@ -72,11 +72,35 @@ def functorch_transforms() -> set[str]:
     return {str(i.key()).rsplit(".", 1)[-1] for i in retrieve_all_functorch_interpreters()}
 
 
+def check_params(params) -> tuple[torch.Tensor, ...]:
+    """``params`` (None or a sequence of tensors) as a tuple.
+
+    Raises:
+        TypeError: a bare tensor, a non-iterable, or an entry that is not a tensor.
+    """
+    if params is None:
+        return ()
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params must be a sequence of tensors (e.g. params=[w] or (w, b)), not a "
+                        f"bare tensor of shape {tuple(params.shape)}")
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"params must be a sequence of tensors, not {type(params).__name__}")
+    params = tuple(params)
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"params must be a sequence of tensors, got an entry of type {type(p).__name__}")
+    return params
+
+
 def default_params(func, params) -> tuple[torch.Tensor, ...]:
-    """``func``'s parameters (a module's) and ``params``, each once, in that order."""
+    """``func``'s parameters (a module's) and ``params``, each once, in that order.
+
+    Raises:
+        TypeError: as :func:`check_params`.
+    """
     own = list(func.parameters()) if isinstance(func, nn.Module) else []
     out, seen = [], set()
-    for p in [*own, *(params or ())]:
+    for p in [*own, *check_params(params)]:
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params must hold tensors, got {type(p).__name__}")
         if id(p) not in seen:

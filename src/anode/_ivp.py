@@ -82,6 +82,21 @@ class SolveStats:
         self.stage_replays = self.dense_evaluations = self.replayed_evaluations = 0
 
 
+def check_stats(stats) -> SolveStats:
+    """``stats``, or a new :class:`SolveStats` for None.
+
+    Raises:
+        TypeError: anything else (a dict, say), which would otherwise fail in the middle of
+            the solve or count nothing.
+    """
+    if stats is None:
+        return SolveStats()
+    if not isinstance(stats, SolveStats):
+        raise TypeError(f"stats must be an anode.SolveStats (or None), not {type(stats).__name__}; "
+                        "pass stats=anode.SolveStats() and read its counts after the solve")
+    return stats
+
+
 def _reference(func: Callable) -> Callable[[], Callable | None]:
     """A callable returning ``func``; weak for modules and bound methods of modules.
 

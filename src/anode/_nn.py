@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ._gradients import GradientMethod
+from ._inputs import check_params
 from ._ivp import SolveStats, check_signature
 from ._methods import Method
 from ._odeint import options_record, solve, takes_deprecated_schedule
@@ -26,7 +28,9 @@ class ODEBlock(nn.Module):
         func: the ODE function ``func(t, z) -> dz/dt``, usually an ``nn.Module`` (registered
             as a submodule so its parameters train with the network). A module of ``z``
             alone (e.g. ``nn.Sequential``) goes in :class:`Autonomous`.
-        end_time: T (time units), a nonzero float; the block integrates over [0, T].
+        end_time: T (time units), a nonzero finite real number (or a 0-d tensor without grad;
+            a learnable T is not supported: scale ``func`` instead); the block integrates over
+            [0, T]. Assigning ``block.end_time`` checks it the same way.
         method: as in :func:`anode.odeint`; e.g. ``ODEBlock(func, method="dopri5", rtol=1e-3,
             atol=1e-4)`` steps adaptively, and every gradient method differentiates the
             accepted steps exactly.
@@ -57,7 +61,8 @@ class ODEBlock(nn.Module):
     Raises:
         ValueError, TypeError: unknown method or gradient, a fixed grid given with
             tolerances, options not a SolveOptions or given with other solve arguments,
-            ``end_time`` zero or not finite, or a func that cannot be called as ``func(t, z)``,
+            ``end_time`` zero, not finite or not a real number (TypeError, also for a
+            tensor that requires grad), or a func that cannot be called as ``func(t, z)``,
             at construction; the rest as
             :func:`anode.odeint`, at the first forward call.
     """
@@ -83,8 +88,9 @@ class ODEBlock(nn.Module):
                     "atol": atol, "gradient": gradient}
         options = options_record(options, keywords)
         self.func = func
-        self.end_time = check_end_time(end_time)
+        self.end_time = end_time
         self.options = options
+        check_params(params)  # now rather than at the first forward call
         self.params = params
         self.stats = SolveStats()
 
@@ -100,6 +106,20 @@ class ODEBlock(nn.Module):
                             f"as keyword arguments), not {type(value).__name__}")
         self._options = value
 
+    @property
+    def end_time(self) -> float:
+        """T (time units), a nonzero finite float; assigning checks it as the constructor does."""
+        return self._end_time
+
+    @end_time.setter
+    def end_time(self, value) -> None:
+        self._end_time = check_end_time(value)
+
+    def __setstate__(self, state: dict) -> None:
+        if "end_time" in state:  # a block pickled before end_time was checked on assignment
+            state["_end_time"] = check_end_time(state.pop("end_time"))
+        super().__setstate__(state)
+
     def forward(self, x):
         ref = x[0] if isinstance(x, (tuple, list)) else x
         dtype = ref.dtype if ref.is_floating_point() else torch.float32
@@ -114,7 +134,27 @@ class ODEBlock(nn.Module):
 
 
 def check_end_time(end_time) -> float:
-    """``end_time`` as a float; raises ValueError unless it is a nonzero finite number."""
+    """``end_time`` as a float: a real number (Python's or numpy's) or a 0-d tensor without grad.
+
+    Raises:
+        TypeError: a bool, a string or another non-number; a tensor that is not 0-d, or one
+            that requires grad (a learnable end time is not supported: the block's time grid
+            is a constant; learn a scale of the vector field instead: ``dz/dt = T * f(T * t, z)``
+            on [0, 1], which the block differentiates exactly).
+        ValueError: zero, NaN or infinite.
+    """
+    if isinstance(end_time, torch.Tensor):
+        if end_time.requires_grad:
+            raise TypeError("end_time requires grad, but a learnable end time is not supported: the "
+                            "block integrates over a fixed [0, T] and would drop its gradient. Scale the "
+                            "function instead: with T a parameter, integrate dz/dt = T * f(T * t, z) "
+                            "over [0, 1] (end_time=1), which reaches z(T) and differentiates T exactly")
+        if end_time.dim() != 0 or end_time.is_complex() or end_time.dtype is torch.bool:
+            raise TypeError(f"end_time must be a real number or a 0-d real tensor, got a tensor of shape "
+                            f"{tuple(end_time.shape)} and dtype {end_time.dtype}")
+    elif isinstance(end_time, bool) or not isinstance(end_time, numbers.Real):
+        raise TypeError(f"end_time must be a real number (time units), not {type(end_time).__name__} "
+                        f"{end_time!r}")
     value = float(end_time)
     if not (value != 0 and math.isfinite(value)):
         raise ValueError(f"end_time must be a nonzero finite number, got {end_time}")

@@ -19,13 +19,11 @@ import torch
 
 from ._adams import is_multistep
 from ._callbacks import find_callbacks
-from ._gradients import GradientMethod, resolve
+from ._gradients import GradientMethod, resolve, schedule_keywords_gradient
 from ._inputs import check_state, check_times, default_params, functorch_transforms
-from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, time_dtypes
+from ._ivp import IVP, CheckedFunc, SolveStats, check_signature, check_stats, time_dtypes
 from ._methods import Method, get_method
 from ._options import SolveOptions, keyword_options
-from ._schedules import SCHEDULES
-from ._schedules.registry import constructor_parameters
 from ._solvers import State
 from ._stepping.controller import Adaptive
 from ._stepping.grid import TimeGrid
@@ -44,7 +42,7 @@ def takes_deprecated_schedule(function: Callable) -> Callable:
     Raises:
         TypeError: a keyword that is neither ``function``'s nor an option of a registered
             schedule (as Python's own message for an unexpected keyword).
-        ValueError: as :func:`~anode._gradients.resolve` (e.g. a schedule with a gradient object).
+        ValueError: as :func:`~anode._gradients.schedule_keywords_gradient`.
     """
     own = set(inspect.signature(function).parameters)
     caller = "anode." + function.__qualname__.removesuffix(".__init__")
@@ -53,25 +51,10 @@ def takes_deprecated_schedule(function: Callable) -> Callable:
     def with_schedule_keywords(*args, **kwargs):  # deprecated: remove with schedule=
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
         if extra:
-            kwargs["gradient"] = _schedule_gradient(caller, kwargs.get("gradient"), extra)
+            kwargs["gradient"] = schedule_keywords_gradient(caller, kwargs, extra)
         return function(*args, **kwargs)
 
     return with_schedule_keywords
-
-
-def _schedule_gradient(caller: str, gradient, extra: dict) -> GradientMethod:
-    schedule = extra.pop("schedule", None)
-    known = {p.name for cls in SCHEDULES.values() for p in constructor_parameters(cls)}
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        name = caller.removeprefix("anode.")
-        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}")
-    written = ", ".join([*([f"schedule={schedule!r}"] if schedule is not None else []),
-                         *(f"{k}={v!r}" for k, v in extra.items())])
-    warnings.warn(f"{caller}({written}) is deprecated: pass a gradient object, e.g. "
-                  "gradient=anode.DiscreteAdjoint(schedule=anode.Revolve(4)) or "
-                  "gradient=anode.DiscreteAdjoint(schedule=anode.Store())", DeprecationWarning, stacklevel=3)
-    return resolve("anode" if gradient is None else gradient, schedule, **extra)
 
 
 def _torchdiffeq_vocabulary():
@@ -208,10 +191,12 @@ def odeint(
     keywords = {"method": method, "n_steps": n_steps, "step_size": step_size, "rtol": rtol,
                 "atol": atol, "gradient": gradient}
     if isinstance(options, Mapping):
+        names = _torchdiffeq_vocabulary()
+        note = "; ".join(filter(None, [names.NAMES_DIFFER, names.renamed_method_note(method)]))
         warnings.warn("anode.odeint(options=<dict>) is deprecated: torchdiffeq's options dicts go to "
-                      "anode.dropin.odeint (torchdiffeq's vocabulary); anode.odeint takes an "
-                      "anode.SolveOptions", DeprecationWarning, stacklevel=3)
-        options = _torchdiffeq_vocabulary().anode_dict_options(options, **keywords)
+                      f"anode.dropin.odeint; anode.odeint takes an anode.SolveOptions. {note}",
+                      DeprecationWarning, stacklevel=3)
+        options = names.anode_dict_options(options, **keywords)
     else:
         options = options_record(options, keywords)
     return _stacked(func, y0, t, options, params=params, stats=stats)
@@ -290,6 +275,8 @@ def odeint_adjoint(
         rtol=1e-7 if rtol is None else rtol, atol=1e-9 if atol is None else atol,
         method=default if method is None else method, options=options, adjoint_rtol=adjoint_rtol,
         adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options)
+    if note := vocabulary.renamed_method_note(default if method is None else method):
+        warnings.warn(f"anode.odeint_adjoint is deprecated: {note}", DeprecationWarning, stacklevel=2)
     stats = kwargs.pop("stats", None)
     keywords = {"method": method, "n_steps": kwargs.pop("n_steps", None),
                 "step_size": kwargs.pop("step_size", None), "rtol": rtol, "atol": atol}
@@ -337,7 +324,7 @@ def solve(
     # an adaptive solve's grid is the accepted steps of its forward sweep, set on the IVP
     if grid is None and not adaptive:
         grid = options.stepping.grid(times, func, y0, t)
-    stats = stats if stats is not None else SolveStats()
+    stats = check_stats(stats)
     if len(set(times)) == 1:  # no step to take (one output time, or only repeats of it)
         return state, is_tuple, [state] * len(times)
     inference = torch.is_inference_mode_enabled()

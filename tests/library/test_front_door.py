@@ -5,6 +5,7 @@ still working for one release, each with a DeprecationWarning and the result of 
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,31 @@ def test_deprecated_options_dict_names_the_dropin_and_solves_as_a_record():
         anode.odeint(func, y0, t, method="euler", n_steps=3, options={})
     with _deprecated("anode.dropin.odeint"), pytest.raises(ValueError, match="'euler' has none"):
         anode.odeint(func, y0, t, method="euler", rtol=1e-3, options={"step_size": 0.1})
+
+
+@pytest.mark.parametrize("method, advice, dropin_method", [
+    ("rk4", "method=anode.METHODS['rk4']", anode.METHODS["rk4"]), ("heun", "method='heun2'", "heun2")])
+def test_advice_to_use_the_dropin_names_its_method_and_following_it_keeps_the_solve(method, advice,
+                                                                                     dropin_method):
+    # anode.dropin's names are torchdiffeq's: its "rk4" is Kutta's 3/8 rule, anode's "rk38"
+    func, y0, t = _problem()
+    with _deprecated("anode.dropin takes torchdiffeq's method names .*'rk38'") as record:
+        old = anode.odeint(func, y0, t, method=method, options={"step_size": 0.25})
+    (message,) = [str(w.message) for w in record if issubclass(w.category, DeprecationWarning)]
+    assert f"method={method!r} here is anode's {method}" in message and advice in message
+    followed = dropin.odeint(func, y0, t, method=dropin_method, options={"step_size": 0.25})
+    assert torch.equal(old, followed)
+    if method == "rk4":  # the drop-in's own rk4 is another method: the advice says so
+        assert "only if you want rk38" in message
+        assert not torch.equal(old, dropin.odeint(func, y0, t, method="rk4", options={"step_size": 0.25}))
+    with _deprecated("anode.dropin takes torchdiffeq's method names") as record:
+        anode.odeint(func, y0, t, method="dopri5", options={})  # the same name: no method advice
+    assert not any("here is anode's" in str(w.message) for w in record)
+    with _deprecated("torchdiffeq's method names .*'rk38'"):
+        old_function = anode.odeint_adjoint
+    with _deprecated(re.escape(advice)):
+        old = old_function(func, y0, t, method=method, step_size=0.25)
+    assert torch.equal(old, followed)
 
 
 @pytest.mark.parametrize("old, new", [

@@ -314,3 +314,30 @@ def test_set_ode_options_with_tolerances():
     assert all(b.options.stepping == anode.FixedGrid(3) for b in model.ode_blocks())
     models.restore_ode_options(model, previous)
     assert all(b.options.stepping == anode.FixedGrid(2) for b in model.ode_blocks())
+
+
+@pytest.mark.parametrize("gradient", [anode.DiscreteAdjoint(anode.Store()), anode.Direct()],
+                         ids=["discrete_adjoint_store", "direct"])
+def test_a_gradient_object_needs_no_schedule_left_out(gradient):
+    # the default schedule ("recompute") is the discrete adjoint's default, not one the user gave
+    torch.manual_seed(4)
+    opts = dict(method="midpoint", n_steps=2)
+    model = models.create("resnet_ode_small", gradient=gradient, **opts).double()
+    assert all(b.options.gradient is gradient for b in model.ode_blocks())
+    ref = models.create("resnet_ode_small", gradient="direct", **opts).double()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    labels = torch.tensor([1, 5])
+    for g, w in zip(_grads(model, x, labels), _grads(ref, x, labels)):
+        assert rel_err(g, w) <= F64_RTOL
+    models.set_ode_options(ref, gradient=gradient)
+    assert all(b.options.gradient is gradient for b in ref.ode_blocks())
+    with pytest.raises(ValueError, match="a schedule was given with the gradient object"):
+        models.create("resnet_ode_small", gradient=gradient, schedule="store")
+    with pytest.raises(ValueError, match="a schedule was given with the gradient object"):
+        models.set_ode_options(ref, gradient=gradient, schedule="store")
+    # a gradient name that keeps no schedule: the default is left out, a given one raises
+    block = models.create("resnet_ode_small", gradient="backsolve").ode_blocks()[0]
+    assert isinstance(block.options.gradient, anode.Backsolve)
+    with pytest.raises(ValueError, match="schedule='store' applies to gradient='anode' only"):
+        models.create("resnet_ode_small", gradient="direct", schedule="store")

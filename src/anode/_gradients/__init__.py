@@ -13,6 +13,8 @@ Every method takes an :class:`~anode._ivp.IVP` and returns the tuple states at t
 
 from __future__ import annotations
 
+import warnings
+
 from .._schedules import SCHEDULES, get_schedule
 from .._schedules.registry import constructor_parameters
 from .backsolve import Backsolve
@@ -32,16 +34,16 @@ def resolve(gradient: str | GradientMethod = "anode", schedule=None, **schedule_
 
     Args:
         gradient: ``"anode"``, ``"direct"``, ``"backsolve"`` or a :class:`GradientMethod`.
-        schedule: for ``"anode"``: a schedule name (``"recompute"``, the default, ``"store"``,
-            ``"revolve"``, ``"auto"``) or object; checked but unused by the other names.
+        schedule: for ``"anode"`` only: a schedule name (``"recompute"``, the default,
+            ``"store"``, ``"revolve"``, ``"auto"``) or object.
             Without one, schedule options select the schedule that takes them
             (``snapshots`` → ``"revolve"``, ``memory_budget`` → ``"auto"``).
         **schedule_options: options of the named schedule (``snapshots``,
             ``host_snapshots``, ``memory_budget``).
 
     Raises:
-        ValueError: unknown gradient or schedule name, schedule options with a gradient
-            other than ``"anode"``, a schedule or options given with a GradientMethod
+        ValueError: unknown gradient or schedule name, a schedule or schedule options with a
+            gradient other than ``"anode"``, a schedule or options given with a GradientMethod
             object, or options the schedule does not take.
         TypeError: gradient neither a name nor a GradientMethod; schedule of a wrong type.
     """
@@ -60,11 +62,41 @@ def resolve(gradient: str | GradientMethod = "anode", schedule=None, **schedule_
         if schedule_options:
             raise ValueError(f"schedule options {sorted(schedule_options)} apply to gradient='anode' only")
         if schedule is not None:
-            get_schedule(schedule)  # a misspelt name is an error even where it is not used
+            get_schedule(schedule)  # a misspelt name gets its own message first
+            raise ValueError(f"schedule={schedule!r} applies to gradient='anode' only; "
+                             f"gradient={gradient!r} keeps no schedule: leave it out, or use "
+                             "gradient=anode.DiscreteAdjoint(schedule=...)")
         return GRADIENTS[gradient]()
     if schedule is None:
         schedule = schedule_taking(schedule_options) if schedule_options else "recompute"
     return DiscreteAdjoint(get_schedule(schedule, **schedule_options))
+
+
+def schedule_keywords_gradient(caller: str, kwargs: dict, extra: dict) -> GradientMethod:
+    """The gradient object that the first release's ``schedule=`` and schedule options
+    (``extra``) given to ``caller`` (``"anode.odeint"``, ``"anode.ODEBlock"``) with its other
+    keyword arguments ``kwargs`` describe; warns (DeprecationWarning). Remove with those forms.
+
+    Raises:
+        TypeError: a keyword that no registered schedule takes (as Python's own message).
+        ValueError: ``options=`` given too (naming the keywords); as :func:`resolve`.
+    """
+    schedule = extra.pop("schedule", None)
+    known = {p.name for cls in SCHEDULES.values() for p in constructor_parameters(cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        name = caller.removeprefix("anode.")
+        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}")
+    given = {**({"schedule": schedule} if schedule is not None else {}), **extra}
+    if kwargs.get("options") is not None:
+        raise ValueError(f"give either options= or the separate solve arguments, not both: got "
+                         f"options= and {'=, '.join(given)}=")
+    written = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    warnings.warn(f"{caller}({written}) is deprecated: pass a gradient object, e.g. "
+                  "gradient=anode.DiscreteAdjoint(schedule=anode.Revolve(4)) or "
+                  "gradient=anode.DiscreteAdjoint(schedule=anode.Store())", DeprecationWarning, stacklevel=3)
+    gradient = kwargs.get("gradient")
+    return resolve("anode" if gradient is None else gradient, schedule, **extra)
 
 
 def schedule_taking(options: dict) -> str:
@@ -88,4 +120,4 @@ def schedule_taking(options: dict) -> str:
 
 
 __all__ = ["GRADIENTS", "GradientMethod", "Direct", "DiscreteAdjoint", "Backsolve", "resolve",
-           "schedule_taking"]
+           "schedule_keywords_gradient", "schedule_taking"]

@@ -47,7 +47,7 @@ import torch
 
 from .._adams import is_multistep
 from .._ivp import IVP
-from .._schedules import Auto, Footprint, Keeper, Plan, Recompute, Schedule, plan
+from .._schedules import SCHEDULES, Auto, Footprint, Keeper, Plan, Recompute, Schedule, plan
 from .._solvers import State, rk_step
 from .._stepping.loops import ForwardStart, dense_step, forward_sweep, plain_solve
 from . import multistep
@@ -327,10 +327,13 @@ class DiscreteAdjoint(GradientMethod):
         self.stagewise = stagewise
         schedule = Recompute() if schedule is None else schedule
         if not callable(getattr(schedule, "choose", None)):
+            named = SCHEDULES.get(schedule) if isinstance(schedule, str) else None
+            instead = (f"anode.DiscreteAdjoint(anode.{named.__name__}(...))" if named is not None else
+                       "anode.DiscreteAdjoint(anode.Store()) or anode.DiscreteAdjoint(anode.Revolve(4))")
             raise TypeError(
                 "schedule must be a schedule object such as anode.Revolve(4), anode.Store(), "
                 f"anode.Recompute() or anode.Auto(memory_budget=...), not {type(schedule).__name__} "
-                "(a name goes with gradient='anode' in anode.odeint: schedule='revolve', snapshots=4)"
+                f"{schedule!r}: write {instead}"
             )
         self.schedule = schedule
 

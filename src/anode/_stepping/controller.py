@@ -16,6 +16,7 @@ The sweep that takes the steps is :func:`anode._stepping.adaptive.integrate`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +26,9 @@ from .._solvers import State
 
 
 def _check(name: str, value, low: float, *, strict: bool = False, high: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         raise TypeError(f"Adaptive: {name} must be a number, not {type(value).__name__}")
+    value = float(value)  # a numpy float32 would overflow against the bounds
     ok = (value > low if strict else value >= low) and value <= high
     if not ok or math.isnan(value):
         bound = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
@@ -125,6 +127,12 @@ class Adaptive:
         if self.dense_output is not None and not isinstance(self.dense_output, bool):
             raise TypeError(f"Adaptive: dense_output must be None, True or False, not {self.dense_output!r}")
         self._check_options()
+        for name in ("rtol", "atol", "first_step", "safety", "ifactor", "dfactor", "pcoeff", "icoeff",
+                     "max_step"):  # numpy scalars as Python floats, which mix with tensors safely
+            value = getattr(self, name)
+            if isinstance(value, (tuple, list)):
+                value = type(value)(_plain(v) for v in value)
+            object.__setattr__(self, name, _plain(value))
         if _is_number(self.rtol) and _is_number(self.atol) and self.rtol == 0 and self.atol == 0:
             raise ValueError("Adaptive: rtol and atol are both 0; give at least one positive tolerance")
         if self.first_step is not None:
@@ -135,6 +143,8 @@ class Adaptive:
         _check("pcoeff", self.pcoeff, -1e300, high=1e300)
         _check("icoeff", self.icoeff, 0.0, strict=True, high=1e300)
         _check("max_step", self.max_step, 0.0, strict=True)
+        if isinstance(self.max_num_steps, numbers.Integral) and not isinstance(self.max_num_steps, bool):
+            object.__setattr__(self, "max_num_steps", int(self.max_num_steps))  # e.g. numpy's
         if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, int):
             kind = type(self.max_num_steps).__name__
             raise TypeError(f"Adaptive: max_num_steps must be an int, not {kind}")
@@ -262,7 +272,13 @@ def mixed_norm(xs: list[torch.Tensor]) -> float:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A real number, Python's or numpy's (``numbers.Real``), but not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _plain(x):
+    """A real number that is not Python's own (numpy's) as a Python float; anything else as is."""
+    return float(x) if _is_number(x) and type(x) not in (int, float) else x
 
 
 def _check_tolerance(name: str, value) -> None:

@@ -8,6 +8,7 @@ backward step through the same grid.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -43,7 +44,9 @@ class FixedGrid:
             ``n_steps < 1``, ``step_size`` not positive and finite; (at solve time) a
             constructed grid that does not run from ``t[0]`` to ``t[-1]`` or is not strictly
             monotonic.
-        TypeError: ``n_steps`` not an int, ``perturb`` not a bool, ``grid_constructor``
+        TypeError: ``n_steps`` not an integer (a Python or numpy int, not a bool),
+            ``step_size`` not a real number or a 0-d tensor without grad (a bool or a string
+            is not a step size), ``perturb`` not a bool, ``grid_constructor``
             not callable; (at solve time) a constructed grid that is not 1-D numbers.
     """
 
@@ -53,6 +56,10 @@ class FixedGrid:
     grid_constructor: Callable | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.n_steps, numbers.Integral) and not isinstance(self.n_steps, bool):
+            object.__setattr__(self, "n_steps", int(self.n_steps))  # e.g. a numpy integer
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", _real_step_size(self.step_size))
         make_grid([0.0, 1.0], self.n_steps, self.step_size)
         if not isinstance(self.perturb, bool):
             raise TypeError(f"FixedGrid: perturb must be True or False, not {self.perturb!r}")
@@ -78,6 +85,23 @@ class FixedGrid:
         if self.grid_constructor is not None:
             return "grid_constructor"
         return f"n_steps={self.n_steps}" if self.step_size is None else f"step_size={self.step_size}"
+
+
+def _real_step_size(step_size) -> float:
+    """``step_size`` as a float: a real number (Python's or numpy's, not a bool) or a 0-d
+    tensor that does not require grad (the grid is a constant of the solve)."""
+    if isinstance(step_size, torch.Tensor):
+        if step_size.dim() != 0 or step_size.is_complex() or step_size.dtype is torch.bool:
+            raise TypeError(f"FixedGrid: step_size must be a real number or a 0-d real tensor, got a "
+                            f"tensor of shape {tuple(step_size.shape)} and dtype {step_size.dtype}")
+        if step_size.requires_grad:
+            raise TypeError("FixedGrid: step_size cannot require grad: the time grid is a constant of "
+                            "the solve, so no gradient would reach it")
+        return float(step_size)
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real):
+        raise TypeError(f"FixedGrid: step_size must be a real number (time units), not "
+                        f"{type(step_size).__name__} {step_size!r}")
+    return float(step_size)
 
 
 def constructed_grid(times: list[float], points) -> TimeGrid:

@@ -21,6 +21,7 @@ function of ``t`` too, so gradients reach every output time.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -341,8 +342,9 @@ def make_grid(times: list[float], n_steps: int | None, step_size: float | None) 
         return TimeGrid(tuple(times), tuple(counts))
     if n_steps is None:
         n_steps = 1
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int):
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral):
         raise TypeError(f"n_steps must be an int, not {type(n_steps).__name__}")
+    n_steps = int(n_steps)  # e.g. a numpy integer
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     return TimeGrid(tuple(times), tuple(n_steps if length > 0 else 0 for length in intervals))

@@ -262,6 +262,31 @@ def _same(a, b) -> bool:
     return a is b or a == b
 
 
+NAMES_DIFFER = "anode.dropin takes torchdiffeq's method names (its 'rk4' is anode's 'rk38')"
+"""The warning that goes with every advice to move to :mod:`anode.dropin`, whose method names
+are torchdiffeq's (:data:`METHODS`), not anode's (:data:`anode.METHODS`)."""
+
+
+def renamed_method_note(method) -> str:
+    """What anode's method name ``method`` is called in :mod:`anode.dropin`, when that
+    differs: ``""`` for a name that means the same method in both (``"dopri5"``), a method
+    object or None. For a name that means another method there (``"rk4"``) or none
+    (``"ralston"``), the drop-in's name of the same method, or the tableau to pass."""
+    if not isinstance(method, str) or method not in ANODE_METHODS:
+        return ""
+    own = ANODE_METHODS[method]
+    if METHODS.get(method) is own:
+        return ""
+    same = [name for name, m in METHODS.items() if m is own]
+    instead = (f"write method={same[0]!r} there" if same else
+               f"pass method=anode.METHODS[{method!r}] there")
+    if method in METHODS:
+        return (f"method={method!r} here is anode's {own.name}, but anode.dropin's method={method!r} is "
+                f"anode's {METHODS[method].name}: write method={method!r} there only if you want "
+                f"{METHODS[method].name}; for anode's {own.name} {instead}")
+    return f"method={method!r} here is anode's {own.name}, which anode.dropin names otherwise: {instead}"
+
+
 def anode_dict_options(options: Mapping, *, method=None, n_steps=None, step_size=None, rtol=None,
                        atol=None, gradient=None) -> SolveOptions:
     """The record of the deprecated ``anode.odeint(options=<dict>)`` (and ``anode.odeint_adjoint``)
@@ -286,4 +311,5 @@ def anode_dict_options(options: Mapping, *, method=None, n_steps=None, step_size
 
 
 __all__ = ["METHODS", "UNSUPPORTED_METHODS", "FIXED_OPTIONS", "ADAPTIVE_OPTIONS", "ADAMS_OPTIONS",
-           "from_torchdiffeq", "check_adjoint_arguments", "adjoint_gradient", "anode_dict_options"]
+           "from_torchdiffeq", "check_adjoint_arguments", "adjoint_gradient", "anode_dict_options",
+           "NAMES_DIFFER", "renamed_method_note"]

@@ -49,7 +49,9 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
     through). Giving ``step_size``, ``rtol`` or ``atol`` without ``n_steps`` drops the default
     ``n_steps``; tolerances without ``method`` also drop the default ``euler``, which has no
     error estimate, for ``dopri5`` (as in :func:`anode.odeint`). ``method="dopri5"`` without
-    tolerances keeps the default fixed grid of ``n_steps=2``.
+    tolerances keeps the default fixed grid of ``n_steps=2``. A ``gradient`` other than
+    ``"anode"`` (another name, or a gradient object) drops the default schedule; a
+    ``schedule`` the user gives with it raises.
 
     Returns:
         The keyword arguments for :class:`anode.ODEBlock` (besides ``func``).
@@ -63,6 +65,8 @@ def resolve_ode_options(options: dict[str, Any]) -> dict[str, Any]:
         merged.pop("n_steps")
     if given.keys() & {"rtol", "atol"} and "method" not in given:
         merged.pop("method")  # the default euler has no error estimate: dopri5, as odeint
+    if "schedule" not in given and given.get("gradient", "anode") != "anode":
+        merged.pop("schedule")  # the default schedule is the discrete adjoint's, not the user's
     merged.update(given)
     check_ode_options(merged)
     return merged
