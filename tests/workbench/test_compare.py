@@ -270,7 +270,11 @@ def test_interrupt_with_parallel_runs_stops_them_and_starts_no_more(cifar10, tmp
             str(cifar10), "--seeds", "0,1,2",
             "--epochs", "200", "--batch-size", "10", "--subset", "20", "--test-subset", "10",
             "--grad-batch", "4", "--device", "cpu", "--no-progress", "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a command in the background sets SIGINT to "ignore" for it, and
+    # Python then installs no KeyboardInterrupt handler: start the comparison as a terminal
+    # would, with SIGINT at its default, wherever the tests themselves run.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # No time limits: other work on the machine may stretch every step many times over. The
     # work is bounded all the same: a comparison that never wrote an epoch has exited (and
     # fails the first check), one that ignored the interrupt trains its 200 epochs to the end
