@@ -257,26 +257,6 @@ def test_fixed_grid_gradients_against_finite_differences():
         assert abs(g[idx].item() - fd.item()) <= 1e-7 * max(1.0, abs(fd.item())), (idx, g[idx], fd)
 
 
-def test_output_time_gradients_against_finite_differences():
-    """Moving an inner output time moves only its θ in the step that contains it."""
-    func, y0, net = mlp_problem(2)
-    w = torch.randn(len(T5), *y0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-    def loss(t):
-        out = anode.odeint(func, y0, t, method="dopri8", rtol=1e-6, atol=1e-8, params=list(net.parameters()))
-        return (out * w).sum()
-
-    t = torch.tensor(T5, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(loss(t), t)
-    eps = 1e-6
-    for i in range(1, len(T5) - 1):
-        e = torch.zeros(len(T5), dtype=torch.float64)
-        e[i] = eps
-        with torch.no_grad():
-            fd = (loss(t + e) - loss(t - e)) / (2 * eps)
-        assert abs(g[i].item() - fd.item()) <= 1e-6 * max(1.0, abs(fd.item())), (i, g[i], fd)
-
-
 def test_backsolve_as_accurate_as_torchdiffeqs_odeint_adjoint():
     """The continuous adjoint with dopri8 both ways (their reverse steps differ), each
     against the exact gradient (direct, dopri5 at tolerances 1e-13)."""
