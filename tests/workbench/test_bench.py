@@ -126,6 +126,18 @@ def test_isolated_gives_each_call_a_fresh_process_and_reports_errors(isolation):
         Isolated(isolation="thread")
 
 
+def test_isolated_processes_run_with_the_named_allocator_settings():
+    from anode_workbench.bench.measure import ALLOCATORS
+
+    for name in ("fresh", "reuse"):
+        with Isolated(preload=["os"], default_preload=False, allocator=name) as runner:
+            for key, value in ALLOCATORS[name].items():
+                assert runner.run("os:getenv", key=key) == value
+    assert ALLOCATORS["reuse"]["MALLOC_TRIM_THRESHOLD_"] != ALLOCATORS["fresh"]["MALLOC_TRIM_THRESHOLD_"]
+    with pytest.raises(ValueError, match="allocator"):
+        Isolated(allocator="jemalloc")
+
+
 def test_train_step_of_a_small_model_and_its_table(tmp_path):
     import anode.models
 

@@ -15,8 +15,8 @@ makes such processes in one of two ways:
 Both speak the same protocol (requests and results are JSON lines, the preforking pattern of
 ``multiprocessing``'s ``forkserver`` start method without its pickling layer). By default
 the processes run with glibc's mmap threshold fixed, for memory measurements (see
-:mod:`anode_workbench.bench.measure`); a runner for time measurements leaves the allocator alone
-(``malloc_env=False``).
+:mod:`anode_workbench.bench.measure`); a runner for time measurements names another allocator
+setting (``allocator="default"`` or ``"reuse"``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 
-from .measure import MALLOC_ENV
+from .measure import ALLOCATORS
 
 ISOLATIONS = ("fork", "spawn")
 
@@ -104,20 +104,24 @@ class Isolated:
         isolation: ``"fork"`` (children of a server) or ``"spawn"`` (a new interpreter each).
         timeout: seconds one call may run before its process is killed (``SIGALRM``).
         default_preload: whether to import :data:`DEFAULT_PRELOAD` first.
-        malloc_env: fix glibc's mmap threshold (for CPU memory measurements; slows CPU work).
+        allocator: glibc's settings in the processes, a key of
+            :data:`~anode_workbench.bench.measure.ALLOCATORS`: ``"fresh"`` (the mmap threshold
+            fixed, for CPU memory measurements; slows CPU work), ``"reuse"`` or ``"default"``.
 
     Raises:
-        ValueError: unknown ``isolation``.
+        ValueError: unknown ``isolation`` or ``allocator``.
         RuntimeError: the server could not start (``with``).
     """
 
     def __init__(self, preload: list[str] | None = None, *, isolation: str = "fork", timeout: float = 1800,
-                 default_preload: bool = True, malloc_env: bool = True) -> None:
+                 default_preload: bool = True, allocator: str = "fresh") -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"unknown isolation {isolation!r}; choose one of {ISOLATIONS}")
+        if allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {allocator!r}; choose one of {sorted(ALLOCATORS)}")
         self.preload = [*(DEFAULT_PRELOAD if default_preload else ()), *(preload or [])]
         self.isolation = isolation
-        self.malloc_env = malloc_env
+        self.allocator = allocator
         self.timeout = timeout
         self._proc: subprocess.Popen | None = None
         self._entered = False
@@ -167,7 +171,7 @@ class Isolated:
             self.close()
 
     def _launch(self) -> subprocess.Popen:
-        env = {**os.environ, **(MALLOC_ENV if self.malloc_env else {}),
+        env = {**os.environ, **ALLOCATORS[self.allocator],
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
                # torch.cuda.is_available() (should anything preloaded call it) then asks NVML
                # instead of initialising the CUDA driver, which forked children could not use.
@@ -216,8 +220,8 @@ def measurement_servers(stack: contextlib.ExitStack, isolation: str, preload: li
     Raises:
         ValueError: unknown ``isolation``.
     """
-    memory = Isolated(preload, isolation=isolation, malloc_env=True)
-    timing = Isolated(preload, isolation=isolation, malloc_env=False) if separate_timing else memory
+    memory = Isolated(preload, isolation=isolation, allocator="fresh")
+    timing = Isolated(preload, isolation=isolation, allocator="default") if separate_timing else memory
     memory.start()
     timing.start()
     stack.enter_context(memory)

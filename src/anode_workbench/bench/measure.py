@@ -13,9 +13,15 @@ zero. Time is the median of repeats after warm-up. Report ratios measured in one
 The fixed mmap threshold has a price: every large tensor is a fresh mapping whose pages the
 kernel zeroes on first touch, which slows forward+backward of a convolutional ODE block down
 on CPU (``docs/benchmarks.md`` gives the measured factor), and not by the same factor for
-every method (those that allocate more often pay more). Time on CPU is therefore
-best measured in a separate process with glibc's default allocator settings
-(``Isolated(..., malloc_env=False)``).
+every method (those that allocate more often pay more). Time on CPU is therefore measured
+in a separate process (:data:`ALLOCATORS`): with glibc's default settings, or, where methods
+are compared to a few percent, with freed memory kept for reuse (``"reuse"``). Under the
+defaults glibc gives the top of its heap back to the operating system whenever more than a
+threshold is free there, and sets that threshold from the largest block freed so far; a
+step's temporaries are then faulted in anew, or not, depending on the order of earlier
+allocations: on one convolutional block (``docs/benchmarks.md``, the frontier) one of two
+methods doing the same arithmetic took 35,000 page faults per forward+backward and the
+other 2,400.
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ import torch
 # glibc raises its mmap threshold after large frees unless it is set explicitly; then freed
 # activations stay in the heap and the resident size no longer tracks live memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+# Below 32 MiB (glibc's largest mmap threshold) every block comes from the heap, and the heap
+# is never trimmed: pages once touched stay, as a caching allocator keeps them.
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+ALLOCATORS = {"fresh": MALLOC_ENV, "reuse": REUSE_ENV, "default": {}}
+"""glibc settings of a measurement process by name: ``fresh`` (memory: freed tensors go back
+to the OS at once), ``reuse`` (time compared to a few percent: no page is given back),
+``default`` (glibc's own, as a user runs)."""
 
 
 def _proc_status_kib(field: str) -> int:
