@@ -48,20 +48,26 @@ def test_targets_are_ratios_of_the_run():
                                  (frontier.AUTO, 8, 2.3), (frontier.FORWARD, None, 0.5),
                                  (frontier.CHECKPOINT_AGAIN, 25, 2.0)]:
         row = {"workload": "W2", "method": method, "exact": method != frontier.ADJOINT, "time_s": time_s,
-               "state_bytes": 4}
+               "time_rounds": [time_s] * 3, "state_bytes": 4}
         if peak is not None:
             row["peak_bytes"] = peak
         rows.append(row)
     frontier._add_ratios(rows)
     found = {t.name: t for t in frontier.evaluate(rows)}
-    # store against checkpoint in time, to the run's resolution: the checkpoint loop timed
-    # again took 2.0 s against 2.2 s, so the run cannot tell ratios within 1/11 of 1 apart
-    time_name = f"time: {frontier.STORE} / {frontier.CHECKPOINT} (bound: 1 + the run's resolution)"
+    # store against checkpoint in time, round by round, to the run's resolution: the checkpoint
+    # loop timed again took 2.0 s against 2.2 s, so the run cannot tell ratios within 1/11 of 1 apart
+    time_name = (f"time: {frontier.STORE} / {frontier.CHECKPOINT}, round by round "
+                 "(bound: 1 + the run's resolution)")
     assert found[time_name].measured == pytest.approx(2.0 / 2.2)
     assert found[time_name].high == pytest.approx(1 + 0.2 / 2.2, abs=1e-3)
     for store_t, met in [(2.3, True), (2.5, False)]:
-        slower = [dict(r, time_s=store_t) if r["method"] == frontier.STORE else r for r in rows]
+        slower = [dict(r, time_rounds=[store_t] * 3) if r["method"] == frontier.STORE else r for r in rows]
         assert {t.name: t for t in frontier.evaluate(slower)}[time_name].met is met
+    # round by round: load that slowed store in rounds 2 and 3 and checkpoint in round 3 only
+    # moves one round's ratio, not the median (the ratio of the medians would be 6.0 / 2.2)
+    rounds = {frontier.STORE: [2.0, 6.0, 6.0], frontier.CHECKPOINT: [2.2, 2.2, 6.6]}
+    busy = [dict(r, time_rounds=rounds.get(r["method"], r["time_rounds"])) for r in rows]
+    assert {t.name: t for t in frontier.evaluate(busy)}[time_name].measured == pytest.approx(2.0 / 2.2)
     without_again = [r for r in rows if r["method"] != frontier.CHECKPOINT_AGAIN]
     assert {t.name: t for t in frontier.evaluate(without_again)}[time_name].high == 1.0
     # memory against checkpoint in states: 5 bytes less is 1.25 states less; 2 more (half a
@@ -93,3 +99,25 @@ def test_command_quick_writes_tables_and_plot(tmp_path):
     assert (tmp_path / "frontier.png").stat().st_size > 0
     text = (tmp_path / "frontier_results.md").read_text()
     assert frontier.AUTO in text and "checkpoint" in text
+
+
+def test_memory_in_fresh_pages_and_time_with_the_heap_never_trimmed(monkeypatch):
+    made = []
+
+    class Recorder:
+        def __init__(self, preload, *, isolation, allocator="fresh"):
+            made.append(allocator)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def run(self, target, **kwargs):
+            raise RuntimeError("not measured")
+
+    monkeypatch.setattr(frontier, "Isolated", Recorder)
+    rows = frontier.run(["W2"], quick=True, log=lambda line: None)
+    assert made == ["fresh", "reuse"]
+    assert rows and all("not measured" in r["error"] for r in rows if r["method"] != frontier.FORWARD)

@@ -158,6 +158,21 @@ def test_a_collapse_with_no_better_setting_is_said_once():
         m.step(gov)
     slowed = [line for line in logs if "slowed" in line]
     assert len(slowed) == 1, logs
+    assert "fewer other jobs" in slowed[0] and "OMP_WAIT_POLICY" not in slowed[0]  # one thread already
+
+
+def test_a_collapse_with_several_threads_names_the_passive_wait_policy():
+    rates = {(1, False): 255.0, (2, False): 460.0, (1, True): 10.0, (2, True): 30.0}
+    m, logs = Machine(rates=rates), []
+    gov = started(m, logs)
+    for _ in range(40):
+        m.step(gov)
+    m.rates = {**rates, (2, False): 100.0, (1, False): 50.0}  # slowed without a load signal
+    for _ in range(120):
+        m.step(gov)
+    slowed = [line for line in logs if "slowed" in line]
+    assert gov.threads == 2 and len(slowed) == 1, logs
+    assert "OMP_WAIT_POLICY=PASSIVE" in slowed[0]
 
 
 def test_windows_do_not_span_a_pause_and_the_first_step_after_one_is_not_measured():

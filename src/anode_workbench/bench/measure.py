@@ -43,7 +43,7 @@ REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_"
 ALLOCATORS = {"fresh": MALLOC_ENV, "reuse": REUSE_ENV, "default": {}}
 """glibc settings of a measurement process by name: ``fresh`` (memory: freed tensors go back
 to the OS at once), ``reuse`` (time compared to a few percent: no page is given back),
-``default`` (glibc's own, as a user runs)."""
+``default`` (glibc's own, as a user runs: ``MALLOC_*`` variables the caller set stay)."""
 
 
 def _proc_status_kib(field: str) -> int:
@@ -139,7 +139,9 @@ def interleaved_times(steps: dict[str, Callable[[], None]], device: torch.device
     falls on all steps alike.
 
     Returns:
-        label → ``{"seconds": wall, "cpu_seconds": cpu}``.
+        label → ``{"seconds": wall, "cpu_seconds": cpu, "wall_rounds": [...], "cpu_rounds": [...]}``:
+        the medians, and the time of each round (in round order), from which two methods are
+        compared round by round (a ratio per round, whose median drifting load moves less).
     """
     labels = list(steps)
     wall = {k: [] for k in labels}
@@ -149,8 +151,8 @@ def interleaved_times(steps: dict[str, Callable[[], None]], device: torch.device
             t = median_times(steps[label], device, warmup=0, repeats=1)
             wall[label].append(t["wall"])
             cpu[label].append(t["cpu"])
-    return {k: {"seconds": statistics.median(wall[k]), "cpu_seconds": statistics.median(cpu[k])}
-            for k in labels}
+    return {k: {"seconds": statistics.median(wall[k]), "cpu_seconds": statistics.median(cpu[k]),
+                "wall_rounds": wall[k], "cpu_rounds": cpu[k]} for k in labels}
 
 
 def time_methods(builders: Mapping[str, Callable[[], Callable[[], None]]], device: torch.device | str = "cpu",
@@ -163,7 +165,7 @@ def time_methods(builders: Mapping[str, Callable[[], Callable[[], None]]], devic
         device, repeats: as :func:`interleaved_times`.
 
     Returns:
-        label → ``{"seconds", "cpu_seconds"}``, or ``{"error": message}`` for a label whose
+        label → the times of :func:`interleaved_times`, or ``{"error": message}`` for a label whose
         build or warm-up raised (one failing method must not lose the others' times).
     """
     steps, results = {}, {}

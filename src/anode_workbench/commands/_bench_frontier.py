@@ -29,7 +29,7 @@ def register(sub, process_arguments, threads_and_clock, clock_text) -> None:
     f.add_argument("--quick", action="store_true", help="tiny sizes, one repeat; no target is judged")
     f.add_argument("--workloads", type=name_list, default=("W1", "W2", "W3"),
                    help="comma-separated among W1, W2, W3 (default: all)")
-    f.add_argument("--repeats", type=int, default=5, help="timed rounds, interleaved (default: %(default)s)")
+    f.add_argument("--repeats", type=int, default=9, help="timed rounds, interleaved (default: %(default)s)")
     f.add_argument("--tol", type=float, default=1e-5,
                    help="relative gradient difference up to which an exact method equals direct "
                         "(default: %(default)s)")
@@ -63,7 +63,9 @@ def run(args: argparse.Namespace, threads_and_clock, clock_text) -> int:
         f"{threads or 'torch default'} thread(s) per measurement.  \nSizes: "
         + "; ".join(f"{w}: {sizes[w]}" for w in args.workloads) + ".  \n"
         "Peak = extra peak resident memory of one forward+backward, a fresh process per method; time = "
-        f"median {clock_text(clock)} of {args.repeats} rounds after warm-up, methods interleaved.")
+        f"median {clock_text(clock)} of {args.repeats} rounds after warm-up, methods interleaved, in a "
+        "process whose heap glibc never trimmed (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_); "
+        "store against checkpoint: the median of the per-round ratios.")
     frontier.write(rows, found, args.out, header)
     png = frontier.plot(rows, args.out / "frontier.png", title="peak memory against time, one block, cpu")
     print()

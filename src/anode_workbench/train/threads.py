@@ -250,7 +250,9 @@ class ThreadGovernor:
             return
         self._collapse_told = True
         load = f"; other processes use {others:.1f} of the {self.cores} cores" if others is not None else ""
-        fix = "--threads 1 may help" if self.threads > 1 else "fewer other jobs would help"
+        # fewer threads were tried and ran no faster: what is left is the wait policy or the load
+        fix = ("OMP_WAIT_POLICY=PASSIVE in the environment of the next run lets waiting threads sleep; "
+               "fewer other jobs would help too") if self.threads > 1 else "fewer other jobs would help"
         self.log(
             f"threads: training slowed to {rate:.0f} images/s from {best:.0f} with "
             f"{_threads(self.threads)}{load}; no other number of threads ran faster ({fix})"
