@@ -23,16 +23,15 @@ used, ``choice`` what Auto chose.
 Targets (ratios from one run; not judged with ``--quick``):
 
 * W2, W3: ``anode/store`` no slower than checkpoint and its peak no more than checkpoint's,
-  each to the resolution of the run, which measures the checkpoint loop twice (the two do
-  the same arithmetic, to one evaluation's last layer, and hold the same tensors, so a
-  difference smaller than the loop's difference from itself cannot be told from noise).
-  Time, compared round by round (the median over the rounds of each round's ratio):
-  ``store / checkpoint <= 1 + |again / checkpoint - 1|``; without the second measurement the
-  bounds are 1 and :data:`STATE_RESOLUTION`. Memory,
-  counted in states: ``(peak store - peak checkpoint) / state bytes`` at most
-  ``|peak again - peak checkpoint| / state bytes`` and at least :data:`STATE_RESOLUTION`
-  (a tensor held one step too long adds a whole state; the kernel sums the resident size
-  approximately, to a few hundred KiB, which on W2 is about a state);
+  each to the resolution of the run, which measures the checkpoint loop twice (a difference
+  smaller than the loop's difference from itself cannot be told from noise). Time, compared
+  round by round (the median over the rounds of each round's ratio):
+  ``store / checkpoint <= 1 + |again / checkpoint - 1|``. Memory, counted in states:
+  ``(peak store - peak checkpoint) / state bytes`` at most the larger of
+  ``|peak again - peak checkpoint| / state bytes`` and :data:`STATE_RESOLUTION` (a tensor
+  held one step too long adds a whole state; the kernel sums the resident size
+  approximately, to a few hundred KiB, which on W2 is about a state). Without the second
+  measurement the bounds are 1 and :data:`STATE_RESOLUTION`;
 * every workload: ``anode/recompute`` within its cost model, one forward more than store:
   ``(time recompute - time store) / time forward <= 1.25``;
 * the frontier: the Auto row's peak <= ``odeint_adjoint``'s, its time <= 1.2x
@@ -192,7 +191,6 @@ def _states_more(rows, workload, method=STORE):
     other, checkpoint = (_get(rows, workload, m, "peak_bytes") for m in (method, CHECKPOINT))
     state = _get(rows, workload, CHECKPOINT, "state_bytes")
     return None if other is None or checkpoint is None or not state else (other - checkpoint) / state
-
 
 
 def _ratio(a, b):
