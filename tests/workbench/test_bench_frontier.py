@@ -101,12 +101,12 @@ def test_command_quick_writes_tables_and_plot(tmp_path):
     assert frontier.AUTO in text and "checkpoint" in text
 
 
-def test_memory_in_fresh_pages_and_time_with_the_heap_never_trimmed(monkeypatch):
+def test_memory_in_fresh_pages_and_time_in_a_new_interpreter_whose_heap_is_never_trimmed(monkeypatch):
     made = []
 
     class Recorder:
         def __init__(self, preload, *, isolation, allocator="fresh"):
-            made.append(allocator)
+            made.append((allocator, isolation))
 
         def __enter__(self):
             return self
@@ -118,6 +118,6 @@ def test_memory_in_fresh_pages_and_time_with_the_heap_never_trimmed(monkeypatch)
             raise RuntimeError("not measured")
 
     monkeypatch.setattr(frontier, "Isolated", Recorder)
-    rows = frontier.run(["W2"], quick=True, log=lambda line: None)
-    assert made == ["fresh", "reuse"]
+    rows = frontier.run(["W2"], quick=True, isolation="fork", log=lambda line: None)
+    assert made == [("fresh", "fork"), ("reuse", "spawn")]
     assert rows and all("not measured" in r["error"] for r in rows if r["method"] != frontier.FORWARD)

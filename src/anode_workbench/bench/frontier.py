@@ -3,7 +3,10 @@
 Three workloads (:mod:`anode_workbench.bench.frontier_workloads`: W1 a CNF with dopri5, W2 an MLP
 field with rk4, W3 a convolutional field with rk4). Per workload, each method's peak memory
 of one forward+backward (a fresh process each) and its time (all methods of the workload in
-one process whose allocator keeps freed pages for reuse, interleaved rounds, median), its
+one new interpreter, as a user's script runs, whose allocator keeps freed pages for reuse,
+interleaved rounds, median; not a child forked from the measurement server, where store
+came out about 5 % slower against checkpoint on W2, for a reason not found: see
+docs/benchmarks.md), its
 evaluations of the field and its gradient's relative difference (2-norm) to ``direct``'s.
 The methods: ``direct``; ``anode`` with ``store`` (whole steps, and stage by stage),
 ``recompute``, ``revolve(s=4)`` and ``Auto`` at a memory budget equal to torchdiffeq
@@ -88,7 +91,9 @@ def methods(workload: str, torchdiffeq: bool = True) -> list[tuple[str, dict, bo
 def run(workloads: list[str], *, quick: bool = False, repeats: int = 9, threads: int = 1, clock: str = "cpu",
         isolation: str = "fork", tol: float = 1e-5, seed: int = 0, log=print) -> list[dict]:
     """Measure every method of every workload; one row per ``(workload, method)`` with the
-    keys of :data:`COLUMNS` where measured (a failed method has ``error``)."""
+    keys of :data:`COLUMNS` where measured (a failed method has ``error``). ``isolation``
+    (:class:`~anode_workbench.bench.isolation.Isolated`) makes the memory measurements' fresh
+    processes; the times of a workload are always taken in one new interpreter."""
     try:
         import torchdiffeq  # noqa: F401
         have_tdq = True
@@ -98,7 +103,7 @@ def run(workloads: list[str], *, quick: bool = False, repeats: int = 9, threads:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="anode-frontier-") as tmp, \
             Isolated(preload, isolation=isolation) as memory, \
-            Isolated(preload, isolation=isolation, allocator="reuse") as timing:
+            Isolated(preload, isolation="spawn", allocator="reuse") as timing:
         for workload in workloads:
             common = dict(workload=workload, quick=quick, seed=seed, threads=threads)
             group: list[tuple[dict, dict]] = []

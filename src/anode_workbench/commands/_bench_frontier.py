@@ -64,7 +64,8 @@ def run(args: argparse.Namespace, threads_and_clock, clock_text) -> int:
         + "; ".join(f"{w}: {sizes[w]}" for w in args.workloads) + ".  \n"
         "Peak = extra peak resident memory of one forward+backward, a fresh process per method; time = "
         f"median {clock_text(clock)} of {args.repeats} rounds after warm-up, methods interleaved, in a "
-        "process whose heap glibc never trimmed (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_); "
+        "new interpreter per workload whose heap glibc never trimmed (MALLOC_TRIM_THRESHOLD_, "
+        "MALLOC_MMAP_THRESHOLD_); "
         "store against checkpoint: the median of the per-round ratios.")
     frontier.write(rows, found, args.out, header)
     png = frontier.plot(rows, args.out / "frontier.png", title="peak memory against time, one block, cpu")
