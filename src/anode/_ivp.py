@@ -48,6 +48,9 @@ class SolveStats:
     ``replayed_evaluations`` are the evaluations of the recomputed and backward steps of a
     multistep (Adams) solve, whose steps differ in their number of evaluations (``stages``
     is 0 for it; see :mod:`anode._adams`).
+    ``skipped_operations`` are the backward steps rebuilt without the last operation of
+    their last stage, whose value their vector–Jacobian product never reads
+    (:mod:`anode._gradients.last_operation`).
     """
 
     forward_steps: int = 0
@@ -61,6 +64,7 @@ class SolveStats:
     stage_replays: int = 0
     dense_evaluations: int = 0
     replayed_evaluations: int = 0
+    skipped_operations: int = 0
 
     @property
     def function_evaluations(self) -> int:
@@ -80,6 +84,7 @@ class SolveStats:
         self.forward_steps = self.recomputed_steps = self.backward_steps = 0
         self.rejected_steps = self.forward_evaluations = self.reverse_evaluations = 0
         self.stage_replays = self.dense_evaluations = self.replayed_evaluations = 0
+        self.skipped_operations = 0
 
 
 def check_stats(stats) -> SolveStats:

@@ -12,7 +12,10 @@ steps (discretize-then-optimize); only one step's graph exists at any time. Wher
 graph would not fit (a memory budget, :class:`~anode._schedules.Auto`, or ``stagewise=True``),
 the stages of a multi-stage step are rebuilt one at a time instead
 (:mod:`anode._gradients.stages`): one stage's graph, ``2s - 1`` evaluations a step for ``s``
-stages instead of ``s``.
+stages instead of ``s``. A whole rebuilt step leaves out the last operation of its last
+stage where its derivative needs only its inputs (a final linear layer or convolution), as
+``torch.utils.checkpoint``'s early stopping does (:mod:`anode._gradients.last_operation`);
+``func``'s side effects in that evaluation of the backward then see zeros for its result.
 
 The schedule and the rebuild mode are decided outside the autograd Function
 (:func:`anode._schedules.plan`): for a fixed grid before it runs, once the first evaluation
@@ -211,7 +214,15 @@ def whole_step_vjp(step: StepContext, j: int, y_j: State, adjoint: State, *, sta
             st, h = st.requires_grad_(), size.detach().requires_grad_()
             thetas = [torch.tensor(theta, dtype=torch.float64, device=st.device, requires_grad=True)
                       for theta in thetas]
-        y_next, dense = dense_step(step.ivp, y_leaf, st, h, thetas, count=False)
+        tab, last = step.ivp.tableau, step.last_operation
+        if last.usable(y_leaf, need_t=need_t, drew=step.record.drew(j)):
+            before = last.skipped
+            y_next, dense = last.rebuild(
+                lambda func: dense_step(step.ivp, y_leaf, st, h, thetas, count=False, func=func),
+                step.func, tab.stages if taps else tab.solution_stages)
+            step.ivp.stats.skipped_operations += last.skipped - before
+        else:
+            y_next, dense = dense_step(step.ivp, y_leaf, st, h, thetas, count=False)
     outputs = [*y_next, *(y for state in dense for y in state)]
     cotangents = [*adjoint, *(g for _, state in taps for g in state)]
     inputs = [*y_leaf, *params] + ([st, h, *thetas] if need_t else [])

@@ -12,6 +12,7 @@ import torch
 from .._ivp import IVP
 from .._recompute import ForwardRecord
 from .._solvers import State
+from .last_operation import LastOperation
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class StepContext:
             ``params``, accumulated in place by :meth:`accumulate`.
         need_t: whether the adjoints of the stage times and step sizes are wanted.
         wanted: the positions of ``params`` among all the solve's parameters.
+        last_operation: the skip of the last operation of whole rebuilt steps
+            (:mod:`anode._gradients.last_operation`), one per backward.
     """
 
     ivp: IVP
@@ -124,6 +127,7 @@ class StepContext:
     param_adj: list[torch.Tensor | None]
     need_t: bool
     wanted: tuple[int, ...] = ()
+    last_operation: LastOperation = field(default_factory=LastOperation)
 
     @property
     def func(self) -> Callable[[torch.Tensor, State], State]:

@@ -94,14 +94,16 @@ def taps_by_step(ivp: IVP, t=None) -> dict[int, list]:
     return out
 
 
-def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True) -> tuple[State, list[State]]:
+def dense_step(ivp: IVP, y: State, stage_times, h, thetas, count: bool = True, *,
+               func=None) -> tuple[State, list[State]]:
     """One step by :func:`~anode._solvers.rk_step`'s arithmetic, and the dense output at each
     fraction in ``thetas`` (which needs every stage, also the last of an FSAL pair; counted
-    into ``ivp.stats.dense_evaluations`` when ``count``)."""
-    tab = ivp.tableau
+    into ``ivp.stats.dense_evaluations`` when ``count``); ``func`` evaluates in place of
+    ``ivp.func`` when given."""
+    tab, func = ivp.tableau, ivp.func if func is None else func
     if not thetas:
-        return rk_step(ivp.func, y, stage_times, h, tab), []
-    ks = rk_stages(ivp.func, y, stage_times, h, tab, tab.stages)
+        return rk_step(func, y, stage_times, h, tab), []
+    ks = rk_stages(func, y, stage_times, h, tab, tab.stages)
     if count:
         ivp.stats.dense_evaluations += tab.stages - tab.solution_stages
     return combine(y, h, tab.b, ks), [combine(y, h, tab.dense_weights(th), ks) for th in thetas]

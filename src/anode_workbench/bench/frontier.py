@@ -5,8 +5,7 @@ field with rk4, W3 a convolutional field with rk4). Per workload, each method's 
 of one forward+backward (a fresh process each) and its time (all methods of the workload in
 one new interpreter, as a user's script runs, whose allocator keeps freed pages for reuse,
 interleaved rounds, median; not a child forked from the measurement server, where store
-came out about 5 % slower against checkpoint on W2, for a reason not found: see
-docs/benchmarks.md), its
+tended to come out a few percent slower against checkpoint on W2: docs/benchmarks.md), its
 evaluations of the field and its gradient's relative difference (2-norm) to ``direct``'s.
 The methods: ``direct``; ``anode`` with ``store`` (whole steps, and stage by stage),
 ``recompute``, ``revolve(s=4)`` and ``Auto`` at a memory budget equal to torchdiffeq
