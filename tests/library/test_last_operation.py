@@ -143,3 +143,40 @@ def test_no_skip_where_the_value_could_be_read(case, monkeypatch):
 def test_compiled_code_in_the_process_is_noticed():
     torch.compile(lambda x: x.sin() + 1, backend="eager")(torch.randn(3))
     assert _REAL_COMPILED_ANYTHING()
+
+
+class _CtxTanh(torch.autograd.Function):
+    """tanh keeping its output as a ``ctx`` attribute, which autograd does not list."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.y = y
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (1 - ctx.y * ctx.y)
+
+
+def _hooked(out):
+    if out.requires_grad:  # the hook reads the output's value in the backward
+        out.register_hook(lambda g: g * (1 + out.detach() ** 2))
+    return out
+
+
+@pytest.mark.parametrize("case", ["custom Function keeping its output on ctx", "hook reading the output",
+                                  "sparse matrix in the last operation"])
+def test_no_skip_where_the_backward_may_read_the_output(case):
+    net = _mlp()
+    if case.startswith("custom"):
+        func = lambda t, y: _CtxTanh.apply(net(y))  # noqa: E731
+    elif case.startswith("hook"):
+        func = lambda t, y: _hooked(net(y))  # noqa: E731
+    else:
+        a = (torch.rand(3, 3, generator=torch.Generator().manual_seed(2), dtype=F64) < 0.5).to(F64).to_sparse()
+        func = lambda t, y: a @ net(y)  # noqa: E731
+    params = list(net.parameters())
+    got, stats = _grads(func, params, Y0, STORE, params=params)
+    assert stats.skipped_operations == 0
+    assert _close(got, _grads(func, params, Y0, anode.Direct())[0])

@@ -13,22 +13,28 @@ stage's evaluation and hands autograd zeros of the right shape for the last one.
 still records the operation with its saved inputs, so the vector–Jacobian product is the one
 of the full step, bit for bit.
 
-What makes it safe, checked on every step it is used: the first rebuilt step of each
-backward evaluates in full and learns the evaluation's operation count, that ``f`` returns
-the last operation's own output (nothing reads it after, not even outside torch's
-dispatcher) and that the operation's backward node does not save that output (``tanh`` saves
-it: no skip). A later step skips only if its evaluation takes the same count, returns the
-skipped tensor itself and saves no alias of it; otherwise the step is rebuilt in full and
-skipping stops for the rest of the backward. It is never tried where the result's value is
-read (gradients with respect to time), where the step draws random numbers, for states of
-several tensors, under functorch transforms, for tensor subclasses, or once ``torch.compile``
-has compiled anything in the process (compiled code would run eagerly under the mode).
+What makes it safe, checked on every step it is used. The first rebuilt step of each
+backward evaluates in full and learns: the evaluation's operation count; that ``f`` returns
+the last operation's own output (so nothing read it after, not even outside torch's
+dispatcher); that the operation's backward node does not save that output (``tanh`` saves
+it: no skip) and is not a custom autograd Function's (whose ``ctx`` may hold anything); and
+that the output has no hook. A later step skips only if its evaluation takes the same count,
+returns the skipped tensor itself and passes the same checks; otherwise the step is rebuilt
+in full and skipping stops for the rest of the backward. It is never tried where the
+result's value is read (gradients with respect to time), where the step draws random
+numbers, for states of several tensors, under functorch transforms, for tensor subclasses
+and sparse tensors, or once ``torch.compile`` has compiled anything in the process (compiled
+code would run eagerly under the mode).
 
-As in checkpoint's early stopping, ``func``'s own side effects in that one evaluation (a
-value it stores on itself, say) see the skipped result, here zeros; the values of the
-forward pass are not touched. Measured on one thread (docs/benchmarks.md, the frontier): 2 %
-off a forward+backward of W3 (a convolution skipped per step, 1 of 32 convolution
-passes), nothing on W2, whose matrix product costs about what the mode's Python costs.
+What no check can see: Python code outside autograd's records that keeps the output and
+reads its value later, in that evaluation's side effects (a value ``func`` stores on itself)
+or during the backward (a hook registered on the output's ``grad_fn`` node rather than on
+the tensor). Such code sees zeros where without the skip it would see the rebuilt value; the
+values of the forward pass are not touched.
+
+Measured on one thread (docs/benchmarks.md, the frontier): 2 % off a forward+backward of W3
+(one convolution skipped per step, 1 of 32 convolution passes), nothing on W2, whose matrix
+product costs about what the mode's Python costs.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from .._solvers import State
 
 
 def _plain(x) -> bool:
-    return isinstance(x, torch.Tensor) and (
+    return isinstance(x, torch.Tensor) and x.layout == torch.strided and (
         type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter))
 
 
@@ -131,19 +137,27 @@ class _Counter(TorchDispatchMode):
         return out
 
 
-def _saves(node, x: torch.Tensor) -> bool:
-    """Whether autograd ``node`` saved a tensor sharing ``x``'s memory."""
-    ptr = x.untyped_storage().data_ptr()
-    for name in dir(node):
-        if not name.startswith("_saved_"):
-            continue
-        try:
-            value = getattr(node, name)
-        except RuntimeError:  # freed or unavailable: nothing of x's
-            continue
-        for v in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr:
-                return True
+def _may_read(x: torch.Tensor) -> bool:
+    """Whether the backward may read ``x``'s value: its node saved a tensor sharing its memory,
+    or keeps what it likes (a custom autograd Function's ``ctx``, whose attributes autograd
+    does not list), or ``x`` has a hook (which may read it). Unknown counts as yes."""
+    node = x.grad_fn
+    if node is None or isinstance(node, torch.autograd.function.BackwardCFunction) or x._backward_hooks:
+        return True
+    try:
+        ptr = x.untyped_storage().data_ptr()
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # freed: nothing of x's
+                continue
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr:
+                    return True
+    except Exception:  # a saved tensor without storage (sparse): cannot tell
+        return True
     return False
 
 
@@ -205,13 +219,12 @@ class LastOperation:
         single = isinstance(out, tuple) and len(out) == 1 and isinstance(out[0], torch.Tensor)
         k = out[0] if single else None
         if self.count is None:  # the learning step: full values, so a saved alias is real
-            fits = (k is not None and k is counter.last and k.grad_fn is not None
-                    and not _saves(k.grad_fn, k))
+            fits = k is not None and k is counter.last and not _may_read(k)
             self.count = counter.count if fits else 0
             return result
         if counter.skipped is None:
             return result  # nothing skipped: a full rebuild
-        if counter.count == self.count and k is counter.skipped and not _saves(k.grad_fn, k):
+        if counter.count == self.count and k is counter.skipped and not _may_read(k):
             self.skipped += 1
             return result
         self.count = 0  # func changed between steps: this step again, in full
