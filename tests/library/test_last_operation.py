@@ -174,9 +174,38 @@ def test_no_skip_where_the_backward_may_read_the_output(case):
     elif case.startswith("hook"):
         func = lambda t, y: _hooked(net(y))  # noqa: E731
     else:
-        a = (torch.rand(3, 3, generator=torch.Generator().manual_seed(2), dtype=F64) < 0.5).to(F64).to_sparse()
+        dense = torch.rand(3, 3, generator=torch.Generator().manual_seed(2), dtype=F64) < 0.5
+        a = dense.to(F64).to_sparse()
         func = lambda t, y: a @ net(y)  # noqa: E731
     params = list(net.parameters())
     got, stats = _grads(func, params, Y0, STORE, params=params)
     assert stats.skipped_operations == 0
     assert _close(got, _grads(func, params, Y0, anode.Direct())[0])
+
+
+class _Field(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("last_tanh", [True, False])
+def test_a_module_whose_last_operation_cannot_be_skipped_is_counted_once(last_tanh, monkeypatch):
+    field = _Field(_mlp(last_tanh=last_tanh))
+    counted = []
+
+    class Counter(last_operation._Counter):
+        def __enter__(self):
+            counted.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(last_operation, "_Counter", Counter)
+    skipped = []
+    for _ in range(2):
+        _, stats = _grads(field, list(field.parameters()), Y0, STORE)
+        skipped.append(stats.skipped_operations)
+    # not skippable: learnt on the first backward only; skippable: learnt and checked every time
+    assert (len(counted), skipped) == ((1, [0, 0]) if last_tanh else (20, [9, 9]))

@@ -40,6 +40,7 @@ product costs about what the mode's Python costs.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -178,6 +179,29 @@ def _compiled_anything() -> bool:
         return True
 
 
+_NEVER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The user's functions (or their modules) whose first rebuilt step found the last operation
+not skippable: later backwards do not count their operations again. Only speed depends on
+it; a function that would have passed is rebuilt in full."""
+
+
+def _owner(func):
+    """What a function that evaluates the field is remembered by: the module it belongs to,
+    or the user's function itself; None where neither can be held weakly."""
+    module = getattr(func, "module", None)
+    owner = module() if callable(module) else None
+    if owner is None:
+        try:
+            owner = func.func
+        except (AttributeError, RuntimeError):
+            return None
+    try:
+        weakref.ref(owner)
+    except TypeError:
+        return None
+    return None if hasattr(owner, "__self__") else owner
+
+
 class LastOperation:
     """The skip of one backward (see the module docstring); :meth:`rebuild` takes a step.
 
@@ -200,6 +224,10 @@ class LastOperation:
     def rebuild(self, build: Callable[[Callable], tuple], func: Callable, n_evaluations: int) -> tuple:
         """``build(func)`` (a step's rebuild calling ``func`` ``n_evaluations`` times), its last
         evaluation under the skip; rebuilt in full once more where a check fails."""
+        owner = _owner(func)
+        if owner is not None and owner in _NEVER:
+            self.count = 0
+            return build(func)
         calls, seen = [0], []
 
         def last_skipped(t, y):
@@ -221,6 +249,8 @@ class LastOperation:
         if self.count is None:  # the learning step: full values, so a saved alias is real
             fits = k is not None and k is counter.last and not _may_read(k)
             self.count = counter.count if fits else 0
+            if not fits and owner is not None:
+                _NEVER[owner] = True
             return result
         if counter.skipped is None:
             return result  # nothing skipped: a full rebuild
@@ -228,5 +258,6 @@ class LastOperation:
             self.skipped += 1
             return result
         self.count = 0  # func changed between steps: this step again, in full
-        del result, seen, out, k, counter
+        seen.clear()
+        del result, out, k, counter
         return build(func)
