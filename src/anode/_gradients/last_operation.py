@@ -20,7 +20,9 @@ dispatcher); that the operation's backward node does not save that output (``tan
 it: no skip) and is not a custom autograd Function's (whose ``ctx`` may hold anything); and
 that the output has no hook. A later step skips only if its evaluation takes the same count,
 returns the skipped tensor itself and passes the same checks; otherwise the step is rebuilt
-in full and skipping stops for the rest of the backward. It is never tried where the
+in full and skipping stops for the rest of the backward. A function (or module) whose first
+step found its last operation not skippable is remembered, weakly, and not counted again in
+later backwards: only speed depends on that. It is never tried where the
 result's value is read (gradients with respect to time), where the step draws random
 numbers, for states of several tensors, under functorch transforms, for tensor subclasses
 and sparse tensors, or once ``torch.compile`` has compiled anything in the process (compiled
