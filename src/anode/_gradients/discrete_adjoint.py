@@ -146,6 +146,7 @@ class _DiscreteAdjoint(torch.autograd.Function):
                 adjoint = _step_backward(step, times, j, y_j, adjoint,
                                          taps=cotangents.taps(j, y_j), stagewise=stagewise)
                 del y_j  # drop this step's state before the schedule recomputes the next
+        ivp.stats.skipped_operations += step.last_operation.skipped
         y0_grads = tuple(a if need[i] else None for i, a in enumerate(adjoint))
         return (None, None, None, *y0_grads, times.grad(), *step.param_grads(len(ivp.params)))
 
@@ -216,11 +217,9 @@ def whole_step_vjp(step: StepContext, j: int, y_j: State, adjoint: State, *, sta
                       for theta in thetas]
         tab, last = step.ivp.tableau, step.last_operation
         if last.usable(y_leaf, need_t=need_t, drew=step.record.drew(j)):
-            before = last.skipped
             y_next, dense = last.rebuild(
                 lambda func: dense_step(step.ivp, y_leaf, st, h, thetas, count=False, func=func),
                 step.func, tab.stages if taps else tab.solution_stages)
-            step.ivp.stats.skipped_operations += last.skipped - before
         else:
             y_next, dense = dense_step(step.ivp, y_leaf, st, h, thetas, count=False)
     outputs = [*y_next, *(y for state in dense for y in state)]

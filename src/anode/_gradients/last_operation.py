@@ -226,7 +226,7 @@ class LastOperation:
     def rebuild(self, build: Callable[[Callable], tuple], func: Callable, n_evaluations: int) -> tuple:
         """``build(func)`` (a step's rebuild calling ``func`` ``n_evaluations`` times), its last
         evaluation under the skip; rebuilt in full once more where a check fails."""
-        owner = _owner(func)
+        owner = _owner(func) if self.count is None else None
         if owner is not None and owner in _NEVER:
             self.count = 0
             return build(func)
