@@ -121,3 +121,13 @@ def test_memory_in_fresh_pages_and_time_in_a_new_interpreter_whose_heap_is_never
     rows = frontier.run(["W2"], quick=True, isolation="fork", log=lambda line: None)
     assert made == [("fresh", "fork"), ("reuse", "spawn")]
     assert rows and all("not measured" in r["error"] for r in rows if r["method"] != frontier.FORWARD)
+
+
+@pytest.mark.parametrize("argv, named", [(["--workloads", "W9"], "unknown workload(s) W9"),
+                                         (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+                                         (["--device", "cuda"], "--device cuda")])
+def test_bad_arguments_are_named(argv, named, capsys):
+    from anode_workbench.cli import main
+
+    assert main(["bench", "frontier", *argv]) == 2
+    assert named in capsys.readouterr().err

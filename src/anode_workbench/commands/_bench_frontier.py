@@ -45,9 +45,14 @@ def run(args: argparse.Namespace, threads_and_clock, clock_text) -> int:
     from ..bench.environment import machine
     from ..bench.report import targets_table
 
-    if set(args.workloads) - set(frontier_workloads.WORKLOADS) or args.repeats < 1 or args.device != "cpu":
-        print(f"error: workloads must be among {sorted(frontier_workloads.WORKLOADS)}, --repeats positive, "
-              "and the frontier benchmark runs on cpu only", file=sys.stderr)
+    unknown = sorted(set(args.workloads) - set(frontier_workloads.WORKLOADS))
+    problems = ([f"unknown workload(s) {', '.join(unknown)}; choose among "
+                 f"{', '.join(sorted(frontier_workloads.WORKLOADS))}"] if unknown else []) + \
+        ([f"--repeats must be at least 1, got {args.repeats}"] if args.repeats < 1 else []) + \
+        ([f"--device {args.device}: the frontier benchmark runs on cpu only"] if args.device != "cpu" else [])
+    if problems:
+        for problem in problems:
+            print(f"anode bench frontier: error: {problem}", file=sys.stderr)
         return 2
     if args.quick:
         args.repeats = 1
